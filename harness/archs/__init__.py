@@ -1,0 +1,83 @@
+"""Registry of architectures: a name, or a dotted path ``pkg.module:build``, -> an nn.Module builder.
+
+Every builder takes hyperparameters as keyword arguments (the published config.json field names)
+and returns a module whose ``forward(input_ids[B, T]) -> logits[B, T, V]``. A module may declare
+``MATCH_KNOB`` (the width the shape solver turns, default ``ffn_hidden``) and ``RECONSTRUCTION``
+(True when it is rebuilt from a description rather than published code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+# name -> module; each module exposes build(**hparams). Imported lazily so that listing is cheap.
+_BUILTIN: dict[str, str] = {
+    "transformer": "harness.archs.transformer",
+    "memnls": "harness.archs.memnls",
+}
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    build: Callable[..., Any]
+    match_knob: str | None
+    reconstruction: bool
+    source: str  # "module:function" the builder came from
+
+
+def available() -> list[str]:
+    """Names of the built-in architectures."""
+    return sorted(_BUILTIN)
+
+
+def _import(module_name: str, what: str) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"architecture {what!r}: cannot import module {module_name!r}: {e}") from e
+
+
+def info(name: str) -> ArchInfo:
+    """Resolve a registry name or a dotted path ``pkg.module:function`` to its builder."""
+    if ":" in name:
+        module_name, _, func_name = name.partition(":")
+        module = _import(module_name, name)
+        build = getattr(module, func_name, None)
+        if not callable(build):
+            raise ValueError(f"architecture {name!r}: module {module_name!r} has no callable {func_name!r}")
+        source = name
+    elif name in _BUILTIN:
+        module = _import(_BUILTIN[name], name)
+        build = module.build
+        source = f"{_BUILTIN[name]}:build"
+    else:
+        raise ValueError(
+            f"unknown architecture {name!r}: choose one of {available()} "
+            "or name a builder by dotted path 'package.module:function'"
+        )
+    return ArchInfo(
+        name=name,
+        build=build,
+        match_knob=getattr(module, "MATCH_KNOB", "ffn_hidden"),
+        reconstruction=bool(getattr(module, "RECONSTRUCTION", False)),
+        source=source,
+    )
+
+
+def build(name: str, **hparams: Any):
+    """Build architecture ``name`` with the given hyperparameters."""
+    return info(name).build(**hparams)
+
+
+def make_config(config_cls: type, hparams: dict[str, Any], arch: str):
+    """Instantiate a config dataclass, naming any unknown hyperparameter in the error."""
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(hparams) - fields)
+    if unknown:
+        raise ValueError(f"{arch}: unknown hyperparameter(s) {unknown}; known: {sorted(fields)}")
+    return config_cls(**hparams)
