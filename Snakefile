@@ -1,0 +1,27 @@
+"""Train every architecture x seed of a study, detect collapse events, aggregate, report.
+
+    snakemake --cores 1 reports/collapse.html                    # the study named in config/config.yaml
+    snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4]
+
+Rules only wire files to `python -m harness ...`; every computation lives in the harness package.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/detect.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "reports/collapse.html",

@@ -1,0 +1,98 @@
+"""Command line: ``python -m harness train|detect|aggregate|report ...``.
+
+Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
+``detect`` starts without loading torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from harness.train import train_run
+
+    spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
+    status = train_run(spec, Path(args.out), state_dir=Path(args.state) if args.state else None,
+                       threads=args.threads)
+    print(f"run finished: {status}")
+    return 0
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness import collapse
+    from harness.aggregate import write_atomic
+
+    config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
+    path = Path(args.log)
+    if path.is_dir():  # a run folder: identity and vocabulary from its run.json
+        manifest = json.loads((path / "run.json").read_text())
+        metrics = pd.read_csv(path / "metrics.csv")
+        vocab = manifest.get("data", {}).get("vocab_size")
+        events = collapse.detect(metrics, config, vocab_size=vocab)
+        for i, key in enumerate(("study", "arch", "seed")):
+            events.insert(i, key, manifest.get(key))
+    else:
+        events = collapse.detect_file(path, config)
+    if args.out:
+        write_atomic(Path(args.out), events.to_csv(index=False))
+    else:
+        print(events.to_string(index=False) if len(events) else "no events")
+    return 0
+
+
+def _cmd_aggregate(args: argparse.Namespace) -> int:
+    from harness.aggregate import aggregate
+
+    study = json.loads(args.study)
+    aggregate([Path(p) for p in args.runs], Path(args.out), study)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import render
+
+    render(Path(args.aggregate), Path(args.out), figures_dir=Path(args.figures) if args.figures else None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one (arch, seed) run from a run spec")
+    p.add_argument("--spec", required=True, help="run spec as JSON text or a .json file")
+    p.add_argument("--out", required=True, help="run folder for metrics.csv, run.json, model.safetensors")
+    p.add_argument("--state", help="folder for the resume checkpoint (default: OUT/../.state)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned for determinism)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("detect", help="print the collapse events of a training log")
+    p.add_argument("log", help="a run folder, or a CSV: long (step,split,metric,value,...) or wide (step + loss columns)")
+    p.add_argument("--config", help="detector thresholds as JSON (harness.collapse.DetectConfig fields)")
+    p.add_argument("--out", help="write the events as CSV here instead of printing them")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("aggregate", help="all runs of a study -> tidy tables")
+    p.add_argument("--study", required=True, help="the resolved study as JSON")
+    p.add_argument("--out", required=True)
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.set_defaults(func=_cmd_aggregate)
+
+    p = sub.add_parser("report", help="aggregate tables -> one self-contained HTML page")
+    p.add_argument("--aggregate", required=True, help="folder written by `aggregate`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--figures", help="also write each figure as PNG here")
+    p.set_defaults(func=_cmd_report)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

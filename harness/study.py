@@ -1,0 +1,111 @@
+"""Studies: the validated workflow config -> resolved studies -> one run spec per (arch, seed).
+
+The config is validated (and its defaults filled) against workflow/schemas/config.schema.yaml
+before it gets here; this module only applies the command-line overrides and normalises the
+architecture entries, so that the workflow itself holds no logic. No torch here.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+from typing import Any
+
+from harness import archs as registry
+
+OVERRIDES = ("archs", "seeds", "steps")
+
+
+def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
+    """Normalise an arch entry to {name, build, hparams}; a bare name may refer to a study's definition."""
+    if isinstance(entry, str):
+        if entry in defined:
+            return copy.deepcopy(defined[entry])
+        # a dotted path 'pkg.module:function' is named after its module in file paths
+        name = entry.partition(":")[0].rsplit(".", 1)[-1] if ":" in entry else entry
+        return {"name": name, "build": entry, "hparams": {}}
+    base = defined.get(entry["name"], {"hparams": {}})
+    return {
+        "name": entry["name"],
+        "build": entry.get("build", base.get("build", entry["name"])),
+        "hparams": {**base["hparams"], **entry.get("hparams", {})},
+    }
+
+
+def _check_build(build: str, study: str) -> None:
+    """Unknown architectures fail here, before any job runs (without importing torch)."""
+    if ":" in build:
+        module = build.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            raise ValueError(f"study {study!r}: architecture {build!r}: module {module!r} is not importable")
+    elif build not in registry.available():
+        raise ValueError(
+            f"study {study!r}: unknown architecture {build!r}; choose one of {registry.available()} "
+            "or name a builder by dotted path 'package.module:function'"
+        )
+
+
+def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """All studies of a validated config, with the top-level overrides applied to each."""
+    studies = {}
+    for name, raw in config["studies"].items():
+        study = copy.deepcopy(raw)
+        defined = {}
+        for entry in study["archs"]:
+            arch = _arch_entry(entry, defined)
+            defined[arch["name"]] = arch
+        chosen = config.get("archs") or list(defined)
+        archs = [_arch_entry(entry, defined) for entry in chosen]
+        names = [a["name"] for a in archs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"study {name!r}: architecture names repeat: {names}")
+        for a in archs:
+            _check_build(a["build"], name)
+        study["archs"] = {a["name"]: {"build": a["build"], "hparams": a["hparams"]} for a in archs}
+        if config.get("seeds"):
+            study["seeds"] = list(config["seeds"])
+        if config.get("steps"):
+            study["recipe"]["steps"] = config["steps"]
+        recipe = study["recipe"]
+        if recipe["checkpoint_every"] % recipe["log_every"]:
+            raise ValueError(
+                f"study {name!r}: recipe.checkpoint_every ({recipe['checkpoint_every']}) must be a "
+                f"multiple of recipe.log_every ({recipe['log_every']}) so a resumed run logs the same windows"
+            )
+        # the parameter budget's architecture, even when an override left it out of the runs
+        study["reference_arch"] = _arch_entry(study["shape"]["reference"], defined)
+        study["name"] = name
+        studies[name] = study
+    if config["study"] not in studies:
+        raise ValueError(f"config 'study': {config['study']!r} is not one of the studies {sorted(studies)}")
+    return studies
+
+
+def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
+    """Everything one training run needs, as plain JSON-able data."""
+    if arch not in study["archs"]:
+        raise ValueError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
+    return {
+        "study": study["name"],
+        "arch": arch,
+        "build": study["archs"][arch]["build"],
+        "seed": int(seed),
+        "data": study["data"],
+        "model": study["model"],
+        "hparams": study["archs"][arch]["hparams"],
+        "shape": study["shape"],
+        "reference": study["reference_arch"],
+        "recipe": study["recipe"],
+    }
+
+
+def config_hash(spec: dict[str, Any]) -> str:
+    """Hash of a run spec without its seed: the runs of one architecture in one study share it."""
+    identity = {k: v for k, v in spec.items() if k != "seed"}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

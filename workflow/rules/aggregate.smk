@@ -1,0 +1,23 @@
+localrules:
+    aggregate,
+
+AGGREGATE_TABLES = ["study.json", "runs.csv", "trajectories.csv", "events.csv", "summary.csv", "pairs.csv"]
+
+
+rule aggregate:
+    input:
+        lambda wildcards: [
+            f"{run}/{name}"
+            for run in run_dirs(wildcards.study)
+            for name in ("metrics.csv", "run.json", "events.csv")
+        ],
+    output:
+        expand("results/{{study}}/{name}", name=AGGREGATE_TABLES),
+    params:
+        study=study_json,
+        runs=lambda wildcards: run_dirs(wildcards.study),
+        out="results/{study}",
+    log:
+        "logs/{study}/aggregate.log",
+    shell:
+        "python -m harness aggregate --study {params.study:q} --out {params.out} {params.runs} > {log} 2>&1"

@@ -1,0 +1,37 @@
+import json
+import os
+
+import sys
+
+from snakemake.utils import validate
+
+from harness.study import resolve, run_spec
+
+# Architectures named by dotted path ('pkg.module:function') are imported from the working directory.
+sys.path.insert(0, os.getcwd())
+
+# Validate before any job runs; the schema fills every default.
+validate(config, "../schemas/config.schema.yaml")
+STUDIES = resolve(config)
+
+if config["data_dir"]:
+    os.environ["HARNESS_DATA_DIR"] = os.path.abspath(config["data_dir"])
+
+
+wildcard_constraints:
+    study=r"[A-Za-z0-9_.-]+",
+    arch=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+    seed=r"\d+",
+
+
+def run_dirs(study):
+    s = STUDIES[study]
+    return [f"results/{study}/{arch}/seed{seed}" for arch in s["archs"] for seed in s["seeds"]]
+
+
+def spec_json(wildcards):
+    return json.dumps(run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed)), sort_keys=True)
+
+
+def study_json(wildcards):
+    return json.dumps(STUDIES[wildcards.study], sort_keys=True)

@@ -1,0 +1,17 @@
+localrules:
+    detect,
+
+
+rule detect:
+    input:
+        metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
+        manifest="results/{study}/{arch}/seed{seed}/run.json",
+    output:
+        "results/{study}/{arch}/seed{seed}/events.csv",
+    params:
+        config=lambda wildcards: json.dumps(STUDIES[wildcards.study]["detect"], sort_keys=True),
+        run="results/{study}/{arch}/seed{seed}",
+    log:
+        "logs/{study}/{arch}/seed{seed}/detect.log",
+    shell:
+        "python -m harness detect {params.run} --config {params.config:q} --out {output} > {log} 2>&1"

@@ -1,0 +1,21 @@
+# One training run per (study, arch, seed). The resume checkpoint lives in results/{study}/.state,
+# outside the declared outputs, because Snakemake deletes declared outputs before a job runs.
+
+
+rule train:
+    output:
+        metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
+        manifest="results/{study}/{arch}/seed{seed}/run.json",
+        weights="results/{study}/{arch}/seed{seed}/model.safetensors",
+    params:
+        spec=spec_json,
+        out="results/{study}/{arch}/seed{seed}",
+        state="results/{study}/.state/{arch}/seed{seed}",
+    log:
+        "logs/{study}/{arch}/seed{seed}/train.log",
+    threads: 1
+    resources:
+        gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+    shell:
+        "python -m harness train --spec {params.spec:q} --out {params.out} --state {params.state}"
+        " --threads {threads} > {log} 2>&1"
