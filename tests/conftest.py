@@ -1,0 +1,53 @@
+"""Shared test helpers: a micro study validated against the real schema, and the CI data folder."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests read TinyShakespeare from ../shared/data (no network); a user's HARNESS_DATA_DIR wins.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("HARNESS_DATA_DIR", str(SHARED_DATA))
+
+MICRO_STUDY = {
+    "description": "micro study for tests",
+    "smoke": True,
+    "data": {"name": "tinyshakespeare", "tokens": "bytes"},
+    "archs": ["transformer", {"name": "memnls", "hparams": {"ffn_mult": 5}}],
+    "seeds": [0],
+    "model": {"d_model": 16, "n_layers": 1, "n_heads": 2},
+    "recipe": {"steps": 40, "batch_size": 4, "seq_len": 32, "lr": 3e-3, "min_lr": 3e-4,
+               "warmup_steps": 5, "log_every": 5, "eval_every": 10, "eval_batches": 2,
+               "checkpoint_every": 10},
+}
+
+
+def micro_config(study: dict | None = None, **top) -> dict:
+    """A whole workflow config holding one study 'micro', validated (defaults filled) by the schema."""
+    config = {"study": "micro", "studies": {"micro": copy.deepcopy(study or MICRO_STUDY)}, **top}
+    validate(config, str(SCHEMA))
+    return config
+
+
+def write_config(workdir: Path, config: dict) -> Path:
+    """Write config/config.yaml into a workflow working directory (unvalidated keys stay out)."""
+    path = workdir / "config" / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
+        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
+    return SHARED_DATA

@@ -1,0 +1,43 @@
+"""Architectures that fail on purpose, named by dotted path ('tests.faulty_archs:build') in tests."""
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from harness.archs import make_config
+
+
+@dataclass
+class Config:
+    vocab_size: int = 256
+    d_model: int = 16
+    n_layers: int = 1
+    n_heads: int = 1
+    max_seq_len: int = 64
+    dropout: float = 0.0
+    fail_at: int = 10  # the training step at which it fails
+    failure: str = "nan"  # "nan": non-finite logits; "raise": an exception
+
+
+class Model(nn.Module):
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+        self.step = 0
+
+    def on_train_step(self, step: int) -> None:
+        self.step = step
+
+    def forward(self, input_ids):
+        logits = self.head(self.emb(input_ids))
+        if self.training and self.step >= self.config.fail_at:
+            if self.config.failure == "raise":
+                raise RuntimeError("injected failure")
+            return logits * float("nan")
+        return logits
+
+
+def build(**hparams) -> Model:
+    return Model(make_config(Config, hparams, "faulty"))

@@ -1,0 +1,80 @@
+"""Config resolution: overrides, arch entries, early errors, run specs."""
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from harness.study import config_hash, resolve, run_spec
+from tests.conftest import MICRO_STUDY, REPO, SCHEMA, micro_config
+
+
+def test_shipped_config_resolves_with_its_presets():
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(SCHEMA))
+    studies = resolve(config)
+    assert {"tiny", "seed-tinyshakespeare", "seed-enwik8-70m"} <= set(studies)
+    assert sorted(studies["tiny"]["archs"]) == ["memnls", "transformer"]
+    assert len(studies["tiny"]["seeds"]) == 3
+    enwik8 = studies["seed-enwik8-70m"]
+    assert enwik8["gpu"] and enwik8["shape"]["mode"] == "as_published"
+    # the seed's recipe is the schema's default recipe
+    assert enwik8["recipe"]["lr"] == 3e-4 and enwik8["recipe"]["betas"] == [0.9, 0.95]
+    assert enwik8["recipe"]["warmup_steps"] == 500 and enwik8["recipe"]["eval_batches"] == 16
+
+
+def test_overrides_apply_to_every_study():
+    config = micro_config(archs=["memnls"], seeds=[3, 4], steps=7)
+    study = resolve(config)["micro"]
+    assert list(study["archs"]) == ["memnls"]
+    assert study["archs"]["memnls"]["hparams"] == {"ffn_mult": 5}  # keeps the study's definition
+    assert study["seeds"] == [3, 4] and study["recipe"]["steps"] == 7
+    # the budget's reference stays known though the override dropped it from the runs
+    assert study["reference_arch"]["build"] == "transformer"
+
+
+def test_dotted_path_arch_is_named_after_its_module():
+    study = resolve(micro_config(archs=["examples.gru:build"]))["micro"]
+    assert study["archs"] == {"gru": {"build": "examples.gru:build", "hparams": {}}}
+
+
+@pytest.mark.parametrize(
+    "top, message",
+    [
+        ({"archs": ["nope"]}, "unknown architecture 'nope'"),
+        ({"archs": ["not_a_module.x:build"]}, "module 'not_a_module.x' is not importable"),
+        ({"study": "absent"}, "'absent' is not one of the studies"),
+    ],
+)
+def test_bad_config_fails_early_naming_the_value(top, message):
+    config = micro_config()
+    config.update(top)
+    with pytest.raises(ValueError, match=message):
+        resolve(config)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [("steps", -5, "less than the minimum"), ("seeds", [1, 1]," non-unique"), ("seeds", ["a"], "not of type")],
+)
+def test_schema_rejects_bad_values_naming_the_key(key, value, message):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match=message) as e:
+        micro_config(**{key: value})
+    assert f"instance['{key}']" in str(e.value)
+
+
+def test_checkpoint_interval_must_align_with_log_window():
+    study = {**MICRO_STUDY, "recipe": {**MICRO_STUDY["recipe"], "checkpoint_every": 7}}
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        resolve(micro_config(study))
+
+
+def test_run_spec_and_hash_ignore_the_seed():
+    study = resolve(micro_config())["micro"]
+    a, b = run_spec(study, "memnls", 0), run_spec(study, "memnls", 1)
+    assert a["seed"] == 0 and b["seed"] == 1
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(run_spec(study, "transformer", 0))
+    with pytest.raises(ValueError, match="no architecture 'gru'"):
+        run_spec(study, "gru", 0)

@@ -1,0 +1,127 @@
+"""The training recipe: schedule, determinism, resume after a kill, divergence and failure."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from harness.study import resolve, run_spec
+from harness.train import Recipe, lr_at, train_run
+from tests.conftest import MICRO_STUDY, REPO, micro_config
+
+
+def spec_for(arch="transformer", seed=0, study=None, **recipe):
+    study = {**(study or MICRO_STUDY)}
+    study["recipe"] = {**study["recipe"], **recipe}
+    return run_spec(resolve(micro_config(study))["micro"], arch, seed)
+
+
+def metrics(run: Path) -> pd.DataFrame:
+    return pd.read_csv(run / "metrics.csv").drop(columns="wall_time")
+
+
+def test_schedule_warms_up_linearly_then_follows_the_cosine_to_min_lr():
+    r = Recipe.from_dict(spec_for(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)["recipe"])
+    assert lr_at(0, r) == pytest.approx(1e-4)
+    assert lr_at(9, r) == pytest.approx(1e-3)
+    assert lr_at(10, r) == pytest.approx(1e-3)
+    assert lr_at(55, r) == pytest.approx(0.55e-3)  # half-way down the cosine
+    assert lr_at(100, r) == pytest.approx(1e-4)
+
+
+def test_recipe_rejects_unknown_and_missing_keys():
+    recipe = spec_for()["recipe"]
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_max'\]"):
+        Recipe.from_dict({**recipe, "lr_max": 1})
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['lr'\]"):
+        Recipe.from_dict({k: v for k, v in recipe.items() if k != "lr"})
+
+
+def test_run_writes_contract_files_and_same_seed_repeats_exactly(tmp_path, shared_data):
+    spec = spec_for("memnls")
+    assert train_run(spec, tmp_path / "a") == "completed"
+    assert train_run(spec, tmp_path / "b") == "completed"
+    m = pd.read_csv(tmp_path / "a" / "metrics.csv")
+    assert list(m.columns) == ["step", "split", "metric", "value", "wall_time"]
+    assert set(m.metric) == {"loss", "lr", "grad_norm", "grad_norm_max"}
+    val = m[(m.split == "val")]
+    assert list(val.step) == [0, 10, 20, 30, 40]
+    assert val.value.iloc[-1] < val.value.iloc[0] < math.log(256) + 0.5  # it learned
+    pd.testing.assert_frame_equal(metrics(tmp_path / "a"), metrics(tmp_path / "b"))
+    assert train_run(spec_for("memnls", seed=1), tmp_path / "c") == "completed"
+    assert not metrics(tmp_path / "a").equals(metrics(tmp_path / "c"))
+
+    manifest = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["steps_done"] == 40
+    assert manifest["data"]["sha256"].startswith("86c4e6aa")
+    assert manifest["shape"]["mode"] == "matched" and abs(manifest["shape"]["deviation"]) <= 0.01
+    assert manifest["threads"] == 1 and manifest["dtype"] == "float32"
+    for key in ("config_hash", "versions", "device", "hparams", "n_params", "wall_time_s", "recipe"):
+        assert key in manifest
+    weights = load_file(str(tmp_path / "a" / "model.safetensors"))
+    assert sum(t.numel() for t in weights.values()) >= manifest["n_params"]
+    assert not (tmp_path / ".state" / "a").exists()  # a finished run leaves no resume state
+
+
+def test_killed_process_resumes_to_the_uninterrupted_metrics(tmp_path, shared_data):
+    spec = spec_for("transformer", steps=400, checkpoint_every=10)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "harness", "train", "--spec", str(tmp_path / "spec.json"),
+           "--out", str(tmp_path / "resumed"), "--state", str(state)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (state / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (state / "checkpoint.safetensors").exists(), "no checkpoint appeared before the kill"
+    assert not (tmp_path / "resumed" / "run.json").exists(), "the run finished before it was killed"
+
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stderr
+    straight = [*cmd[:-4], "--out", str(tmp_path / "straight"), "--state", str(tmp_path / "state2")]
+    assert subprocess.run(straight, cwd=REPO, capture_output=True, timeout=300).returncode == 0
+    pd.testing.assert_frame_equal(metrics(tmp_path / "resumed"), metrics(tmp_path / "straight"))
+
+
+def test_non_finite_loss_ends_the_run_as_diverged_with_its_files(tmp_path, shared_data):
+    study = {**MICRO_STUDY, "archs": [{"name": "faulty", "build": "tests.faulty_archs:build",
+                                       "hparams": {"fail_at": 23}}],
+             "shape": {"mode": "as_published"}}
+    assert train_run(spec_for("faulty", study=study), tmp_path / "run") == "diverged"
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["status"] == "diverged" and manifest["steps_done"] == 24
+    assert "non-finite training loss at step 24" in manifest["reason"]
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert math.isnan(m[(m.split == "train") & (m.metric == "loss")].value.iloc[-1])
+    assert list(m[m.split == "val"].step) == [0, 10, 20]
+    assert (tmp_path / "run" / "model.safetensors").stat().st_size > 0
+
+
+def test_exception_is_recorded_as_failed_and_keeps_resume_state(tmp_path, shared_data):
+    study = {**MICRO_STUDY, "archs": [{"name": "faulty", "build": "tests.faulty_archs:build",
+                                       "hparams": {"fail_at": 25, "failure": "raise"}}],
+             "shape": {"mode": "as_published"}}
+    state = tmp_path / "state"
+    assert train_run(spec_for("faulty", study=study), tmp_path / "run", state_dir=state) == "failed"
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["reason"] == "RuntimeError: injected failure"
+    assert manifest["steps_done"] == 25
+    assert (state / "checkpoint.safetensors").exists()  # a retry resumes at step 20
+
+
+def test_unknown_hyperparameter_fails_the_run_naming_it(tmp_path, shared_data):
+    study = {**MICRO_STUDY, "archs": [{"name": "transformer", "hparams": {"n_experts": 4}}]}
+    assert train_run(spec_for(study=study), tmp_path / "run") == "failed"
+    assert "n_experts" in json.loads((tmp_path / "run" / "run.json").read_text())["reason"]
