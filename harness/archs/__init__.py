@@ -18,6 +18,9 @@ from typing import Any, Callable
 _BUILTIN: dict[str, str] = {
     "transformer": "harness.archs.transformer",
     "memnls": "harness.archs.memnls",
+    "diag_ssm": "harness.archs.diag_ssm",
+    "trn_hybrid": "harness.archs.trn_hybrid",
+    "resonance": "harness.archs.resonance",
 }
 
 

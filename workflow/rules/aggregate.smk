@@ -16,7 +16,7 @@ rule aggregate:
     params:
         study=study_json,
         runs=lambda wildcards: run_dirs(wildcards.study),
-        out="results/{study}",
+        out=lambda wildcards, output: os.path.dirname(output[0]),
     log:
         "logs/{study}/aggregate.log",
     shell:

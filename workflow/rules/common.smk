@@ -14,8 +14,10 @@ sys.path.insert(0, os.getcwd())
 validate(config, "../schemas/config.schema.yaml")
 STUDIES = resolve(config)
 
+# config data_dir reaches the jobs (local or cluster) as HARNESS_DATA_DIR, so it is no run
+# parameter: pointing at another copy of the same files reruns nothing.
 if config["data_dir"]:
-    os.environ["HARNESS_DATA_DIR"] = os.path.abspath(config["data_dir"])
+    os.environ.update(HARNESS_DATA_DIR=os.path.abspath(config["data_dir"]))
 
 
 wildcard_constraints:

@@ -10,7 +10,7 @@ rule detect:
         "results/{study}/{arch}/seed{seed}/events.csv",
     params:
         config=lambda wildcards: json.dumps(STUDIES[wildcards.study]["detect"], sort_keys=True),
-        run="results/{study}/{arch}/seed{seed}",
+        run=lambda wildcards, input: os.path.dirname(input.manifest),
     log:
         "logs/{study}/{arch}/seed{seed}/detect.log",
     shell:

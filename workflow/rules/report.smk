@@ -9,7 +9,7 @@ rule report:
     output:
         html="reports/{study}/collapse.html",
     params:
-        aggregate="results/{study}",
+        aggregate=lambda wildcards, input: os.path.dirname(input[0]),
     log:
         "logs/{study}/report.log",
     shell:

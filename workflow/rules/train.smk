@@ -9,7 +9,7 @@ rule train:
         weights="results/{study}/{arch}/seed{seed}/model.safetensors",
     params:
         spec=spec_json,
-        out="results/{study}/{arch}/seed{seed}",
+        out=lambda wildcards, output: os.path.dirname(output.manifest),
         state="results/{study}/.state/{arch}/seed{seed}",
     log:
         "logs/{study}/{arch}/seed{seed}/train.log",

@@ -1,0 +1,137 @@
+"""The Snakemake workflow itself: dry run, lint, early config errors, a whole DAG, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness.study import resolve, run_spec
+from tests.conftest import MICRO_STUDY, REPO, micro_config, write_config
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+
+
+def env() -> dict[str, str]:
+    """Jobs run `python -m harness`: this interpreter, and dotted-path archs importable from the repo."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e['PATH']}"
+    e["PYTHONPATH"] = str(REPO)
+    return e
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, re.M)}
+
+
+def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed():
+    done = snakemake(REPO, "-n", "--cores", "1", "reports/collapse.html")
+    assert done.returncode == 0, done.stderr
+    counts = job_counts(done.stdout)
+    assert counts["train"] == counts["detect"] == 6  # tiny: 2 archs x 3 seeds
+    assert counts["aggregate"] == counts["report"] == 1
+
+
+def test_lint_finds_nothing_but_the_pip_installed_environment():
+    done = snakemake(REPO, "--lint")
+    findings = set(re.findall(r"^\s+\* (.+?):?$", done.stdout + done.stderr, re.M))
+    assert findings == {"Specify a conda environment or container for each rule."}, findings
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("steps=-1", "-1 is less than the minimum of 1"),
+        ("seeds=[0,0]", "has non-unique elements"),
+        ("archs=[transformer,nope]", "unknown architecture 'nope'"),
+        ("study=nope", "'nope' is not one of the studies"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, override, message):
+    done = snakemake(REPO, "-n", "--cores", "1", "--config", override)
+    assert done.returncode != 0
+    assert message in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_whole_dag_with_an_added_and_a_diverging_architecture(tmp_path, shared_data):
+    study = {
+        **MICRO_STUDY,
+        "archs": [
+            "transformer",
+            {"name": "memnls", "hparams": {"ffn_mult": 5}},
+            {"name": "gru", "build": "examples.gru:build"},  # the README's worked example
+            {"name": "faulty", "build": "tests.faulty_archs:build", "hparams": {"fail_at": 15}},
+        ],
+        "seeds": [0, 1],
+        "shape": {"mode": "matched", "reference": "transformer"},
+    }
+    config = micro_config(study)
+    # the faulty model has no width knob: give it its own budget by excluding it from matching
+    config["studies"]["micro"]["archs"][3]["hparams"]["d_model"] = 16
+    write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
+    done = snakemake(tmp_path, "--cores", "2", "reports/collapse.html")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = pd.read_csv(tmp_path / "results" / "micro" / "runs.csv")
+    assert len(runs) == 8
+    status = dict(zip(runs.arch + "/" + runs.seed.astype(str), runs.status))
+    assert status["faulty/0"] == status["faulty/1"] == "failed"  # no knob to match: recorded, not hidden
+    assert {status[f"{a}/{s}"] for a in ("transformer", "memnls", "gru") for s in (0, 1)} == {"completed"}
+    matched = runs[runs.status == "completed"]
+    assert (matched.deviation.abs() <= 0.01).all()
+    html = (tmp_path / "reports" / "collapse.html").read_text()
+    assert html == (tmp_path / "reports" / "micro" / "collapse.html").read_text()
+    assert "faulty" in html and "gru" in html
+    again = snakemake(tmp_path, "-n", "--cores", "1", "reports/collapse.html")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+def test_killed_workflow_resumes_from_its_checkpoint(tmp_path, shared_data):
+    study = {**MICRO_STUDY, "archs": ["transformer"],
+             "recipe": {**MICRO_STUDY["recipe"], "steps": 400, "checkpoint_every": 10}}
+    write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
+    checkpoint = tmp_path / "results" / "micro" / ".state" / "transformer" / "seed0" / "checkpoint.safetensors"
+    run = tmp_path / "results" / "micro" / "transformer" / "seed0"
+    target = str(run.relative_to(tmp_path) / "run.json")
+
+    # a whole process group, as a crash or a scheduler kill would take it down
+    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", target],
+                            env=env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), "no checkpoint before the kill"
+    assert not (run / "run.json").exists(), "the run finished before the kill"
+
+    assert snakemake(tmp_path, "--unlock").returncode == 0
+    done = snakemake(tmp_path, "--cores", "1", target)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
+    assert "resumed from" in log
+
+    spec = run_spec(resolve(micro_config(study))["micro"], "transformer", 0)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    straight = subprocess.run([sys.executable, "-m", "harness", "train", "--spec", str(tmp_path / "spec.json"),
+                               "--out", str(tmp_path / "straight"), "--state", str(tmp_path / "state2")],
+                              cwd=REPO, env=env(), capture_output=True, timeout=300)
+    assert straight.returncode == 0
+    resumed = pd.read_csv(run / "metrics.csv").drop(columns="wall_time")
+    pd.testing.assert_frame_equal(resumed, pd.read_csv(tmp_path / "straight" / "metrics.csv").drop(columns="wall_time"))
