@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from harness.archs import make_config
+from harness.archs.fft import causal_fft_conv
 from harness.archs.transformer import FeedForward, ffn_width, init_weights, tie_lm_head
 
 RESIDUALS = ("published", "standard")
@@ -71,14 +72,9 @@ def causal_ema(u: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     float32 whatever the autocast state. u: [..., L]; a: [C] broadcasting against u's axis -2.
     """
     dtype = torch.promote_types(u.dtype, torch.float32)
-    L = u.shape[-1]
-    n = 1 << (2 * L - 1).bit_length()  # >= 2L: no wrap-around
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        u, a = u.to(dtype), a.to(dtype)
-        tau = torch.arange(L, device=u.device, dtype=dtype)
-        kernel = (1 - a)[:, None] * a[:, None] ** tau  # [C, L]
-        y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(kernel, n=n), n=n)
-    return y[..., :L]
+    a = a.to(dtype)
+    kernel = (1 - a)[:, None] * a[:, None] ** torch.arange(u.shape[-1], device=u.device, dtype=dtype)
+    return causal_fft_conv(u, kernel)
 
 
 class MemoryNLSLayer(nn.Module):

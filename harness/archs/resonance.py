@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from harness.archs import make_config
+from harness.archs.fft import causal_fft_conv
 from harness.archs.transformer import Block as AttentionBlock
 from harness.archs.transformer import FeedForward, ffn_width, init_weights, tie_lm_head
 
@@ -56,20 +57,6 @@ class Config:
 
 def is_attention_block(i: int, attn_every: int) -> bool:
     return attn_every > 0 and (i + 1) % attn_every == 0
-
-
-def causal_fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """y[..., t] = sum_{s<=t} kernel[..., s] u[..., t-s] along the last axis (broadcast elsewhere).
-
-    Zero-padded to a power of two >= 2L so the circular FFT product is the linear convolution; the
-    first L outputs are the causal ones. Runs in at least float32, also under autocast.
-    """
-    dtype = torch.promote_types(torch.promote_types(u.dtype, kernel.dtype), torch.float32)
-    L = u.shape[-1]
-    n = 1 << (2 * L - 1).bit_length()
-    with torch.autocast(device_type=u.device.type, enabled=False):
-        spectrum = torch.fft.rfft(u.to(dtype), n=n) * torch.fft.rfft(kernel.to(dtype), n=n)
-        return torch.fft.irfft(spectrum, n=n)[..., :L]
 
 
 class OscillatorBank(nn.Module):
