@@ -68,6 +68,9 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         for a in archs:
             _check_build(a["build"], name)
         study["archs"] = {a["name"]: {"build": a["build"], "hparams": a["hparams"]} for a in archs}
+        study["name"] = name
+        for arch in study["archs"]:
+            teacher_of(study, arch)  # a pipeline without its teacher fails here, before any job
         if config.get("seeds"):
             study["seeds"] = list(config["seeds"])
         if config.get("steps"):
@@ -80,18 +83,36 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             )
         # the parameter budget's architecture, even when an override left it out of the runs
         study["reference_arch"] = _arch_entry(study["shape"]["reference"], defined)
-        study["name"] = name
         studies[name] = study
     if config["study"] not in studies:
         raise ValueError(f"config 'study': {config['study']!r} is not one of the studies {sorted(studies)}")
     return studies
 
 
+def run_dir(study: str, arch: str, seed: int) -> str:
+    """Where one run's files live, relative to the workflow's working directory."""
+    return f"results/{study}/{arch}/seed{seed}"
+
+
+def teacher_of(study: dict, arch: str) -> str | None:
+    """The architecture whose same-seed run a pipeline architecture (eam) consumes, else None."""
+    entry = study["archs"][arch]
+    if entry["build"] != "eam":
+        return None
+    teacher = entry["hparams"].get("teacher")
+    if teacher not in study["archs"] or teacher == arch:
+        raise ValueError(
+            f"study {study['name']!r}: {arch!r} needs hparams.teacher naming another architecture of the "
+            f"study whose same-seed run it distils (one of {sorted(set(study['archs']) - {arch})}), got {teacher!r}"
+        )
+    return teacher
+
+
 def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
     """Everything one training run needs, as plain JSON-able data."""
     if arch not in study["archs"]:
         raise ValueError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
-    return {
+    spec = {
         "study": study["name"],
         "arch": arch,
         "build": study["archs"][arch]["build"],
@@ -103,9 +124,13 @@ def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
         "reference": study["reference_arch"],
         "recipe": study["recipe"],
     }
+    if teacher := teacher_of(study, arch):
+        spec["teacher_dir"] = run_dir(study["name"], teacher, seed)
+    return spec
 
 
 def config_hash(spec: dict[str, Any]) -> str:
-    """Hash of a run spec without its seed: the runs of one architecture in one study share it."""
-    identity = {k: v for k, v in spec.items() if k != "seed"}
+    """Hash of a run spec without its seed (nor the seed's teacher folder): the seeds of one
+    architecture in one study share it."""
+    identity = {k: v for k, v in spec.items() if k not in ("seed", "teacher_dir")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

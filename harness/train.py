@@ -218,6 +218,10 @@ def train_run(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None
     recorded with its reason). Resumes from ``state_dir/checkpoint.safetensors`` when one of the
     same config and seed exists.
     """
+    if spec.get("build") == "eam":  # a pipeline over a teacher run, not one network: harness/eam.py
+        from harness.eam import run_eam
+
+        return run_eam(spec, out_dir, state_dir, threads, spec.get("teacher_dir"))
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.parent / ".state" / out_dir.name
     checkpoint = state_dir / "checkpoint.safetensors"

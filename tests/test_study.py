@@ -78,3 +78,16 @@ def test_run_spec_and_hash_ignore_the_seed():
     assert config_hash(a) != config_hash(run_spec(study, "transformer", 0))
     with pytest.raises(ValueError, match="no architecture 'gru'"):
         run_spec(study, "gru", 0)
+
+
+def test_eam_is_wired_to_its_same_seed_teacher():
+    study = {**MICRO_STUDY, "archs": [*MICRO_STUDY["archs"], {"name": "eam", "hparams": {"teacher": "transformer"}}]}
+    resolved = resolve(micro_config(study))["micro"]
+    spec = run_spec(resolved, "eam", 2)
+    assert spec["teacher_dir"] == "results/micro/transformer/seed2"
+    assert config_hash(spec) == config_hash(run_spec(resolved, "eam", 3))
+    assert "teacher_dir" not in run_spec(resolved, "memnls", 2)
+    for bad in ({}, {"teacher": "eam"}, {"teacher": "absent"}):
+        study["archs"][-1] = {"name": "eam", "hparams": bad}
+        with pytest.raises(ValueError, match="needs hparams.teacher"):
+            resolve(micro_config(study))

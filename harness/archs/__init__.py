@@ -21,6 +21,7 @@ _BUILTIN: dict[str, str] = {
     "diag_ssm": "harness.archs.diag_ssm",
     "trn_hybrid": "harness.archs.trn_hybrid",
     "resonance": "harness.archs.resonance",
+    "eam": "harness.archs.eam",
 }
 
 

@@ -5,7 +5,7 @@ import sys
 
 from snakemake.utils import validate
 
-from harness.study import resolve, run_spec
+from harness.study import resolve, run_dir, run_spec, teacher_of
 
 # Architectures named by dotted path ('pkg.module:function') are imported from the working directory.
 sys.path.insert(0, os.getcwd())
@@ -28,7 +28,16 @@ wildcard_constraints:
 
 def run_dirs(study):
     s = STUDIES[study]
-    return [f"results/{study}/{arch}/seed{seed}" for arch in s["archs"] for seed in s["seeds"]]
+    return [run_dir(study, arch, seed) for arch in s["archs"] for seed in s["seeds"]]
+
+
+def teacher_files(wildcards):
+    """A pipeline architecture (eam) trains on its teacher's same-seed run."""
+    teacher = teacher_of(STUDIES[wildcards.study], wildcards.arch)
+    if teacher is None:
+        return []
+    folder = run_dir(wildcards.study, teacher, wildcards.seed)
+    return [f"{folder}/run.json", f"{folder}/model.safetensors"]
 
 
 def spec_json(wildcards):

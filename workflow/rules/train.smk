@@ -3,6 +3,8 @@
 
 
 rule train:
+    input:
+        teacher=teacher_files,
     output:
         metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
         manifest="results/{study}/{arch}/seed{seed}/run.json",

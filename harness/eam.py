@@ -1,0 +1,319 @@
+"""The eam pipeline: a trained teacher run -> an Elastic Associative Memory LM, in one run folder.
+
+eam is not one network trained by the common loop but four stages over the same-seed run of a
+transformer of the grid (the teacher, ``teacher_dir`` = results/{study}/{teacher}/seed{seed}):
+  (a) write: the teacher reads the first ``write_tokens`` tokens of the training split in consecutive
+      seq_len crops; each final hidden state h (the output of its module ``norm_f``) is written into
+      the memory as value h under key normalize(Q^T h), ``write_batch`` keys per write;
+  (b) encoder: ``encoder_steps`` steps on 1 - cos(encoder key, teacher key) over random crops;
+  (c) decoder: ``decoder_steps`` steps on the cross-entropy of decoder(read(encoder(x))), the memory
+      and the encoder frozen;
+  (d) evaluation: the EAM and the teacher on the study's fixed validation batches (and test batches
+      when the dataset has a test split), each as a proper distribution (softmax of its logits).
+Budgets left out of the spec's hparams scale with the study's recipe (see ``Stages``); stages (b)
+and (c) use the recipe's AdamW settings, grad clip and precision, its warmup + cosine schedule
+stretched over the stage. Same contract as ``harness.train.train_run``: metrics.csv, run.json and
+model.safetensors are always written, atomically; the status is returned, never an exception.
+There is no resume: a killed eam run starts over (its stages are short next to the teacher's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file, save_model
+
+from harness import archs, data, shape
+from harness.archs import eam as eam_arch
+from harness.study import config_hash
+from harness.train import (Recipe, _atomic, _evaluate, _versions, _write_metrics, _write_text, lr_at,
+                           resolve_device)
+
+SET_BY_RUN = {"vocab_size": "the data", "teacher_d_model": "the teacher", "seed": "the study's seeds"}
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Budgets of the stages; None means scaled to the study's recipe (the teacher's budget)."""
+
+    teacher: str = "transformer"  # the grid architecture whose same-seed run is the teacher
+    write_tokens: int | None = None  # None -> steps * batch_size * seq_len / 4, at most the train split
+    write_batch: int = 256  # keys per memory write; regulation sees the write that crosses each mark
+    encoder_steps: int | None = None  # None -> recipe steps / 2
+    decoder_steps: int | None = None  # None -> recipe steps / 2
+    batch_size: int | None = None  # crops per teacher forward and per encoder/decoder step; None -> recipe's
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "teacher" and value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"eam: hparam {f.name}={value!r} must be a positive integer (or left out)")
+
+    def scaled(self, recipe: Recipe, train_tokens: int) -> "Stages":
+        teacher_tokens = recipe.steps * recipe.batch_size * recipe.seq_len
+        return dataclasses.replace(
+            self,
+            write_tokens=min(self.write_tokens or max(1, teacher_tokens // 4), train_tokens),
+            encoder_steps=self.encoder_steps or max(1, recipe.steps // 2),
+            decoder_steps=self.decoder_steps or max(1, recipe.steps // 2),
+            batch_size=self.batch_size or recipe.batch_size,
+        )
+
+
+def split_hparams(hparams: dict[str, Any]) -> tuple[dict[str, Any], Stages]:
+    """A spec's eam hparams -> (model hyperparameters of harness.archs.eam.Config, stage budgets)."""
+    stage_keys = {f.name for f in dataclasses.fields(Stages)}
+    model_keys = {f.name for f in dataclasses.fields(eam_arch.Config)} - set(SET_BY_RUN)
+    if fixed := sorted(set(hparams) & set(SET_BY_RUN)):
+        raise ValueError(f"eam: hparam(s) {fixed} cannot be set: they come from "
+                         + ", ".join(f"{k} <- {SET_BY_RUN[k]}" for k in fixed))
+    if unknown := sorted(set(hparams) - stage_keys - model_keys):
+        raise ValueError(f"eam: unknown hparam(s) {unknown}; stage budgets: {sorted(stage_keys)}; "
+                         f"model: {sorted(model_keys)}")
+    return ({k: v for k, v in hparams.items() if k in model_keys},
+            Stages(**{k: v for k, v in hparams.items() if k in stage_keys}))
+
+
+def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus,
+                 arch: str) -> torch.nn.Module:
+    """The teacher run's final weights in its own architecture, checked against this run; eval mode, frozen."""
+    if teacher_dir is None:
+        raise ValueError("eam: the spec has no 'teacher_dir' (the teacher run's folder, "
+                         f"results/{{study}}/{arch}/seed{{seed}}); the workflow puts it there")
+    teacher_dir = Path(teacher_dir)
+    for name in ("run.json", "model.safetensors"):
+        if not (teacher_dir / name).is_file():
+            raise FileNotFoundError(f"eam: teacher file {teacher_dir / name} is missing: train the teacher "
+                                    f"({arch}, seed {spec['seed']}) first")
+    run = json.loads((teacher_dir / "run.json").read_text())
+    if run.get("status") != "completed":
+        raise ValueError(f"eam: teacher run {teacher_dir} has status {run.get('status')!r} "
+                         f"({run.get('reason')}); an EAM needs a completed teacher")
+    if run.get("arch") != arch or run.get("seed") != spec["seed"]:
+        raise ValueError(f"eam: {teacher_dir} holds arch {run.get('arch')!r} seed {run.get('seed')!r}, "
+                         f"but this run's teacher is {arch!r} seed {spec['seed']}")
+    if run.get("data") != corpus.info():
+        raise ValueError(f"eam: teacher {teacher_dir} was trained on {run.get('data')}, not on this "
+                         f"study's data {corpus.info()}")
+    teacher = archs.build(run["build"], **run["hparams"])
+    # strict load_state_dict: the grid's tied models fill in the tied name a saved file leaves out
+    teacher.load_state_dict(load_file(str(teacher_dir / "model.safetensors")), strict=True)
+    try:
+        teacher.get_submodule("norm_f")
+    except AttributeError as e:
+        raise ValueError(f"eam: teacher {run['build']!r} has no module 'norm_f' (its final norm), "
+                         "where the hidden states are read") from e
+    return teacher.eval().requires_grad_(False)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def final_hidden(teacher: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The teacher's final hidden states [B, T, d] (the output of its norm_f), float32."""
+    captured = []
+    hook = teacher.get_submodule("norm_f").register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad(), _autocast(x.device, dtype):
+            teacher(x)
+    finally:
+        hook.remove()
+    return captured[0].float()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def write_memory(model: eam_arch.Model, teacher, train: torch.Tensor, stages: Stages, seq_len: int,
+                 device: torch.device, dtype: torch.dtype | None) -> tuple[int, float]:
+    """Stage (a); returns (keys written, keys per second of memory writing alone, teacher excluded)."""
+    n_crops = stages.write_tokens // seq_len
+    if n_crops == 0:
+        raise ValueError(f"eam: write_tokens={stages.write_tokens} is less than one crop of seq_len={seq_len}")
+    crops = train[: n_crops * seq_len].view(n_crops, seq_len)
+    seconds = 0.0
+    for x in crops.split(stages.batch_size):
+        h = final_hidden(teacher, x.long().to(device), dtype)
+        keys, values = model.teacher_keys(h).flatten(0, 1), h.flatten(0, 1)
+        for k, v in zip(keys.split(stages.write_batch), values.split(stages.write_batch)):
+            _sync(device)
+            start = time.perf_counter()
+            model.memory.write(k, v)
+            _sync(device)
+            seconds += time.perf_counter() - start
+    return n_crops * seq_len, n_crops * seq_len / max(seconds, 1e-9)
+
+
+def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int, recipe: Recipe,
+        next_batch: Callable, log: Callable, metric: str, device: torch.device) -> str | None:
+    """AdamW on ``module`` under the study's recipe, its schedule stretched over ``steps``.
+
+    Logs the window mean of the loss as train/``metric`` at global steps first_step + 1 ...; returns
+    the reason of a divergence (a non-finite loss) or None.
+    """
+    schedule = dataclasses.replace(recipe, steps=steps, warmup_steps=min(recipe.warmup_steps, steps // 10))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=recipe.betas,
+                                  weight_decay=recipe.weight_decay, fused=device.type == "cuda")
+    max_norm = recipe.grad_clip if recipe.grad_clip > 0 else float("inf")
+    module.train()
+    window = []
+    for i in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i, schedule)
+        loss = loss_of(*next_batch())
+        value = loss.item()
+        if not math.isfinite(value):
+            log(first_step + i + 1, "train", metric, value)
+            return f"non-finite {metric} at step {first_step + i + 1}"
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+        optimizer.step()
+        window.append(value)
+        if (i + 1) % recipe.log_every == 0 or i + 1 == steps:
+            log(first_step + i + 1, "train", metric, sum(window) / len(window))
+            window = []
+    return None
+
+
+def run_eam(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1,
+            teacher_dir: str | Path | None = None) -> str:
+    """Run the pipeline for one (study, eam, seed); the contract of harness.train.train_run.
+
+    ``state_dir`` is accepted for that contract and unused (no resume). Steps count the optimizer
+    steps of the pipeline: the encoder's 1..E, the decoder's E+1..E+D; the write stage is step 0.
+    """
+    out_dir = Path(out_dir)
+    torch.set_num_threads(threads)
+    t0 = time.time()
+    rows: list[dict] = []
+    step = 0
+    status, reason = "completed", None
+    model = None
+    manifest: dict[str, Any] = {
+        "arch": spec.get("arch"),
+        "build": spec.get("build"),
+        "seed": spec.get("seed"),
+        "study": spec.get("study"),
+        # the teacher's folder names the seed; the runs of one study's eam share their hash
+        "config_hash": config_hash(spec),
+        "versions": _versions(),
+        "threads": threads,
+    }
+    summary: dict[str, Any] = {}
+    manifest["eam"] = summary
+
+    def log(step_: int, split: str, metric: str, value: float) -> None:
+        rows.append({"step": step_, "split": split, "metric": metric, "value": repr(float(value)),
+                     "wall_time": f"{time.time() - t0:.3f}"})
+
+    try:
+        recipe = Recipe.from_dict(spec["recipe"])
+        model_hparams, stages = split_hparams(spec["hparams"])
+        device, dtype = resolve_device(recipe)
+        corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
+        train = corpus.splits["train"]
+        stages = stages.scaled(recipe, len(train))
+        manifest.update(
+            data=corpus.info(), recipe=dataclasses.asdict(recipe),
+            device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
+            dtype=str(dtype or torch.float32).removeprefix("torch."))
+        summary.update(teacher=stages.teacher, teacher_dir=str(teacher_dir), stages=dataclasses.asdict(stages))
+
+        teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
+        d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
+        hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher,
+                   "seed": spec["seed"]}
+        torch.manual_seed(spec["seed"])  # encoder and decoder init
+        model = archs.build(spec["build"], **hparams).to(device)
+        base = {**spec["model"], "vocab_size": corpus.vocab_size, "max_seq_len": recipe.seq_len}
+        ref_params = shape.param_count(spec["reference"]["build"], {**base, **spec["reference"]["hparams"]})
+        n_params = shape.count_params(model)
+        manifest.update(hparams=dataclasses.asdict(model.config), n_params=n_params,
+                        reconstruction=archs.info(spec["build"]).reconstruction,
+                        shape={"mode": "as_published", "reference": spec["shape"]["reference"],
+                               "reference_params": ref_params, "deviation": n_params / ref_params - 1,
+                               "knob": None, "knob_value": None})
+        memory = model.memory
+        summary.update(encoder_params=shape.count_params(model.encoder),
+                       decoder_params=shape.count_params(model.decoder), max_L=memory.max_locations,
+                       memory_floats=sum(b.numel() for b in (memory.addresses, memory.counters,
+                                                             memory.write_weights)))
+
+        # (a) write the teacher's hidden states
+        keys, keys_per_s = write_memory(model, teacher, train, stages, recipe.seq_len, device, dtype)
+        summary.update(keys_written=keys, write_keys_per_s=keys_per_s, live_locations=memory.live)
+        log(0, "train", "live_locations", memory.live)  # the throughput is a timing: run.json only
+
+        gen = torch.Generator().manual_seed(spec["seed"])
+
+        def next_batch():
+            x, y = data.get_batch(train, stages.batch_size, recipe.seq_len, gen)
+            return x.to(device), y.to(device)
+
+        # (b) the encoder learns the teacher's keys from tokens alone
+        def encoder_loss(x, _y):
+            target = model.teacher_keys(final_hidden(teacher, x, dtype))
+            with _autocast(device, dtype):
+                key = model.encoder(x)
+            return (1 - (key.float() * target).sum(-1)).mean()
+
+        diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, log,
+                       "encoder_loss", device)
+
+        # (c) the decoder learns next tokens from what the memory returns for the encoder's keys
+        def decoder_loss(x, y):
+            with torch.no_grad(), _autocast(device, dtype):  # the encoder and the memory stay as they are
+                read = memory.read(model.encoder(x))
+            with _autocast(device, dtype):
+                logits = model.decoder(read)
+            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+        if diverged is None:
+            diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
+                           next_batch, log, "decoder_loss", device)
+        step = int(rows[-1]["step"])  # each stage logs its last step, or the step whose loss was non-finite
+        if diverged is not None:
+            status, reason = "diverged", diverged
+
+        # (d) both models as proper distributions on the same validation (and test) batches
+        splits = [("val", recipe.eval_seed)]
+        if "test" in corpus.splits:
+            splits.append(("test", recipe.eval_seed + 1))
+        for split, seed in splits if status == "completed" else []:
+            batches = data.fixed_batches(corpus.splits[split], recipe.eval_batches, recipe.batch_size,
+                                         recipe.seq_len, seed)
+            eam_loss = _evaluate(model, batches, device, dtype)
+            teacher_loss = _evaluate(teacher, batches, device, dtype)
+            log(step, split, "loss", eam_loss)
+            log(step, split, "teacher_loss", teacher_loss)
+            if split == "val":
+                summary.update(eam_loss=eam_loss, teacher_loss=teacher_loss, transfer=teacher_loss / eam_loss)
+                if not math.isfinite(eam_loss):
+                    status, reason = "diverged", f"non-finite validation loss at step {step}"
+                    break
+    except Exception as e:  # recorded, not hidden: the DAG and the report go on and show it
+        traceback.print_exc()
+        status, reason = "failed", f"{type(e).__name__}: {e}"
+
+    manifest.update(status=status, reason=reason, steps_done=step, wall_time_s=round(time.time() - t0, 3))
+    _write_metrics(out_dir / "metrics.csv", rows)
+    if model is not None:
+        _atomic(out_dir / "model.safetensors", lambda tmp: save_model(model, tmp, metadata={"status": status}))
+    else:
+        _atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata={"status": status}))
+    _write_text(out_dir / "run.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return status
