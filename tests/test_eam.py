@@ -233,7 +233,7 @@ def test_evaluation_path_is_a_causal_proper_distribution():
 
 
 def micro_eam_study(**stages):
-    hparams = {**STAGES, **stages}
+    hparams = {"teacher": "transformer", **STAGES, **stages}
     return resolve(micro_config({**MICRO_STUDY, "archs": ["transformer", {"name": "eam", "hparams": hparams}]}))["micro"]
 
 
