@@ -1,0 +1,173 @@
+"""All runs of a study -> tidy tables: the only input the report reads.
+
+Writes study.json, runs.csv (one row per run: identity, status, shape, provenance and scores),
+trajectories.csv (every metric of every run), events.csv, summary.csv (per architecture) and
+pairs.csv (per pair of architectures). A failed or diverged run is a row like any other: the
+statistics count it and the report lists it. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from harness import stats
+from harness.stats import ID_COLUMNS
+
+METRIC_COLUMNS = ["step", "split", "metric", "value"]
+# the events.csv contract (detect may add columns, such as its note)
+EVENT_COLUMNS = ID_COLUMNS + ["type", "split", "onset_step", "train_onset_step", "peak_step", "end_step",
+                              "recovered", "peak_value", "magnitude", "score", "threshold"]
+STATUSES = ("completed", "diverged", "failed")
+# per-architecture shape facts that summary.csv carries beside the statistics
+SHAPE_COLUMNS = ["n_params", "reference", "reference_params", "deviation", "knob", "knob_value"]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same folder and rename, so a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report should be as readable as any file
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _csv(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, lineterminator="\n")
+
+
+def read_table(path: Path, required: list[str], what: str) -> pd.DataFrame:
+    """Read a CSV, failing with its path when it is missing, unreadable or lacks a required column."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing ({what}); rerun the stage that writes it")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV ({e}); delete it and rerun the stage that writes it") from e
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing} (has {list(df.columns)})")
+    return df
+
+
+def _read_run_json(path: Path, study_name: str, archs: set[str]) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (written by the train stage); rerun the run")
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete the run folder and rerun it") from e
+    missing = [k for k in ("arch", "seed", "study", "status") if k not in run]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing}")
+    if run["status"] not in STATUSES:
+        raise ValueError(f"{path}: status {run['status']!r} is not one of {STATUSES}")
+    if run["study"] != study_name:
+        raise ValueError(f"{path}: belongs to study {run['study']!r}, not {study_name!r}")
+    if archs and run["arch"] not in archs:
+        raise ValueError(f"{path}: arch {run['arch']!r} is not one of the study's {sorted(archs)}")
+    return run
+
+
+def _run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """Flatten run.json into one row; a failed run may lack everything after its identity."""
+    shape = run.get("shape") or {}
+    data = run.get("data") or {}
+    row = {
+        "study": run["study"], "arch": run["arch"], "seed": int(run["seed"]), "status": run["status"],
+        "reason": run.get("reason") or ("" if run["status"] == "completed" else "(no reason recorded in run.json)"),
+        "build": run.get("build"), "n_params": run.get("n_params"),
+        "reference": shape.get("reference"), "reference_params": shape.get("reference_params"),
+        "deviation": shape.get("deviation"), "shape_mode": shape.get("mode"),
+        "knob": shape.get("knob"), "knob_value": shape.get("knob_value"),
+        "reconstruction": run.get("reconstruction"),
+        "hparams": json.dumps(run["hparams"], sort_keys=True) if run.get("hparams") is not None else None,
+        "config_hash": run.get("config_hash"), "device": run.get("device"), "dtype": run.get("dtype"),
+        "threads": run.get("threads"), "wall_time_s": run.get("wall_time_s"), "steps_done": run.get("steps_done"),
+        "data_name": data.get("name"), "data_sha256": data.get("sha256"), "data_tokens": data.get("tokens"),
+        "vocab_size": data.get("vocab_size"),
+    }
+    for name, version in sorted((run.get("versions") or {}).items()):
+        row[f"version_{name}"] = version
+    return row
+
+
+def _with_identity(df: pd.DataFrame, run: dict[str, Any], path: Path) -> pd.DataFrame:
+    """Prepend study, arch, seed (from run.json); a file that names another run is an error."""
+    identity = {"study": run["study"], "arch": run["arch"], "seed": int(run["seed"])}
+    for key, value in identity.items():
+        if key in df.columns and len(df) and not (df[key].astype(str) == str(value)).all():
+            raise ValueError(f"{path}: column {key!r} does not match run.json ({value!r})")
+    rest = df.drop(columns=[c for c in identity if c in df.columns])
+    return pd.concat([pd.DataFrame(identity, index=rest.index), rest], axis=1)
+
+
+def read_run(run_dir: Path, study_name: str, archs: set[str]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """One run folder -> (run row, metrics with identity, events with identity)."""
+    run = _read_run_json(run_dir / "run.json", study_name, archs)
+    metrics_path = run_dir / "metrics.csv"
+    metrics = read_table(metrics_path, METRIC_COLUMNS, "written by the train stage")
+    if len(metrics) and not pd.api.types.is_numeric_dtype(metrics["value"]):
+        raise ValueError(f"{metrics_path}: column 'value' is not numeric")
+    if len(metrics) and not pd.api.types.is_integer_dtype(metrics["step"]):
+        raise ValueError(f"{metrics_path}: column 'step' is not integer")
+    metrics = metrics.astype({"step": "int64", "value": "float64"})  # a crash may log no row at all
+    events_path = run_dir / "events.csv"
+    events = read_table(events_path, EVENT_COLUMNS[3:], "written by the detect stage")
+    return _run_row(run), _with_identity(metrics, run, metrics_path), _with_identity(events, run, events_path)
+
+
+def _per_arch_shape(runs: pd.DataFrame) -> pd.DataFrame:
+    """The shape facts of each architecture, from its first run that recorded them (seeds share them)."""
+    known = runs.dropna(subset=["n_params"]).sort_values(["arch", "seed"])
+    return known.groupby("arch", as_index=False)[SHAPE_COLUMNS].first()
+
+
+def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
+    """Read every run folder of ``study`` and write the study's tables to ``out_dir``."""
+    if not run_dirs:
+        raise ValueError(f"study {study.get('name')!r}: no run folders to aggregate")
+    if "name" not in study:
+        raise ValueError("study: missing key 'name' (pass the resolved study)")
+    rows, trajectories, events = [], [], []
+    for run_dir in sorted(Path(p) for p in run_dirs):
+        row, metrics, run_events = read_run(run_dir, study["name"], set(study.get("archs", {})))
+        rows.append(row)
+        trajectories.append(metrics)
+        events.append(run_events)
+    runs = pd.DataFrame(rows).sort_values(["arch", "seed"], ignore_index=True)
+    duplicated = runs[runs.duplicated(["arch", "seed"], keep=False)]
+    if len(duplicated):
+        raise ValueError(f"two run folders hold the same run: {duplicated[['arch', 'seed']].to_dict('records')}")
+    # a crash's empty metrics.csv has object columns; keep strings as str so filtering stays fast
+    trajectories = pd.concat(trajectories, ignore_index=True).astype(
+        {"study": "str", "arch": "str", "split": "str", "metric": "str"}).sort_values(
+        ["arch", "seed", "split", "metric", "step"], ignore_index=True, kind="stable")
+    nonempty = [e for e in events if len(e)]
+    events = (pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=EVENT_COLUMNS))
+    events = events.sort_values(["arch", "seed", "onset_step"], ignore_index=True, kind="stable")
+
+    scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"))
+    score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
+    runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
+    summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on="arch", how="left")
+    pairs = stats.compare(scores, seed=0)
+
+    out_dir = Path(out_dir)
+    write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
+    for name, table in (("runs", runs), ("trajectories", trajectories), ("events", events),
+                        ("summary", summary), ("pairs", pairs)):
+        write_atomic(out_dir / f"{name}.csv", _csv(table))
+

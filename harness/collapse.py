@@ -1,0 +1,567 @@
+"""Instability events (spike, collapse, overfit divergence, divergence) from one run's loss curves.
+
+How it decides, and why:
+- Every loss is in nats, so a difference of losses is a ratio of perplexities: all levels and
+  magnitudes below are differences of losses, reported as perplexity ratios.
+- Noise is measured on the run itself, causally: the robust spread (MAD) of the second differences
+  of the evaluations in a trailing window. They cancel the downward trend of training and most of
+  its curvature, so the estimate needs no fitted curve, and the MAD ignores past outliers.
+- An evaluation leaves the pre-event level when it is BOTH far above the trailing level in units of
+  that noise (robust z) AND above it by a minimum perplexity ratio. The z alone would flag tiny wiggles
+  of a very smooth curve (train loss averaged over a window); the ratio alone would flag noise on a
+  noisy validation curve. Together they make the false-positive rate small at every noise level. A
+  jump that holds is also tested on the median of its first evaluations, which is less noisy than
+  one point, so a sustained 1.5x jump is found even where one noisy point could not show it.
+- The onset is the last evaluation at the pre-event level: evaluations just before the first one
+  out that already sat above their level by the minimum ratio (a ramp) belong to the event.
+- Once out, an event lasts until the curve is back within ``recovery_tolerance`` of the pre-event
+  level (hysteresis: entering needs ``min_ratio``, leaving needs the smaller tolerance), so one
+  chaotic collapse is one event, not many.
+- A slow rise (overfitting, a creeping collapse) never jumps above a trailing level that follows it,
+  so a second test compares the smoothed curve with the best level the run had reached.
+- The validation curve defines spikes, collapses and overfit divergence; the train curve tells a
+  collapse (train jumps too) from overfitting (train keeps falling) and dates train_onset_step.
+
+No torch here: this module must import fast and stand alone.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence")
+EVENT_COLUMNS = ["type", "split", "onset_step", "train_onset_step", "peak_step", "end_step", "recovered",
+                 "peak_value", "magnitude", "score", "threshold", "note"]
+LONG_COLUMNS = ("step", "split", "metric", "value", "wall_time")
+# wide CSVs: loss column name -> split
+WIDE_LOSS_COLUMNS = {"loss": "train", "train_loss": "train", "train/loss": "train",
+                     "val_loss": "val", "valid_loss": "val", "validation_loss": "val", "val/loss": "val",
+                     "test_loss": "test", "test/loss": "test"}
+MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation
+
+
+def is_loss(metric: pd.Series) -> pd.Series:
+    """Which rows of a long table's ``metric`` column are losses ("loss" or "SPLIT/loss")."""
+    metric = metric.astype(str)
+    return (metric == "loss") | metric.str.endswith("/loss")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Every threshold of the detector. Defaults are calibrated by benchmarks/collapse_calibration.py."""
+
+    z_threshold: float = 6.0
+    """Robust z (excess over the trailing level / noise) an evaluation must exceed to leave the level;
+    a jump that holds is also tested on the median of its first min_sustained evaluations. The
+    published healthy memnls run peaks at 3.5, and the transformer's last evaluations before its
+    collapse (27,000 and 27,500) sit at 1.7 and 1.6 (the spec's "about 4" is against another trend),
+    so 6 keeps a margin like the public monitor's 8 over a healthy 4.5; healthy synthetic runs of
+    20-200 evaluations are flagged 0.3% of the time (5 of 1,500), all single noisy points."""
+
+    min_ratio: float = 1.2
+    """Minimum perplexity ratio over the trailing level for an evaluation to leave it (ln 1.2 = 0.18
+    nats). Above what noise and a hard batch do in the published runs (memnls' largest healthy
+    excursion is 1.085x; the transformer's 27,000 and 27,500, which the spec still counts as the
+    pre-event level, sit 1.10x and 1.09x above theirs), and twice the recovery tolerance, so entering
+    and leaving an event are well apart (hysteresis). A jump of 1.5x is always a candidate."""
+
+    recovery_tolerance: float = 0.10
+    """An event ends at the first evaluation back within this fraction (in perplexity) of the
+    pre-event level (statistics.md: 10%)."""
+
+    level_window: int = 5
+    """Evaluations whose median is the trailing level. Short, so the level lags a falling curve by
+    only about two evaluations (onsets stay sharp), yet one or two outliers cannot move it."""
+
+    noise_window: int = 20
+    """Evaluations whose second differences give the noise estimate (MAD). Eighteen of them estimate
+    a spread to about 25%, and 20 evaluations is the shortest run the calibration covers."""
+
+    min_history: int = 6
+    """Evaluations needed before any test (a level, and four second differences for the noise). A run
+    with fewer evaluations gets no statistical events (only divergence): nothing to compare with."""
+
+    min_sustained: int = 3
+    """Evaluations an excursion must last to be sustained (collapse or overfit divergence); a shorter
+    excursion that comes back is a spike, and one still open when the run ends is not reported (it can
+    be confirmed as neither), unless the train curve confirms it."""
+
+    smoothing: int = 3
+    """Evaluations in the running median used for the slow-rise test and the untrained-level test, so
+    one noisy point can trigger neither (statistics.md smooths over the last 3 evaluations)."""
+
+    drift_z_threshold: float = 5.0
+    """Robust z for the slow-rise test: (smoothed loss - best smoothed loss so far) / noise, held for
+    min_sustained evaluations in a row. Lower than z_threshold because the smoothing and the
+    holding already cut the noise: no healthy synthetic run of 1,500 reached it (at 4, 2 of 800
+    did), while it finds 99% of 2x overfitting."""
+
+    onset_noise: float = 2.0
+    """How far above the trailing level (in noise SDs) the onset evaluation may sit and still be the
+    pre-event loss; higher, it is already on the way up (a ramp) and the level is used instead. The
+    published transformer's 27,500 sits 1.3 SD high and is the spec's pre-event 3.10 ppl."""
+
+    rise_ratio: float = 1.5
+    """In the note of an unrecovered event: a renewed rise of this ratio above the lowest point after
+    the peak, held for two evaluations, is reported as a second rise (the published transformer rises
+    again at 42,000 after a partial recovery)."""
+
+    train_lookback: int = 1
+    """Validation intervals before the onset in which a train excursion still belongs to the event:
+    the train curve, logged more often, moves first (published run: near 27,000, onset 27,500)."""
+
+    def __post_init__(self) -> None:
+        positive = {"z_threshold": self.z_threshold, "drift_z_threshold": self.drift_z_threshold,
+                    "recovery_tolerance": self.recovery_tolerance}
+        if not self.onset_noise >= 0:
+            raise ValueError(f"DetectConfig.onset_noise must be >= 0, got {self.onset_noise}")
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"DetectConfig.{name} must be > 0, got {value}")
+        if not self.min_ratio > 1 + self.recovery_tolerance:
+            raise ValueError(f"DetectConfig.min_ratio ({self.min_ratio}) must exceed 1 + recovery_tolerance "
+                             f"({1 + self.recovery_tolerance}): an event must start above the level it ends at")
+        if not self.rise_ratio > 1:
+            raise ValueError(f"DetectConfig.rise_ratio must be > 1, got {self.rise_ratio}")
+        minimum = {"level_window": 1, "noise_window": 4, "min_history": 3, "min_sustained": 1,
+                   "smoothing": 1, "train_lookback": 0}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"DetectConfig.{name} must be an integer >= {low}, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> DetectConfig:
+        """Build from a plain mapping (e.g. JSON); unknown keys are an error that names them."""
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"DetectConfig: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class _Span:
+    """An excursion of one curve, in indices of that curve (end None = still open at the end)."""
+
+    onset: int | None  # last evaluation at the pre-event level (None: the curve starts inside it)
+    trigger: int  # first evaluation out of the level
+    end: int | None  # first evaluation back within the tolerance
+    pre: float  # pre-event loss
+    score: float
+    threshold: float
+    slow: bool = False  # found by the slow-rise test
+    diverged: str = ""  # why it is a divergence ("" = it is not)
+    absorbed: list = field(default_factory=list)  # train spans that belong to this validation span
+
+
+class _Curve:
+    """One split's loss: steps and values sorted by step, finite prefix and its spans."""
+
+    def __init__(self, split: str, steps: np.ndarray, values: np.ndarray):
+        self.split, self.steps, self.x = split, steps, values
+        bad = np.flatnonzero(~np.isfinite(values))
+        self.n_finite = int(bad[0]) if len(bad) else len(values)
+        self.spans: list[_Span] = []
+
+    def step(self, i: int | None) -> float:
+        return float(self.steps[i]) if i is not None else math.nan
+
+    def peak(self, s: _Span) -> int:
+        """Index of the highest loss inside a span (a non-finite loss is the highest of all)."""
+        stop = len(self.x) if s.end is None else s.end
+        window = self.x[s.trigger:stop]
+        bad = np.flatnonzero(~np.isfinite(window))
+        return s.trigger + int(bad[0] if len(bad) else np.argmax(window))
+
+    def duration(self, s: _Span) -> int:
+        return (len(self.x) if s.end is None else s.end) - s.trigger
+
+
+def _windows(v: np.ndarray, size: int) -> np.ndarray:
+    """Row p holds v[p - size : p] (NaN where that runs off the start): trailing windows, vectorised."""
+    padded = np.concatenate([np.full(size, np.nan), v])
+    return np.lib.stride_tricks.sliding_window_view(padded, size)[:len(v)]
+
+
+def _median_variance(count: np.ndarray) -> np.ndarray:
+    """Variance of the median of ``count`` noisy points, in units of one point's variance."""
+    return np.where(count >= 3, np.pi / (2 * np.maximum(count, 1)), 1 / np.maximum(count, 1))
+
+
+def _trailing_stats(v: np.ndarray, cfg: DetectConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For every position p of the curve v (evaluations at the pre-event level, then the ones to
+    test): the trailing level (median of the last level_window before p) and its variance in units
+    of the noise, the noise (robust SD of the second differences among the last noise_window before
+    p, / sqrt 6: they cancel the trend and most of its curvature, so early training's steep descent
+    does not pass for noise) and the running median over smoothing evaluations ending at p."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows at the start
+        level_window = _windows(v, cfg.level_window)
+        level = np.nanmedian(level_window, axis=1)
+        level_variance = _median_variance(np.sum(~np.isnan(level_window), axis=1))
+        # position p: the noise_window - 2 second differences among v[p - noise_window : p]
+        d = _windows(np.diff(v, 2), cfg.noise_window - 2)
+        d = np.concatenate([np.full((2, d.shape[1]), np.nan), d])[:len(v)]
+        sigma = MAD_TO_SD * np.nanmedian(np.abs(d - np.nanmedian(d, axis=1, keepdims=True)), axis=1) / math.sqrt(6)
+        smoothed = np.nanmedian(np.concatenate([_windows(v, cfg.smoothing - 1), v[:, None]], axis=1), axis=1) \
+            if cfg.smoothing > 1 else v.copy()
+    return level, level_variance, np.maximum(np.nan_to_num(sigma), 1e-12), smoothed
+
+
+def _find_end(x: np.ndarray, start: int, stop: int, ceiling: float) -> int | None:
+    back = np.flatnonzero(x[start:stop] <= ceiling)
+    return start + int(back[0]) if len(back) else None
+
+
+def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
+    """Excursions of one finite curve (the core of the detector, see the module docstring).
+
+    Between events every evaluation is tested at once against the evaluations before it that were
+    at the pre-event level ("clean"); the first one out starts an event, which runs to its recovery,
+    and testing resumes after it with the event's evaluations left out of the history.
+    """
+    n = len(x)
+    lift, tol = math.log(cfg.min_ratio), math.log1p(cfg.recovery_tolerance)
+    clean = np.empty(0, dtype=np.int64)
+    fresh = 0  # position from which the best level is measured (it restarts after an event)
+    spans: list[_Span] = []
+    start = 0
+    while start < n:
+        index = np.concatenate([clean, np.arange(start, n)])  # clean history, then the untested rest
+        v = x[index]
+        level, level_variance, sigma, smoothed = _trailing_stats(v, cfg)
+        known = np.where(np.arange(len(v)) >= max(fresh, cfg.smoothing - 1), smoothed, np.inf)
+        best = np.concatenate([[np.inf], np.minimum.accumulate(known)[:-1]])  # before p
+        tested = np.arange(len(v)) >= max(len(clean), cfg.min_history)
+        # the level is itself a median of noisy points: its variance adds to the tested one's
+        z = (v - level) / (sigma * np.sqrt(1 + level_variance))
+        # a jump that holds: the median of this and the next evaluations, less noisy than one point
+        ahead = np.lib.stride_tricks.sliding_window_view(
+            np.concatenate([v, np.full(cfg.min_sustained - 1, np.nan)]), cfg.min_sustained)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            held = np.nanmedian(ahead, axis=1)
+        held_z = (held - level) / (sigma * np.sqrt(_median_variance(np.sum(~np.isnan(ahead), axis=1))
+                                                    + level_variance))
+        z = np.where(held - level > lift, np.maximum(z, held_z), z)
+        point = tested & (v - level > lift) & (z > cfg.z_threshold)
+        with np.errstate(invalid="ignore"):
+            drift_z = (smoothed - best) / sigma
+        rising = tested & (smoothed - best > lift) & (drift_z > cfg.drift_z_threshold)
+        run = np.convolve(rising, np.ones(cfg.min_sustained, dtype=int))[:len(v)]
+        sustained = np.flatnonzero(run >= cfg.min_sustained)
+        first_point = np.flatnonzero(point)
+        p_point = first_point[0] if len(first_point) else len(v)
+        p_drift = sustained[0] if len(sustained) else len(v)
+        if p_point == p_drift == len(v):
+            break
+        if p_point <= p_drift:
+            p = int(p_point)
+            # evaluations just before it that already sat above their own level by min_ratio, too
+            # few to pass the z test then, belong to the event: the onset is before them
+            first_out = p
+            while first_out > cfg.min_history and v[first_out - 1] - level[first_out - 1] > lift:
+                first_out -= 1
+            # the onset evaluation may sit a little high (the published 3.10 at 27,500); higher, it is
+            # already part of a ramp and the level is the better pre-event loss
+            pre = float(np.clip(v[first_out - 1], level[first_out],
+                                level[first_out] + cfg.onset_noise * sigma[first_out]))
+            span = _Span(int(index[first_out - 1]), int(index[first_out]),
+                         _find_end(x, int(index[p]) + 1, n, pre + tol), pre, float(z[p]), cfg.z_threshold)
+        else:
+            p = int(p_drift)
+            first_out = p - cfg.min_sustained + 1  # the rise began at the first of the sustained points
+            pre = float(best[p])
+            end = _find_end(x, int(index[p]) + 1, n, pre + tol)
+            # a gradual rise leaves the level where the smoothed curve was at its best, the bottom of
+            # the U (calibrated: a changepoint fit or a noise band around the best date it later)
+            onset = int(index[np.flatnonzero(smoothed[:first_out] <= pre)[-1]])
+            span = _Span(onset, int(index[first_out]), end, pre, float(drift_z[p]), cfg.drift_z_threshold,
+                         slow=True)
+        spans.append(span)
+        if span.end is None:
+            break
+        clean = np.concatenate([index[:first_out], [span.end]])
+        fresh = len(clean)
+        start = span.end + 1
+    return spans
+
+
+def _mark_divergence(curve: _Curve, cfg: DetectConfig, ln_vocab: float | None) -> None:
+    """Turn the span holding a non-finite loss or a return to the untrained level into a divergence."""
+    x, tol = curve.x, math.log1p(cfg.recovery_tolerance)
+    hits: list[tuple[int, str, float, float]] = []  # (index, why, score, threshold)
+    if ln_vocab is not None:
+        k = cfg.smoothing
+        smoothed = np.array([np.median(x[max(0, i - k + 1):i + 1]) for i in range(curve.n_finite)])
+        below = np.flatnonzero(smoothed < ln_vocab - tol)  # it had clearly left the untrained level
+        if len(below):
+            back = np.flatnonzero(smoothed[below[0]:] >= ln_vocab)
+            if len(back):
+                i = int(below[0] + back[0])
+                hits.append((i, f"smoothed loss {smoothed[i]:.3g} at or above ln(vocab) = {ln_vocab:.3g} "
+                                f"at {curve.steps[i]:,}", float(smoothed[i]), ln_vocab))
+    if curve.n_finite < len(x):
+        i = curve.n_finite
+        hits.append((i, f"non-finite {curve.split} loss ({x[i]}) at {curve.steps[i]:,}", math.inf, math.nan))
+    if not hits:
+        return
+    i, why, score, threshold = min(hits, key=lambda h: h[0])
+    for s in curve.spans:
+        if s.trigger <= i and (s.end is None or i < s.end):
+            s.diverged = why
+            return
+    onset = next((j for j in range(i - 1, -1, -1) if np.isfinite(x[j]) and x[j] < ln_vocab - tol), None) \
+        if ln_vocab is not None else (i - 1 if i > 0 else None)
+    trigger = i if onset is None else onset + 1
+    pre = float(x[onset]) if onset is not None else math.nan
+    end = _find_end(x, i + 1, len(x), pre + tol) if onset is not None else None
+    curve.spans = [s for s in curve.spans if s.trigger < trigger]
+    curve.spans.append(_Span(onset, trigger, end, pre, score, threshold, diverged=why))
+
+
+def _overlaps(train: _Curve, s: _Span, start: float, stop: float) -> bool:
+    first = train.step(s.trigger)
+    last = math.inf if s.end is None else train.step(s.end)
+    return first <= stop and last >= start
+
+
+def _exp(loss: float) -> float:
+    """Perplexity (or ratio) of a loss (difference); inf for an infinite or overflowing one."""
+    return math.nan if math.isnan(loss) else math.exp(loss) if loss < 709 else math.inf
+
+
+def _ppl(loss: float) -> str:
+    v = _exp(loss)
+    if not np.isfinite(v):
+        return str(v)
+    return f"{v:.2f}" if v < 100 else f"{v:.4g}"
+
+
+def _note(curve: _Curve, s: _Span, cfg: DetectConfig) -> str:
+    """A short human account of the event's course after its peak."""
+    x, tol, parts = curve.x, math.log1p(cfg.recovery_tolerance), []
+    if s.diverged:
+        parts.append(s.diverged)
+    peak = curve.peak(s)
+    pre = _ppl(s.pre)
+    if s.end is not None:
+        n_out = s.end - s.trigger
+        unit = "log" if curve.split == "train" else "evaluation"
+        parts.append(f"back within {cfg.recovery_tolerance:.0%} of {pre} at {curve.steps[s.end]:,} "
+                     f"after {n_out} {unit}{'s' if n_out > 1 else ''}")
+        return "; ".join(parts)
+    last = curve.n_finite - 1
+    if not s.diverged and peak >= last:
+        parts.append(f"still rising at the last evaluation ({curve.steps[last]:,})")
+    elif not s.diverged:
+        rise, low = math.log(cfg.rise_ratio), peak + 1
+        second = None
+        for j in range(peak + 1, last + 1):
+            if x[j] < x[low]:
+                low = j
+            elif j < last and min(x[j], x[j + 1]) >= x[low] + rise:
+                second = j
+                break
+        if second is None:
+            low = peak + 1 + int(np.argmin(x[peak + 1:last + 1]))
+        if x[low] > s.pre + tol:
+            parts.append(f"partial recovery to {_ppl(x[low])} at {curve.steps[low]:,}")
+        if second is not None:
+            top = second + int(np.argmax(x[second:last + 1]))
+            parts.append(f"second rise from {curve.steps[second]:,} (to {_ppl(x[top])} at {curve.steps[top]:,})")
+        parts.append(f"never back within {cfg.recovery_tolerance:.0%} of {pre} "
+                     f"({_ppl(x[last])} at the last evaluation, {curve.steps[last]:,})")
+    return "; ".join(parts)
+
+
+def _row(kind: str, curve: _Curve, s: _Span, cfg: DetectConfig, train_onset: float = math.nan) -> dict:
+    peak = curve.peak(s)
+    peak_loss = float(curve.x[peak]) if np.isfinite(curve.x[peak]) else math.inf
+    note = _note(curve, s, cfg)
+    if kind == "overfit_divergence":
+        note = "train loss kept falling; " + note
+    return {"type": kind, "split": curve.split, "onset_step": curve.step(s.onset),
+            "train_onset_step": train_onset, "peak_step": curve.step(peak),
+            "end_step": curve.step(s.end), "recovered": s.end is not None,
+            "peak_value": _exp(peak_loss),
+            "magnitude": math.nan if math.isnan(s.pre) else _exp(peak_loss - s.pre),
+            "score": float(s.score), "threshold": float(s.threshold), "note": note}
+
+
+def _loss_curves(df: pd.DataFrame) -> dict[str, _Curve]:
+    missing = [c for c in ("step", "split", "value") if c not in df.columns]
+    if missing:
+        raise ValueError(f"detect: missing column(s) {missing}; expected the long format "
+                         f"step,split,metric,value (has {list(df.columns)})")
+    rows = df[is_loss(df["metric"])] if "metric" in df.columns else df
+    curves = {}
+    for split, g in rows.groupby(rows["split"].astype(str), sort=True):
+        g = g.assign(step=pd.to_numeric(g["step"]), value=pd.to_numeric(g["value"]).astype(float))
+        g = g.sort_values("step", kind="stable").drop_duplicates("step", keep="last")  # a resume re-logs
+        curves[split] = _Curve(split, g["step"].to_numpy(dtype=np.int64), g["value"].to_numpy(dtype=float))
+    return curves
+
+
+def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
+    """Events of ONE run given in the long format (step, split, metric, value; other columns ignored).
+
+    ``vocab_size`` enables the untrained-level test (divergence when the smoothed loss climbs back to
+    ln(vocab_size)); without it only non-finite losses count as divergence.
+    """
+    cfg = DetectConfig() if config is None else config
+    if not isinstance(cfg, DetectConfig):
+        raise TypeError(f"detect: config must be a DetectConfig (use DetectConfig.from_dict), got {type(cfg).__name__}")
+    if vocab_size is not None and not (isinstance(vocab_size, (int, np.integer)) and vocab_size >= 2):
+        raise ValueError(f"detect: vocab_size must be an integer >= 2, got {vocab_size!r}")
+    ln_vocab = math.log(vocab_size) if vocab_size is not None else None
+    curves = _loss_curves(df)
+    for curve in curves.values():
+        curve.spans = _scan(curve.x[:curve.n_finite], cfg) if curve.split in ("train", "val") else []
+        _mark_divergence(curve, cfg, ln_vocab)
+    val, train = curves.get("val"), curves.get("train")
+    defining = val if val is not None and len(val.x) else train
+    if defining is None:
+        return pd.DataFrame(columns=EVENT_COLUMNS)
+    other = train if defining is val else None
+    rows = [row for s in defining.spans for row in _classify(defining, s, other, cfg)]
+    if other is not None:
+        taken = {id(t) for s in defining.spans for t in s.absorbed}
+        rows += [row for t in other.spans if id(t) not in taken for row in _train_only(other, t, defining, cfg)]
+    events = pd.DataFrame(rows, columns=EVENT_COLUMNS)
+    return events.sort_values(["onset_step", "peak_step"], ignore_index=True, kind="stable")
+
+
+def _classify(curve: _Curve, s: _Span, train: _Curve | None, cfg: DetectConfig) -> list[dict]:
+    """Type one span of the defining curve, using the train curve to tell collapse from overfitting."""
+    train_onset, train_jumped, train_seen, train_confirms = math.nan, [], False, False
+    if train is not None:
+        back = max(0, (s.onset if s.onset is not None else s.trigger) - cfg.train_lookback)
+        start = curve.step(back)
+        stop = math.inf if s.end is None else curve.step(s.end)
+        peak_step = curve.step(curve.peak(s))
+        s.absorbed = [t for t in train.spans if _overlaps(train, t, start, stop)]
+        onsets = [train.step(t.onset) for t in s.absorbed if t.onset is not None]
+        train_onset = min(onsets) if onsets else math.nan
+        onset_step = curve.step(s.onset if s.onset is not None else s.trigger)
+        train_jumped = [t for t in s.absorbed if _overlaps(train, t, onset_step, peak_step)]
+        train_seen = bool(np.any((train.steps >= start) & (train.steps <= peak_step)))
+        train_confirms = any(t.end is None and train.duration(t) >= cfg.min_sustained for t in s.absorbed)
+    if s.slow and train_jumped:
+        # a slow test dates a jump loosely; the train curve saw it: the onset is the last
+        # validation evaluation before the train loss left its level
+        jump = min(train.step(t.trigger) for t in train_jumped)
+        earlier = np.flatnonzero(curve.steps < jump)
+        if len(earlier) and s.onset is not None:
+            s.onset = max(s.onset, int(earlier[-1]))
+    if s.diverged:
+        return [_row("divergence", curve, s, cfg, train_onset)]
+    sustained = curve.duration(s) >= cfg.min_sustained
+    if s.end is None and not sustained and not train_confirms:
+        s.absorbed = []  # unconfirmed at the end of the run: neither a spike nor a collapse
+        return []
+    if s.end is not None and not sustained:
+        return [_row("spike", curve, s, cfg, train_onset)]
+    kind = "overfit_divergence" if train_seen and not train_jumped else "collapse"
+    return [_row(kind, curve, s, cfg, train_onset)]
+
+
+def _train_only(train: _Curve, t: _Span, val: _Curve, cfg: DetectConfig) -> list[dict]:
+    """Type a train excursion that no validation event explains.
+
+    Short and back: a spike. Sustained (at least min_sustained validation intervals): a collapse when
+    the validation loss over the same steps rose by min_ratio too (a jump the validation noise hid
+    from its own test), or when no validation evaluation fell inside it (the run ended first);
+    otherwise the train loss alone moved, which is no collapse, and it is not reported.
+    """
+    if t.diverged:
+        return [_row("divergence", train, t, cfg)]
+    interval = float(np.median(np.diff(val.steps))) if len(val.steps) > 1 else math.inf
+    first = train.step(t.trigger)
+    last = train.step(t.end) if t.end is not None else float(train.steps[train.n_finite - 1])
+    if last - first < cfg.min_sustained * interval:
+        return [_row("spike", train, t, cfg)] if t.end is not None else []
+    finite = val.x[:val.n_finite]
+    steps = val.steps[:val.n_finite]
+    inside = finite[(steps >= first) & ((steps < last) if t.end is not None else True)]
+    before = finite[steps < first]
+    if len(inside) == 0:
+        return [_row("collapse", train, t, cfg, train.step(t.onset))]
+    if len(before) == 0:
+        return []
+    rise = float(np.median(inside[:cfg.min_sustained]) - np.median(before[-cfg.level_window:]))
+    if rise <= math.log(cfg.min_ratio):
+        return []
+    row = _row("collapse", train, t, cfg, train.step(t.onset))
+    row["note"] = (f"validation rose {math.exp(rise):.2f}x over the same steps, inside its noise; "
+                   + row["note"])
+    return [row]
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        # empty cells stay distinguishable from a logged "nan": keep_default_na=False
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a readable CSV ({e})") from e
+
+
+def _long_from_file(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A long or wide CSV (all cells as text) -> long rows with numeric values, and the identity columns."""
+    if "step" not in raw.columns:
+        raise ValueError(f"{path}: no 'step' column (has {list(raw.columns)}); a training log needs one")
+    if {"split", "value"} <= set(raw.columns):  # long: a row is a logged value, an empty one is NaN
+        identity = [c for c in raw.columns if c not in LONG_COLUMNS]
+        long = raw[is_loss(raw["metric"].fillna(""))] if "metric" in raw.columns else raw
+        if long.empty:
+            raise ValueError(f"{path}: no loss rows (metric 'loss' or 'SPLIT/loss')")
+        long = long.assign(value=pd.to_numeric(long["value"].fillna("nan")))
+    else:  # wide: an empty cell means "not logged at this step"
+        losses = [c for c in raw.columns if c in WIDE_LOSS_COLUMNS]
+        if not losses:
+            raise ValueError(f"{path}: no loss column; expected one of {sorted(WIDE_LOSS_COLUMNS)} "
+                             f"or the long format step,split,metric,value (has {list(raw.columns)})")
+        # identity: text columns (arch, run name) and a seed; other numbers (lr, grad_norm) are metrics
+        identity = [c for c in raw.columns if c not in losses and c != "step"
+                    and (c == "seed" or pd.to_numeric(raw[c], errors="coerce").isna().all())]
+        long = raw.melt(id_vars=["step"] + identity, value_vars=losses, var_name="column", value_name="value")
+        long = long[long["value"].notna()]
+        long = long.assign(split=long["column"].map(WIDE_LOSS_COLUMNS), metric="loss",
+                           value=pd.to_numeric(long["value"])).drop(columns="column")
+    bad = pd.to_numeric(long["step"], errors="coerce").isna()
+    if bad.any():
+        raise ValueError(f"{path}: non-numeric step {long.loc[bad, 'step'].iloc[0]!r}")
+    long = long.assign(step=pd.to_numeric(long["step"]).astype(np.int64))
+    for c in identity:  # a seed read as text groups and prints as a number
+        number = pd.to_numeric(long[c], errors="coerce")
+        if number.notna().all():
+            long = long.assign(**{c: number})
+    return long, identity
+
+
+def detect_file(path: str | Path, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
+    """Events of every run in a CSV log, grouped by its identity columns (arch, seed, ...), which lead."""
+    path = Path(path)
+    long, identity = _long_from_file(_read_csv(path), path)
+    if not identity:
+        return detect(long, config, vocab_size)
+    tables = []
+    for key, group in long.groupby(identity, sort=True, dropna=False):
+        events = detect(group, config, vocab_size)
+        for name, value in zip(identity, key):
+            events.insert(len(events.columns) - len(EVENT_COLUMNS), name, value)
+        tables.append(events)
+    nonempty = [t for t in tables if len(t)]
+    if not nonempty:
+        return pd.DataFrame(columns=identity + EVENT_COLUMNS)
+    return pd.concat(nonempty, ignore_index=True)

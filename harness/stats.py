@@ -1,0 +1,223 @@
+"""Multi-seed statistics: per-run scores, per-architecture summaries, pairwise comparisons.
+
+Conventions (statistics.md, after rliable and AlgoPerf): perplexity is lower-is-better; the IQM is
+scipy's trim_mean(x, 0.25); intervals are percentile bootstraps over seeds with a seeded generator
+(so a report is reproducible), or the plain [min, max] range, labelled as such, below 5 seeds; a
+diverged run is never dropped: its perplexity and its time to target are infinite; a failed run
+(a crash of the harness, not of the model) has no scores and is only counted. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest, bootstrap, fisher_exact, mannwhitneyu, trim_mean
+from statsmodels.stats.multitest import multipletests
+
+from harness.collapse import is_loss
+
+SCORE_COLUMNS = ["study", "arch", "seed", "status", "final_loss", "final_smoothed_loss", "best_loss", "best_step",
+                 "time_to_target", "collapsed", "n_events"]
+SUMMARY_COLUMNS = ["arch", "n_seeds", "n_completed", "n_diverged", "n_failed",
+                   "final_ppl_median", "final_ppl_iqm", "final_ppl_lo", "final_ppl_hi",
+                   "best_ppl_median", "best_ppl_iqm", "best_ppl_lo", "best_ppl_hi",
+                   "final_bpb_median", "time_to_target_median",
+                   "collapse_count", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval"]
+PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "mannwhitney_p",
+                "holm_p", "fisher_p", "min_possible_p", "verdict"]
+ID_COLUMNS = ["study", "arch", "seed"]
+COLLAPSE_TYPES = ("collapse", "divergence")
+SMOOTH_EVALS = 3  # final_smoothed_loss: mean val loss of the last 3 evaluations (statistics.md)
+MIN_BOOTSTRAP_SEEDS = 5  # below this a percentile "95%" interval covers ~75%: report the range
+ALPHA = 0.05
+HUGE = 1e300  # stands in for an infinite perplexity inside the bootstrap (inf - inf would be NaN)
+
+
+def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing} (has {list(df.columns)})")
+
+
+def run_scores(trajectories: pd.DataFrame, events: pd.DataFrame, runs: pd.DataFrame,
+               target_ppl: float | None = None) -> pd.DataFrame:
+    """One row per run of ``runs`` (study, arch, seed, status): its validation scores and events.
+
+    A diverged run's non-finite final loss counts as infinite (the model is broken, not unmeasured);
+    time_to_target is the first step with val perplexity <= target_ppl, inf if never, NaN without
+    a target. collapsed: any collapse or divergence event, or status diverged.
+    """
+    _require(runs, ID_COLUMNS + ["status"], "runs")
+    _require(trajectories, ID_COLUMNS + ["step", "split", "value"], "trajectories")
+    _require(events, ID_COLUMNS + ["type"], "events")
+    if target_ppl is not None and not target_ppl > 1:
+        raise ValueError(f"target_ppl must be a perplexity > 1, got {target_ppl}")
+    val = trajectories[trajectories["split"].astype(str) == "val"]
+    if "metric" in val.columns:
+        val = val[is_loss(val["metric"])]
+    val = val.assign(value=val["value"].astype(float)).sort_values("step", kind="stable")
+    curves = {key: g for key, g in val.groupby(ID_COLUMNS, sort=False)}
+    event_groups = {key: g for key, g in events.groupby(ID_COLUMNS, sort=False)}
+    rows = []
+    for run in runs[ID_COLUMNS + ["status"]].itertuples(index=False):
+        key = (run.study, run.arch, run.seed)
+        curve = curves.get(key, val.iloc[:0])
+        losses, steps = curve["value"].to_numpy(), curve["step"].to_numpy()
+        if run.status == "diverged":
+            losses = np.where(np.isfinite(losses), losses, np.inf)
+        finite = np.isfinite(losses)
+        best = int(np.argmin(np.where(finite, losses, np.inf))) if finite.any() else None
+        if target_ppl is None or run.status == "failed":
+            reach = math.nan
+        else:
+            hit = np.flatnonzero(losses <= math.log(target_ppl))
+            reach = float(steps[hit[0]]) if len(hit) else math.inf
+        run_events = event_groups.get(key, events.iloc[:0])
+        rows.append({
+            "study": run.study, "arch": run.arch, "seed": run.seed, "status": run.status,
+            "final_loss": float(losses[-1]) if len(losses) else math.nan,
+            "final_smoothed_loss": float(np.mean(losses[-SMOOTH_EVALS:])) if len(losses) else math.nan,
+            "best_loss": float(losses[best]) if best is not None else math.nan,
+            "best_step": float(steps[best]) if best is not None else math.nan,
+            "time_to_target": reach,
+            "collapsed": bool(run.status == "diverged" or run_events["type"].isin(COLLAPSE_TYPES).any()),
+            "n_events": int(len(run_events)),
+        })
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+
+
+def _iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return trim_mean(x, 0.25, axis=axis)
+
+
+def _interval(x: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
+    """95% percentile bootstrap of the IQM over seeds, or [min, max] below MIN_BOOTSTRAP_SEEDS."""
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) < MIN_BOOTSTRAP_SEEDS or np.all(x == x[0]):
+        return float(np.min(x)), float(np.max(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a diverged seed makes resamples degenerate: expected
+        ci = bootstrap((np.minimum(x, HUGE),), _iqm, n_resamples=n_boot, method="percentile",
+                       vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+    return tuple(math.inf if v >= HUGE * 1e-6 else float(v) for v in (ci.low, ci.high))
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def summarize(scores: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per architecture: seed counts, final and best perplexity (median, IQM, interval),
+    bits per byte, median time to target (inf stays in), collapse rate with its Wilson interval."""
+    _require(scores, SCORE_COLUMNS, "scores")
+    rows = []
+    for arch, g in scores.groupby("arch", sort=True):
+        scored = g[g["status"] != "failed"]
+        final = np.exp(scored["final_smoothed_loss"].dropna().to_numpy(dtype=float))
+        best = np.exp(scored["best_loss"].dropna().to_numpy(dtype=float))
+        k, n = int(scored["collapsed"].sum()), len(scored)
+        row = {"arch": arch, "n_seeds": len(g), "n_completed": int((g["status"] == "completed").sum()),
+               "n_diverged": int((g["status"] == "diverged").sum()), "n_failed": int((g["status"] == "failed").sum())}
+        for name, x in (("final", final), ("best", best)):
+            lo, hi = _interval(x, n_boot, seed)
+            row |= {f"{name}_ppl_median": float(np.median(x)) if len(x) else math.nan,
+                    f"{name}_ppl_iqm": float(_iqm(x)) if len(x) else math.nan,
+                    f"{name}_ppl_lo": lo, f"{name}_ppl_hi": hi}
+        bpb = scored["final_smoothed_loss"].dropna().to_numpy(dtype=float) / math.log(2)
+        reach = scored["time_to_target"].dropna().to_numpy(dtype=float)
+        rate_lo, rate_hi = _wilson(k, n)
+        row |= {"final_bpb_median": float(np.median(bpb)) if len(bpb) else math.nan,
+                "time_to_target_median": float(np.median(reach)) if len(reach) else math.nan,
+                "collapse_count": k, "collapse_rate": k / n if n else math.nan,
+                "collapse_rate_lo": rate_lo, "collapse_rate_hi": rate_hi,
+                "interval": "range (n<5)" if len(final) < MIN_BOOTSTRAP_SEEDS else "bootstrap 95%"}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def min_possible_p(n_a: int, n_b: int) -> float:
+    """Smallest two-sided p an exact rank test can give with n_a vs n_b seeds (perfect separation)."""
+    return min(1.0, 2 / math.comb(n_a + n_b, n_a)) if n_a and n_b else math.nan
+
+
+def seeds_needed(n_pairs: int, alpha: float = ALPHA) -> int:
+    """Seeds per architecture for which a perfect separation survives Holm over n_pairs comparisons."""
+    n = 2
+    while min_possible_p(n, n) * max(n_pairs, 1) > alpha:
+        n += 1
+    return n
+
+
+def _prob_improvement(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """P(a < b) + P(a = b) / 2 over all pairs: the probability that a has the lower perplexity."""
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    lower = (a[..., :, None] < b[..., None, :]).mean(axis=(-2, -1))
+    tied = (a[..., :, None] == b[..., None, :]).mean(axis=(-2, -1))
+    return lower + tied / 2
+
+
+def _verdict(a: str, b: str, n_a: int, n_b: int, pi: float, holm: float, min_p: float, n_pairs: int) -> str:
+    seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} and {n_b} seeds"
+    if n_a < 2 or n_b < 2:
+        return f"{a} vs {b}: cannot compare with {seeds}; run at least {seeds_needed(n_pairs)} seeds of each."
+    p_text = f"{min_p:.2f}" if min_p >= 0.01 else f"{min_p:.2g}"
+    if min_p * n_pairs > ALPHA:
+        claim = f"a claim across {n_pairs} comparisons" if n_pairs > 1 else "a claim"
+        return (f"{a} vs {b}: no difference detectable with {seeds}; the smallest possible p with {n_a} vs {n_b} "
+                f"is {p_text}, and {claim} needs at least {seeds_needed(n_pairs)} seeds per architecture.")
+    if holm <= ALPHA:
+        better, worse, p_better = (a, b, pi) if pi > 0.5 else (b, a, 1 - pi)
+        return (f"{better} has a lower final perplexity than {worse} (P(improvement) = {p_better:.2f}, "
+                f"Holm-corrected p = {holm:.2g}).")
+    return (f"{a} vs {b}: no significant difference with {seeds} (P({a} better) = {pi:.2f}, "
+            f"Holm-corrected p = {holm:.2g} > {ALPHA}).")
+
+
+def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
+    """One row per unordered pair of architectures: probability of improvement (final smoothed
+    perplexity, via Mann-Whitney U) with a stratified bootstrap interval, exact Mann-Whitney p,
+    Holm across all pairs, Fisher's exact test on collapse rates, the smallest p the seed counts
+    allow, and a one-sentence verdict."""
+    _require(scores, SCORE_COLUMNS, "scores")
+    scored = scores[scores["status"] != "failed"]
+    groups = {arch: g for arch, g in scored.groupby("arch", sort=True)}
+    archs = sorted(scores["arch"].unique())
+    pairs = list(combinations(archs, 2))
+    rows = []
+    for a, b in pairs:
+        ga, gb = groups.get(a, scored.iloc[:0]), groups.get(b, scored.iloc[:0])
+        xa = np.exp(ga["final_smoothed_loss"].dropna().to_numpy(dtype=float))
+        xb = np.exp(gb["final_smoothed_loss"].dropna().to_numpy(dtype=float))
+        n_a, n_b = len(xa), len(xb)
+        pi = pi_lo = pi_hi = p = math.nan
+        if n_a and n_b:
+            u = mannwhitneyu(xa, xb, method="exact", alternative="two-sided")
+            pi, p = 1 - float(u.statistic) / (n_a * n_b), float(u.pvalue)
+            if n_a > 1 and n_b > 1:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # perfectly separated seeds: a degenerate bootstrap
+                    ci = bootstrap((xa, xb), _prob_improvement, n_resamples=n_boot, method="percentile",
+                                   vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
+                pi_lo, pi_hi = float(ci.low), float(ci.high)
+            else:
+                pi_lo = pi_hi = pi
+        k_a, k_b = int(ga["collapsed"].sum()), int(gb["collapsed"].sum())
+        fisher = fisher_exact([[k_a, len(ga) - k_a], [k_b, len(gb) - k_b]]).pvalue if len(ga) and len(gb) else math.nan
+        rows.append({"arch_a": a, "arch_b": b, "n_a": n_a, "n_b": n_b, "prob_improvement": pi, "pi_lo": pi_lo,
+                     "pi_hi": pi_hi, "mannwhitney_p": p, "holm_p": math.nan, "fisher_p": float(fisher),
+                     "min_possible_p": min_possible_p(n_a, n_b), "verdict": ""})
+    table = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    tested = table["mannwhitney_p"].notna()
+    if tested.any():
+        table.loc[tested, "holm_p"] = multipletests(table.loc[tested, "mannwhitney_p"], method="holm")[1]
+    table["verdict"] = [_verdict(r.arch_a, r.arch_b, r.n_a, r.n_b, r.prob_improvement, r.holm_p,
+                                 r.min_possible_p, len(pairs)) for r in table.itertuples(index=False)]
+    return table

@@ -1,0 +1,161 @@
+"""report: every section and figure present, PNG data URIs valid, byte-identical reruns, the smoke
+banner, failed runs listed, claims tested with known Wilson intervals, and a 6 x 10 x 100 study."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from harness import claims, report
+from harness.aggregate import aggregate
+from tests.test_aggregate import make_runs, make_study, realistic_special
+
+SECTIONS = ["claims", "summary", "not-completed", "trajectories", "distributions", "collapse-rate", "pairs",
+            "grad-norm", "events", "params", "recipe", "provenance"]
+FIGURES = ["trajectories", "distributions", "collapse_rate", "pairs", "grad_norm"]
+PNG_URI = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">')
+
+
+def sections(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """2 archs x 3 seeds (one collapse, one divergence, one crash) of a smoke study, rendered once."""
+    root = tmp_path_factory.mktemp("small")
+    study = make_study(published="seed-enwik8-70m")
+    aggregate(make_runs(root / "results", study, realistic_special(study)), root / "agg", study)
+    render_to = root / "report.html"
+    report.render(root / "agg", render_to, figures_dir=root / "figures")
+    return root, render_to.read_text()
+
+
+def rerender(root: Path, tmp_path: Path, **study_changes) -> str:
+    """Render a copy of the aggregate whose study.json has some keys changed."""
+    agg = tmp_path / "agg"
+    shutil.copytree(root / "agg", agg)
+    study = json.loads((agg / "study.json").read_text())
+    (agg / "study.json").write_text(json.dumps({**study, **study_changes}))
+    report.render(agg, tmp_path / "report.html")
+    return (tmp_path / "report.html").read_text()
+
+
+def test_every_section_and_every_figure_is_there_as_a_valid_png(small):
+    root, page = small
+    found = sections(page)
+    assert list(found) == SECTIONS  # in page order, claims first
+    images = PNG_URI.findall(page)
+    assert [name for name, _ in images] == FIGURES
+    for name, data in images:
+        png = base64.b64decode(data, validate=True)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(io.BytesIO(png)) as im:
+            im.verify()
+        assert b"Software" not in png and b"matplotlib" not in png  # no version stamp to break reruns
+        assert (root / "figures" / f"{name}.png").read_bytes() == png  # the PNGs for snakemake --report
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_rerender_is_byte_identical(small, tmp_path):
+    root, page = small
+    report.render(root / "agg", tmp_path / "again.html", figures_dir=tmp_path / "figures")
+    assert (tmp_path / "again.html").read_text() == page
+    for name in FIGURES:
+        assert (tmp_path / "figures" / f"{name}.png").read_bytes() == (root / "figures" / f"{name}.png").read_bytes()
+
+
+def test_smoke_banner_units_failed_runs_and_missing_curves(small, tmp_path):
+    root, page = small
+    assert 'id="smoke-banner"' in page and page.index("smoke-banner") < page.index('id="claims"')
+    assert "Perplexity is per byte" in sections(page)["summary"]
+    not_completed = sections(page)["not-completed"]
+    assert "RuntimeError: synthetic crash while building the model" in not_completed
+    assert re.search(r"<td>memnls</td><td>1</td><td>failed</td>", not_completed)
+    assert re.search(r"<td>transformer</td><td>2</td><td>diverged</td>.*non-finite training loss", not_completed)
+
+    other = rerender(root, tmp_path, smoke=False, data={"name": "tinyshakespeare", "tokens": "chars"},
+                     published_curves="no/such/curves.csv")
+    assert "smoke-banner" not in other and "Smoke study" not in other
+    assert "Perplexity is per character" in other and "final bits/character" in other
+    assert "The published curves file no/such/curves.csv was not found" in other
+
+
+def test_claims_table_says_a_smoke_study_cannot_test_them(small):
+    _, page = small
+    claims_html = sections(page)["claims"]
+    assert claims_html.count("<td>cannot test</td>") == 2
+    assert "needs at least 50,000" in claims_html and "it is a smoke study" in claims_html
+    assert "4.27" in claims_html and "27.17" in claims_html and "28,000–34,000" in claims_html  # published figures
+    assert "Not like for like" in claims_html
+
+
+def _runs(rows):
+    return pd.DataFrame(rows, columns=["arch", "seed", "status", "steps_done"])
+
+
+def test_claims_verdicts_with_known_wilson_intervals():
+    study = {"data": {"name": "enwik8"}, "recipe": {"steps": 50_000}, "smoke": False, "published": "seed-enwik8-70m",
+             "archs": {"memnls": {}, "transformer": {}}}
+    runs = _runs([("transformer", s, "completed", 50_000) for s in range(3)]
+                 + [("memnls", s, "completed", 50_000) for s in range(3)] + [("memnls", 3, "failed", 0)])
+    events = pd.DataFrame({"arch": ["transformer", "transformer", "memnls"], "seed": [0, 2, 1],
+                           "type": ["collapse", "collapse", "spike"], "onset_step": [28_000, 30_500, 9_000]})
+    verdicts = claims.evaluate(study, runs, events).set_index("arch")
+    t, m = verdicts.loc["transformer"], verdicts.loc["memnls"]
+    assert (t["k"], t["n"], t["verdict"]) == (2, 3, "partly reproduced")
+    assert (t["lo"], t["hi"]) == pytest.approx((0.2077, 0.9385), abs=1e-4)  # Wilson 95% for 2 of 3
+    assert "onsets at steps 28,000, 30,500" in t["sentence"]
+    assert (m["k"], m["n"], m["verdict"]) == (0, 3, "consistent")  # a spike is no catastrophe; the crash is out
+    assert m["hi"] == pytest.approx(0.5615, abs=1e-4) and "as high as 0.56" in m["sentence"]
+
+    diverged = runs.assign(status=lambda d: d["status"].mask((d["arch"] == "memnls") & (d["seed"] == 2), "diverged"))
+    m = claims.evaluate(study, diverged, events).set_index("arch").loc["memnls"]
+    assert (m["k"], m["verdict"]) == (1, "contradicted")
+
+
+def test_published_curves_are_overlaid(small, tmp_path):
+    root, _ = small
+    curves = tmp_path / "published.csv"
+    pd.DataFrame({"arch": "transformer", "step": [50, 150, 250], "split": "val", "metric": "loss",
+                  "value": [3.0, 2.5, 2.4]}).to_csv(curves, index=False)
+    agg = report.load(root / "agg")
+    agg.study = {**agg.study, "published_curves": str(curves)}
+    fig = report.fig_trajectories(agg)
+    dotted = [line for ax in fig.axes for line in ax.get_lines()
+              if line.get_linestyle() == ":" and len(line.get_xdata()) == 3]
+    assert len(dotted) == 1 and list(dotted[0].get_xdata()) == [50, 150, 250]
+
+
+def test_missing_table_is_named(small, tmp_path):
+    root, _ = small
+    shutil.copytree(root / "agg", tmp_path / "agg")
+    (tmp_path / "agg" / "summary.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="summary.csv"):
+        report.render(tmp_path / "agg", tmp_path / "report.html")
+
+
+def test_six_archs_ten_seeds_hundred_evals(tmp_path):
+    archs = [f"arch{i}" for i in range(6)]
+    study = make_study(archs=archs, seeds=range(10), n_evals=100)
+    special = {("arch1", 3): {"kind": "collapse"}, ("arch2", 5): {"kind": "divergence", "status": "diverged"},
+               ("arch4", 0): {"status": "failed"}, ("arch0", 2): {"kind": "spike"}}
+    aggregate(make_runs(tmp_path / "results", study, special), tmp_path / "agg", study)
+    report.render(tmp_path / "agg", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    found = sections(page)
+    assert list(found) == SECTIONS
+    assert [name for name, _ in PNG_URI.findall(page)] == FIGURES
+    assert all(f"<td>{a}</td>" in found["summary"] for a in archs)
+    assert found["provenance"].count("<tr") == 1 + 60
+    assert "<td>arch4</td><td>0</td><td>failed</td>" in found["not-completed"]
+    assert found["events"].count("<tr") == 1 + 3  # collapse, divergence, spike
+    assert found["pairs"].count("<tr") == 1 + 15  # 6 choose 2

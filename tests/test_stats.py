@@ -1,0 +1,158 @@
+"""Multi-seed statistics: known answers for IQM, probability of improvement, intervals and tests."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import stats
+
+
+def _scores(final_ppl: dict[str, list[float]], status: dict[tuple[str, int], str] | None = None,
+            collapsed: dict[str, list[bool]] | None = None) -> pd.DataFrame:
+    """A scores table from final perplexities per architecture (seed i = i-th value)."""
+    rows = []
+    for arch, values in final_ppl.items():
+        for seed, ppl in enumerate(values):
+            loss = math.log(ppl) if np.isfinite(ppl) else ppl
+            rows.append({"study": "s", "arch": arch, "seed": seed,
+                         "status": (status or {}).get((arch, seed), "completed"),
+                         "final_loss": loss, "final_smoothed_loss": loss, "best_loss": loss, "best_step": 100.0,
+                         "time_to_target": math.nan,
+                         "collapsed": bool((collapsed or {}).get(arch, [False] * len(values))[seed]),
+                         "n_events": 0})
+    return pd.DataFrame(rows, columns=stats.SCORE_COLUMNS)
+
+
+def _trajectory(arch: str, seed: int, val: list[float], study: str = "s") -> pd.DataFrame:
+    steps = 100 * np.arange(1, len(val) + 1)
+    return pd.DataFrame({"study": study, "arch": arch, "seed": seed, "step": steps, "split": "val",
+                         "metric": "loss", "value": val})
+
+
+def test_run_scores_reads_final_smoothed_best_and_time_to_target():
+    traj = pd.concat([
+        _trajectory("a", 0, [3.0, 2.0, 1.5, 1.4, 1.6]),
+        _trajectory("a", 1, [3.0, 2.5, 2.4, 2.3, 2.2]),
+        _trajectory("a", 2, [3.0, 2.0, math.nan]),
+        _trajectory("a", 0, [9.0] * 5).assign(split="train"),  # train rows are not scores
+    ], ignore_index=True)
+    runs = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1, 2, 3],
+                         "status": ["completed", "completed", "diverged", "failed"]})
+    events = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1, 1], "type": ["spike", "collapse", "spike"]})
+    scores = stats.run_scores(traj, events, runs, target_ppl=math.exp(1.5))
+    assert list(scores.columns) == stats.SCORE_COLUMNS
+    s0, s1, s2, s3 = (scores.iloc[i] for i in range(4))
+    assert s0["final_loss"] == 1.6 and s0["final_smoothed_loss"] == pytest.approx((1.5 + 1.4 + 1.6) / 3)
+    assert (s0["best_loss"], s0["best_step"]) == (1.4, 400)
+    assert s0["time_to_target"] == 300 and s1["time_to_target"] == math.inf
+    assert (s0["collapsed"], s0["n_events"], s1["collapsed"], s1["n_events"]) == (False, 1, True, 2)
+    assert s2["final_loss"] == math.inf and s2["collapsed"] and s2["time_to_target"] == math.inf
+    assert s3["status"] == "failed" and math.isnan(s3["final_loss"]) and math.isnan(s3["time_to_target"])
+    no_target = stats.run_scores(traj, events, runs)
+    assert no_target["time_to_target"].isna().all()
+
+
+def test_iqm_is_the_mean_of_the_middle_half_and_the_mean_for_three_seeds():
+    summary = stats.summarize(_scores({"a": [100, 1, 2, 3, 4, 5, 6, 7], "b": [1.0, 2.0, 6.0]}))
+    a, b = summary.iloc[0], summary.iloc[1]
+    assert a["final_ppl_iqm"] == pytest.approx(4.5)  # mean of 3, 4, 5, 6: the outlier 100 is trimmed
+    assert a["final_ppl_median"] == pytest.approx(4.5)
+    assert b["final_ppl_iqm"] == pytest.approx(3.0)  # statistics.md: with 3 seeds it equals the mean
+    assert list(summary.columns) == stats.SUMMARY_COLUMNS
+
+
+def test_interval_is_the_range_below_five_seeds_else_a_seeded_bootstrap():
+    scores = _scores({"few": [3.0, 3.5, 4.0], "many": [3.0, 3.1, 3.3, 3.4, 3.6, 3.9, 4.4]})
+    summary = stats.summarize(scores, n_boot=500, seed=0).set_index("arch")
+    few, many = summary.loc["few"], summary.loc["many"]
+    assert few["interval"] == "range (n<5)"
+    assert (few["final_ppl_lo"], few["final_ppl_hi"]) == pytest.approx((3.0, 4.0))
+    assert many["interval"] == "bootstrap 95%"
+    assert 3.0 <= many["final_ppl_lo"] < many["final_ppl_iqm"] < many["final_ppl_hi"] <= 4.4
+    again = stats.summarize(scores, n_boot=500, seed=0).set_index("arch")
+    pd.testing.assert_frame_equal(summary, again)  # deterministic
+    other = stats.summarize(scores, n_boot=500, seed=1).set_index("arch")
+    assert other.loc["many", "final_ppl_lo"] != many["final_ppl_lo"]  # the seed is what fixes it
+
+
+def test_counts_diverged_and_failed_runs_without_dropping_divergence():
+    scores = _scores({"a": [3.0, 4.0, math.inf, math.nan]},
+                     status={("a", 2): "diverged", ("a", 3): "failed"}, collapsed={"a": [False, False, True, False]})
+    a = stats.summarize(scores).iloc[0]
+    assert (a["n_seeds"], a["n_completed"], a["n_diverged"], a["n_failed"]) == (4, 2, 1, 1)
+    assert a["final_ppl_median"] == 4.0 and a["final_ppl_hi"] == math.inf  # diverged = infinite ppl
+    assert a["collapse_count"] == 1 and a["collapse_rate"] == pytest.approx(1 / 3)
+
+
+def test_collapse_rate_has_the_wilson_interval():
+    scores = _scores({"a": [3.0, 3.0, 3.0]}, collapsed={"a": [True, False, False]})
+    a = stats.summarize(scores).iloc[0]
+    k, n, z = 1, 3, 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert a["collapse_rate_lo"] == pytest.approx(centre - half, abs=1e-9)  # 0.0615
+    assert a["collapse_rate_hi"] == pytest.approx(centre + half, abs=1e-9)  # 0.7923
+
+
+def test_time_to_target_median_keeps_runs_that_never_reach_it():
+    scores = _scores({"a": [3.0, 3.0, 3.0], "b": [3.0, 3.0, 3.0]})
+    scores["time_to_target"] = [1000.0, 2000.0, math.inf, 1000.0, math.inf, math.inf]
+    summary = stats.summarize(scores).set_index("arch")
+    assert summary.loc["a", "time_to_target_median"] == 2000.0
+    assert summary.loc["b", "time_to_target_median"] == math.inf
+
+
+def test_perfect_separation_of_three_seeds_is_not_a_claim():
+    pairs = stats.compare(_scores({"memnls": [2.0, 3.0, 4.0], "transformer": [5.0, 6.0, 7.0]}))
+    assert list(pairs.columns) == stats.PAIR_COLUMNS
+    row = pairs.iloc[0]
+    assert (row["arch_a"], row["arch_b"], row["n_a"], row["n_b"]) == ("memnls", "transformer", 3, 3)
+    assert row["prob_improvement"] == 1.0 and row["mannwhitney_p"] == pytest.approx(0.1)
+    assert row["min_possible_p"] == pytest.approx(0.1) and row["holm_p"] == pytest.approx(0.1)
+    assert row["verdict"].startswith("memnls vs transformer: no difference detectable with 3 seeds; "
+                                     "the smallest possible p with 3 vs 3 is 0.10")
+    assert row["pi_lo"] == row["pi_hi"] == 1.0
+
+
+def test_probability_of_improvement_counts_ties_as_half():
+    row = stats.compare(_scores({"a": [1.0, 2.0], "b": [2.0, 3.0]})).iloc[0]
+    assert row["prob_improvement"] == pytest.approx(3.5 / 4)
+    assert 0.0 <= row["pi_lo"] <= row["pi_hi"] <= 1.0
+
+
+@pytest.mark.parametrize("n, p", [(3, 0.10), (4, 0.029), (5, 0.0079), (6, 0.0022)])
+def test_min_possible_p_matches_the_spec(n, p):
+    assert stats.min_possible_p(n, n) == pytest.approx(p, rel=0.05)
+
+
+def test_holm_adjusts_in_order_and_a_clear_win_says_so():
+    scores = _scores({"a": [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], "b": [2.0, 2.1, 2.2, 2.3, 2.4, 2.5],
+                      "c": [1.05, 2.05, 1.15, 2.15, 1.25, 2.6]})
+    pairs = stats.compare(scores)
+    raw = pairs["mannwhitney_p"].to_numpy()
+    order = np.argsort(raw)
+    expected = np.maximum.accumulate(np.minimum(1, raw[order] * (len(raw) - np.arange(len(raw)))))
+    assert pairs["holm_p"].to_numpy()[order] == pytest.approx(expected)
+    ab = pairs[(pairs["arch_a"] == "a") & (pairs["arch_b"] == "b")].iloc[0]
+    assert ab["holm_p"] == pytest.approx(3 * 2 / math.comb(12, 6))
+    assert ab["verdict"].startswith("a has a lower final perplexity than b")
+
+
+def test_fisher_compares_collapse_rates():
+    scores = _scores({"a": [3.0] * 5, "b": [3.0] * 5}, collapsed={"a": [False] * 5, "b": [True] * 5})
+    row = stats.compare(scores).iloc[0]
+    assert row["fisher_p"] == pytest.approx(2 / math.comb(10, 5))
+
+
+def test_bad_input_names_the_missing_columns():
+    with pytest.raises(ValueError, match="runs: missing column"):
+        stats.run_scores(pd.DataFrame(), pd.DataFrame(), pd.DataFrame({"arch": []}))
+    with pytest.raises(ValueError, match="target_ppl"):
+        stats.run_scores(_trajectory("a", 0, [1.0]), pd.DataFrame(columns=["study", "arch", "seed", "type"]),
+                         pd.DataFrame({"study": ["s"], "arch": ["a"], "seed": [0], "status": ["completed"]}),
+                         target_ppl=0.5)
