@@ -101,6 +101,10 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
     }
     for name, version in sorted((run.get("versions") or {}).items()):
         row[f"version_{name}"] = version
+    # a pipeline's own summary (eam: teacher and EAM loss, transfer, live locations, write throughput)
+    for name, value in sorted((run.get("eam") or {}).items()):
+        if isinstance(value, (int, float, str)):
+            row[f"eam_{name}"] = value
     return row
 
 

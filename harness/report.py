@@ -236,15 +236,16 @@ def fig_trajectories(agg: Aggregate) -> Figure:
     for i, (ax, arch) in enumerate(zip(axes, archs)):
         colour = colours[arch]
         val = np.exp(_curves(agg.trajectories, arch, "val", "loss"))
+        marker = "o" if len(val.index) <= 3 else None  # a pipeline (eam) is evaluated once, at the end
         for seed in val.columns:
-            ax.plot(val.index, val[seed], color=colour, alpha=0.3, lw=0.8)
+            ax.plot(val.index, val[seed], color=colour, alpha=0.3, lw=0.8, marker=marker)
             if status.get((arch, seed)) == "diverged" and val[seed].notna().any():
                 last = val[seed].last_valid_index()
                 ax.plot([last], [val[seed][last]], marker="x", ms=8, mew=2, color="black")
         if len(val.columns):
             ax.fill_between(val.index, val.quantile(0.25, axis=1), val.quantile(0.75, axis=1),
                             color=colour, alpha=0.25, lw=0)
-            ax.plot(val.index, val.median(axis=1), color=colour, lw=2.2)
+            ax.plot(val.index, val.median(axis=1), color=colour, lw=2.2, marker=marker)
         shown.append(val[val.index >= 0.1 * x_end].to_numpy().ravel())
         train = np.exp(_curves(agg.trajectories, arch, "train", "loss"))
         if len(train.columns):
@@ -258,6 +259,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
         first, last = i % NCOLS == 0, i % NCOLS == NCOLS - 1 or i == len(archs) - 1
         _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})" if first else None,
                       right_label=last)
+        ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
         ax.set_xlabel("training step")
         trained = len(val.columns)
         seeds = int((agg.runs["arch"] == arch).sum())
@@ -377,6 +379,8 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
         peak = _curves(agg.trajectories, arch, "train", "grad_norm_max")
         for seed in norm.columns:
             ax.plot(norm.index, norm[seed], color=colour, alpha=0.3, lw=0.8)
+        if not len(norm.columns):
+            ax.text(0.5, 0.5, "no gradient norm logged", transform=ax.transAxes, ha="center", color="grey")
         if len(norm.columns):
             ax.plot(norm.index, norm.median(axis=1), color=colour, lw=2.0)
         if len(peak.columns):
@@ -384,6 +388,7 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
         if clip > 0:
             ax.axhline(clip, color="grey", ls="--", lw=0.9)
         _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
         ax.set_xlabel("training step")
@@ -581,6 +586,25 @@ def _events_section(agg: Aggregate) -> str:
            "evaluation back within 10% of the pre-event level.", "note")])
 
 
+def _pipeline_section(agg: Aggregate) -> str:
+    """eam's own figures per seed: how much of its teacher it keeps, and what its memory holds."""
+    if "eam_eam_loss" not in agg.runs.columns:
+        return ""
+    runs = agg.runs[agg.runs["eam_eam_loss"].notna()].sort_values(["arch", "seed"])
+    rows = [[r["arch"], int(r["seed"]), r["eam_teacher"], _num(_ppl(r["eam_teacher_loss"])),
+             _num(_ppl(r["eam_eam_loss"])), _num(r["eam_transfer"], 3),
+             f"{_step(r['eam_live_locations'])} of {_step(r['eam_max_L'])}", _step(r["eam_keys_written"]),
+             _step(r["eam_write_keys_per_s"])]
+            for r in runs.to_dict("records")]
+    return _section("pipelines", "Distilled memory (eam)", [
+        _table(["arch", "seed", "teacher", f"teacher val ppl (per {agg.unit})", "EAM val ppl", "transfer",
+                "live locations", "keys written", "write keys/s"], rows, numeric={1, 3, 4, 5, 7, 8}),
+        _p("Each eam run writes its same-seed teacher's hidden states into an elastic memory, trains an encoder "
+           "to find them and a decoder to read them, then is evaluated once on the study's validation batches, "
+           "as a proper distribution. Transfer = teacher loss / EAM loss (1 = the memory keeps all of the "
+           "teacher's quality). Write throughput is a timing of this machine, not a model property.", "note")])
+
+
 def _params_section(agg: Aggregate) -> str:
     shape = agg.study.get("shape", {})
     mode, tolerance = shape.get("mode"), shape.get("tolerance")
@@ -589,10 +613,15 @@ def _params_section(agg: Aggregate) -> str:
     rows = []
     for r in known.sort_values(["arch", "seed"]).to_dict("records"):
         deviation = r["deviation"]
-        within = ("" if _missing(deviation) or tolerance is None or mode != "matched"
-                  else "yes" if abs(float(deviation)) <= tolerance else "NO")
+        if _missing(deviation) or tolerance is None or mode != "matched":
+            within = ""
+        elif _missing(r["knob"]) and r["arch"] != shape.get("reference"):
+            within = "not matched: no width knob"
+        else:
+            within = "yes" if abs(float(deviation)) <= tolerance else "NO"
         reconstruction = {True: "yes", False: "no"}.get(r["reconstruction"], "")
-        rows.append([r["arch"], r["build"] or "", reconstruction, r["knob"] or "", _plain(r["knob_value"]),
+        rows.append([r["arch"], r["build"] or "", reconstruction, "" if _missing(r["knob"]) else r["knob"],
+                     _plain(r["knob_value"]),
                      _step(r["n_params"]), r["reference"] or "", _step(r["reference_params"]),
                      "" if _missing(deviation) else f"{100 * float(deviation):+.3f}%", within])
     parts = [_p(f"Shape mode: {mode}; reference: {shape.get('reference')}"
@@ -664,7 +693,8 @@ def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
                          "step: each seed faint, the median over seeds bold with its interquartile band, the training "
                          "median dashed. Shaded spans are detected events, labelled with type and seed "
                          "(an unrecovered event is shaded to the end). The y range fits the curves after the first "
-                         "tenth of training, so the untrained start runs off the top."
+                         "tenth of training, so the untrained start runs off the top. An architecture evaluated "
+                         "only at the end (a pipeline such as eam) shows points."
                          + (" The published curve (one seed) is dotted, cut at this study's last step."
                             if agg.study.get("published_curves") and not missing_note else "")
                          + (" " + missing_note if missing_note else "")),
@@ -714,8 +744,9 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None)
     sections = [
         ("claims", "claims"), ("summary", "summary"), ("not-completed", "runs not completed"),
         ("trajectories", "trajectories"), ("distributions", "final and best"), ("collapse-rate", "collapse rate"),
-        ("pairs", "pairs"), ("grad-norm", "gradient norm"), ("events", "events"), ("params", "parameters"),
-        ("recipe", "recipe"), ("provenance", "provenance")]
+        ("pairs", "pairs"), ("grad-norm", "gradient norm"), ("events", "events")]
+    sections += [("pipelines", "eam")] if "eam_eam_loss" in agg.runs.columns else []
+    sections += [("params", "parameters"), ("recipe", "recipe"), ("provenance", "provenance")]
     head.append("<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in sections) + "</nav>")
     body = head + [
         _claims_section(agg),
@@ -727,6 +758,7 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None)
         _section("pairs", "Pairwise comparison", [figure("pairs"), _pairs_table(agg)]),
         _section("grad-norm", "Gradient norm", [figure("grad_norm") or _p("No gradient norm was logged.")]),
         _events_section(agg),
+        _pipeline_section(agg),
         _params_section(agg),
         _recipe_section(agg),
         _provenance_section(agg),

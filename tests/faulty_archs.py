@@ -15,6 +15,7 @@ class Config:
     n_heads: int = 1
     max_seq_len: int = 64
     dropout: float = 0.0
+    ffn_hidden: int = 16  # the width knob, so that a matched study can size it
     fail_at: int = 10  # the training step at which it fails
     failure: str = "nan"  # "nan": non-finite logits; "raise": an exception
 
@@ -24,14 +25,17 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
         self.emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.ffn = nn.Sequential(nn.Linear(config.d_model, config.ffn_hidden), nn.Linear(config.ffn_hidden, config.d_model))
         self.head = nn.Linear(config.d_model, config.vocab_size)
+        self.head.weight = self.emb.weight  # tied, so that even a micro budget has room for the knob
         self.step = 0
 
     def on_train_step(self, step: int) -> None:
         self.step = step
 
     def forward(self, input_ids):
-        logits = self.head(self.emb(input_ids))
+        x = self.emb(input_ids)
+        logits = self.head(x + self.ffn(x))
         if self.training and self.step >= self.config.fail_at:
             if self.config.failure == "raise":
                 raise RuntimeError("injected failure")

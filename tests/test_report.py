@@ -159,3 +159,26 @@ def test_six_archs_ten_seeds_hundred_evals(tmp_path):
     assert "<td>arch4</td><td>0</td><td>failed</td>" in found["not-completed"]
     assert found["events"].count("<tr") == 1 + 3  # collapse, divergence, spike
     assert found["pairs"].count("<tr") == 1 + 15  # 6 choose 2
+
+
+def test_eam_runs_get_their_own_section_and_an_unmatched_shape_row(tmp_path):
+    """A pipeline's run.json summary (teacher and EAM loss, transfer, memory) reaches the report."""
+    study = make_study(archs=("eam", "transformer"), seeds=(0, 1))
+    run_dirs = make_runs(tmp_path / "results", study)
+    for seed, run_dir in enumerate(d for d in run_dirs if d.parent.name == "eam"):
+        run = json.loads((run_dir / "run.json").read_text())
+        run["eam"] = {"teacher": "transformer", "teacher_loss": 2.0, "eam_loss": 2.5 + seed, "transfer": 2.0 / (2.5 + seed),
+                      "live_locations": 1900 + seed, "max_L": 4096, "keys_written": 102400, "write_keys_per_s": 5e4,
+                      "stages": {"encoder_steps": 100}}
+        run["shape"].update(knob=None, knob_value=None, deviation=-0.46)
+        (run_dir / "run.json").write_text(json.dumps(run))
+    aggregate(run_dirs, tmp_path / "agg", study)
+    report.render(tmp_path / "agg", tmp_path / "report.html")
+    found = sections((tmp_path / "report.html").read_text())
+    assert list(found) == SECTIONS[:9] + ["pipelines"] + SECTIONS[9:]
+    rows = re.findall(r"<tr>(.*?)</tr>", found["pipelines"], flags=re.S)[1:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    # teacher ppl exp(2) = 7.39, EAM ppl exp(2.5) = 12.18 and exp(3.5) = 33.12
+    assert cells == [["eam", "0", "transformer", "7.39", "12.18", "0.800", "1,900 of 4,096", "102,400", "50,000"],
+                     ["eam", "1", "transformer", "7.39", "33.12", "0.571", "1,901 of 4,096", "102,400", "50,000"]]
+    assert "not matched: no width knob" in found["params"] and "nan" not in found["params"]

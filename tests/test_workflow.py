@@ -41,7 +41,7 @@ def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed():
     done = snakemake(REPO, "-n", "--cores", "1", "reports/collapse.html")
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
-    assert counts["train"] == counts["detect"] == 6  # tiny: 2 archs x 3 seeds
+    assert counts["train"] == counts["detect"] == 18  # tiny: 6 archs x 3 seeds
     assert counts["aggregate"] == counts["report"] == 1
 
 
@@ -67,37 +67,46 @@ def test_bad_config_stops_before_any_job(tmp_path, override, message):
 
 
 @pytest.mark.slow
-def test_whole_dag_with_an_added_and_a_diverging_architecture(tmp_path, shared_data):
+def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(tmp_path, shared_data):
     study = {
         **MICRO_STUDY,
         "archs": [
             "transformer",
             {"name": "memnls", "hparams": {"ffn_mult": 5}},
             {"name": "gru", "build": "examples.gru:build"},  # the README's worked example
-            {"name": "faulty", "build": "tests.faulty_archs:build", "hparams": {"fail_at": 15}},
+            {"name": "diverging", "build": "tests.faulty_archs:build", "hparams": {"fail_at": 15}},
+            {"name": "crashing", "build": "tests.faulty_archs:build", "hparams": {"fail_at": 15, "failure": "raise"}},
         ],
         "seeds": [0, 1],
         "shape": {"mode": "matched", "reference": "transformer"},
     }
-    config = micro_config(study)
-    # the faulty model has no width knob: give it its own budget by excluding it from matching
-    config["studies"]["micro"]["archs"][3]["hparams"]["d_model"] = 16
     write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
     done = snakemake(tmp_path, "--cores", "2", "reports/collapse.html")
     assert done.returncode == 0, done.stderr[-3000:]
 
     runs = pd.read_csv(tmp_path / "results" / "micro" / "runs.csv")
-    assert len(runs) == 8
+    assert len(runs) == 10
     status = dict(zip(runs.arch + "/" + runs.seed.astype(str), runs.status))
-    assert status["faulty/0"] == status["faulty/1"] == "failed"  # no knob to match: recorded, not hidden
+    assert status["diverging/0"] == status["diverging/1"] == "diverged"  # recorded, not hidden
+    assert status["crashing/0"] == status["crashing/1"] == "failed"
     assert {status[f"{a}/{s}"] for a in ("transformer", "memnls", "gru") for s in (0, 1)} == {"completed"}
-    matched = runs[runs.status == "completed"]
-    assert (matched.deviation.abs() <= 0.01).all()
+    assert (runs.deviation.abs() <= 0.01).all()  # every run, the failing ones too, was built at the budget
     html = (tmp_path / "reports" / "collapse.html").read_text()
     assert html == (tmp_path / "reports" / "micro" / "collapse.html").read_text()
-    assert "faulty" in html and "gru" in html
+    not_completed = html[html.index('<section id="not-completed">'):html.index('<section id="trajectories">')]
+    assert not_completed.count("<td>diverging</td>") == not_completed.count("<td>crashing</td>") == 2
+    assert "injected failure" in not_completed and "gru" in html
     again = snakemake(tmp_path, "-n", "--cores", "1", "reports/collapse.html")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # the figures are registered for Snakemake's own report, with their captions
+    made = snakemake(tmp_path, "--report", "smk_report.html")
+    assert made.returncode == 0, made.stderr[-3000:]
+    page = (tmp_path / "smk_report.html").read_text()
+    for name in ("trajectories", "distributions", "collapse_rate", "pairs", "grad_norm"):
+        assert (tmp_path / "reports" / "micro" / "figures" / f"{name}.png").is_file()
+        assert f"{name}.png" in page
+    assert "Share of trained seeds with a collapse or a divergence" in page
 
 
 @pytest.mark.slow

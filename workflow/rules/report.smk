@@ -8,20 +8,31 @@ rule report:
         expand("results/{{study}}/{name}", name=AGGREGATE_TABLES),
     output:
         html="reports/{study}/collapse.html",
+        # each figure once more as a PNG, for `snakemake --report report.html`
+        figures=report(
+            directory("reports/{study}/figures"),
+            patterns=["{figure}.png"],
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{study}",
+            labels={"figure": "{figure}"},
+        ),
     params:
         aggregate=lambda wildcards, input: os.path.dirname(input[0]),
     log:
         "logs/{study}/report.log",
     shell:
-        "python -m harness report --aggregate {params.aggregate} --out {output.html} > {log} 2>&1"
+        "python -m harness report --aggregate {params.aggregate} --out {output.html} --figures {output.figures}"
+        " > {log} 2>&1"
 
 
 rule report_default:
     input:
-        f"reports/{config['study']}/collapse.html",
+        html=f"reports/{config['study']}/collapse.html",
+        figures=f"reports/{config['study']}/figures",
     output:
         "reports/collapse.html",
     log:
         "logs/report_default.log",
     shell:
-        "cp {input} {output} 2> {log}"
+        "cp {input.html} {output} 2> {log}"
