@@ -9,14 +9,13 @@ statistics count it and the report lists it. No torch here.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness import stats
+from harness.files import write_atomic
 from harness.stats import ID_COLUMNS
 
 METRIC_COLUMNS = ["step", "split", "metric", "value"]
@@ -26,22 +25,6 @@ EVENT_COLUMNS = ID_COLUMNS + ["type", "split", "onset_step", "train_onset_step",
 STATUSES = ("completed", "diverged", "failed")
 # per-architecture shape facts that summary.csv carries beside the statistics
 SHAPE_COLUMNS = ["n_params", "reference", "reference_params", "deviation", "knob", "knob_value"]
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temporary file in the same folder and rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report should be as readable as any file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _csv(df: pd.DataFrame) -> str:

@@ -26,7 +26,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness import collapse
-    from harness.aggregate import write_atomic
+    from harness.files import write_atomic
 
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
     path = Path(args.log)

@@ -31,13 +31,11 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file, save_model
+from safetensors.torch import load_file
 
 from harness import archs, data, shape
 from harness.archs import eam as eam_arch
-from harness.study import config_hash
-from harness.train import (Recipe, _atomic, _evaluate, _versions, _write_metrics, _write_text, lr_at,
-                           resolve_device)
+from harness.train import Recipe, _evaluate, lr_at, manifest_head, resolve_device, write_run_files
 
 SET_BY_RUN = {"vocab_size": "the data", "teacher_d_model": "the teacher", "seed": "the study's seeds"}
 
@@ -203,16 +201,7 @@ def run_eam(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, 
     step = 0
     status, reason = "completed", None
     model = None
-    manifest: dict[str, Any] = {
-        "arch": spec.get("arch"),
-        "build": spec.get("build"),
-        "seed": spec.get("seed"),
-        "study": spec.get("study"),
-        # the teacher's folder names the seed; the runs of one study's eam share their hash
-        "config_hash": config_hash(spec),
-        "versions": _versions(),
-        "threads": threads,
-    }
+    manifest = manifest_head(spec, threads)  # the hash leaves out the seed's teacher folder
     summary: dict[str, Any] = {}
     manifest["eam"] = summary
 
@@ -310,10 +299,5 @@ def run_eam(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, 
         status, reason = "failed", f"{type(e).__name__}: {e}"
 
     manifest.update(status=status, reason=reason, steps_done=step, wall_time_s=round(time.time() - t0, 3))
-    _write_metrics(out_dir / "metrics.csv", rows)
-    if model is not None:
-        _atomic(out_dir / "model.safetensors", lambda tmp: save_model(model, tmp, metadata={"status": status}))
-    else:
-        _atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata={"status": status}))
-    _write_text(out_dir / "run.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_run_files(out_dir, rows, model, manifest)
     return status

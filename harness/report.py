@@ -28,7 +28,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
 from harness import claims, stats
-from harness.aggregate import EVENT_COLUMNS, read_table, write_atomic
+from harness.aggregate import EVENT_COLUMNS, read_table
+from harness.files import write_atomic
 from harness.stats import ID_COLUMNS, PAIR_COLUMNS
 
 DPI = 100

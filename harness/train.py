@@ -14,11 +14,9 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file, save_model
 
 from harness import __version__, archs, data, shape
+from harness.files import atomic, write_atomic
 from harness.study import config_hash
 
 METRIC_FIELDS = ("step", "split", "metric", "value", "wall_time")
@@ -75,23 +74,6 @@ def lr_at(step: int, r: Recipe) -> float:
     return r.min_lr + 0.5 * (r.lr - r.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same folder and rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def _write_metrics(path: Path, rows: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -99,7 +81,7 @@ def _write_metrics(path: Path, rows: list[dict]) -> None:
             w.writeheader()
             w.writerows(rows)
 
-    _atomic(path, write)
+    atomic(path, write)
 
 
 def _versions() -> dict[str, str]:
@@ -169,7 +151,7 @@ def save_checkpoint(path: Path, model, optimizer, gens: dict[str, torch.Generato
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     for name, g in gens.items():
         tensors[f"rng.{name}"] = g.get_state()
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}))
+    atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path, model, optimizer, gens: dict[str, torch.Generator]) -> dict:
@@ -211,6 +193,24 @@ def _evaluate(model, batches, device, autocast_dtype) -> float:
     return total / len(batches)
 
 
+def write_run_files(out_dir: Path, rows: list[dict], model: torch.nn.Module | None, manifest: dict) -> None:
+    """A run's three declared outputs, run.json last: its presence says the other two are whole."""
+    _write_metrics(out_dir / "metrics.csv", rows)
+    meta = {"status": manifest["status"]}
+    if model is not None:
+        atomic(out_dir / "model.safetensors", lambda tmp: save_model(model, tmp, metadata=meta))
+    else:  # a run that failed before its model existed still leaves every output the DAG expects
+        atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata=meta))
+    write_atomic(out_dir / "run.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def manifest_head(spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The run.json fields every run has from its first moment, whatever happens to it later."""
+    return {"arch": spec.get("arch"), "build": spec.get("build"), "seed": spec.get("seed"),
+            "study": spec.get("study"), "config_hash": config_hash(spec), "versions": _versions(),
+            "threads": threads}
+
+
 def train_run(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1) -> str:
     """Train one run; always writes metrics.csv, run.json and model.safetensors; returns the status.
 
@@ -232,15 +232,7 @@ def train_run(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None
     step = 0
     status, reason = "completed", None
     model = None
-    manifest: dict[str, Any] = {
-        "arch": spec.get("arch"),
-        "build": spec.get("build"),
-        "seed": spec.get("seed"),
-        "study": spec.get("study"),
-        "config_hash": config_hash(spec),
-        "versions": _versions(),
-        "threads": threads,
-    }
+    manifest = manifest_head(spec, threads)
 
     def log(step_: int, split: str, metric: str, value: float) -> None:
         rows.append({"step": step_, "split": split, "metric": metric, "value": repr(float(value)),
@@ -339,12 +331,7 @@ def train_run(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None
 
     manifest.update(status=status, reason=reason, steps_done=step,
                     wall_time_s=round(elapsed_before + time.time() - t0, 3))
-    _write_metrics(out_dir / "metrics.csv", rows)
-    if model is not None:
-        _atomic(out_dir / "model.safetensors", lambda tmp: save_model(model, tmp, metadata={"status": status}))
-    else:
-        _atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata={"status": status}))
-    _write_text(out_dir / "run.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    write_run_files(out_dir, rows, model, manifest)
     if status != "failed" and state_dir.exists():
         shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried
     return status

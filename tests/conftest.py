@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from snakemake.utils import validate
 
@@ -44,6 +45,18 @@ def write_config(workdir: Path, config: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def assert_causal(model, vocab_size: int, length: int, t: int, atol: float = 1e-5) -> None:
+    """Logits at positions <= t ignore the tokens after t, and do change where the tokens changed."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, vocab_size, (2, length))
+    changed = ids.clone()
+    changed[:, t + 1 :] = (ids[:, t + 1 :] + 1) % vocab_size
+    with torch.no_grad():
+        a, b = model.eval()(ids), model(changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=atol)  # FFT round-off at most
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
 @pytest.fixture

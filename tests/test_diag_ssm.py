@@ -3,6 +3,7 @@ import torch
 
 from harness.archs import available, build
 from harness.shape import param_count
+from tests.conftest import assert_causal
 
 SMALL = dict(vocab_size=11, d_model=16, n_layers=2, ffn_mult=5, max_seq_len=8)
 
@@ -70,13 +71,7 @@ def test_keeps_everything_of_memnls_but_the_mixer():
 
 
 def test_causal():
-    model = small().eval()
-    ids = torch.randint(0, 11, (2, 8))
-    changed = ids.clone()
-    changed[:, 5:] = (changed[:, 5:] + 1) % 11
-    a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, :5], b[:, :5], rtol=0, atol=1e-5)
-    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    assert_causal(small(), vocab_size=11, length=8, t=4)
 
 
 def test_bad_config_is_named():

@@ -5,6 +5,7 @@ from safetensors.torch import load_file, save_file, save_model
 from harness.archs import build
 from harness.archs.memnls import causal_ema
 from harness.shape import param_count
+from tests.conftest import assert_causal
 
 SMALL = dict(vocab_size=11, d_model=16, n_layers=2, n_heads=4, ffn_mult=5, max_seq_len=8)
 PUBLISHED_MIXER = dict(n_heads=12, nonlinearity_strength=-0.5, memory_coupling_total=0.3, nu_min=0.5, nu_max=10.0,
@@ -118,13 +119,7 @@ def test_residual_default_is_published():
 
 
 def test_causal():
-    model = small().eval()
-    ids = torch.randint(0, 11, (2, 8))
-    changed = ids.clone()
-    changed[:, 5:] = (changed[:, 5:] + 1) % 11
-    a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, :5], b[:, :5], rtol=0, atol=1e-5)
-    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    assert_causal(small(), vocab_size=11, length=8, t=4)
 
 
 def test_fdt_noise_only_when_enabled_and_training():

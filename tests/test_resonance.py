@@ -7,6 +7,7 @@ import torch
 from harness.archs import build, info
 from harness.archs.resonance import OscillatorBank, OscillatorBlock
 from harness.archs.transformer import Block as TransformerBlock
+from tests.conftest import assert_causal
 
 SMALL = dict(vocab_size=50, d_model=24, n_layers=4, n_heads=4, ffn_mult=2, n_oscillators=6, attn_every=2)
 
@@ -95,16 +96,7 @@ def test_gradients_reach_frequency_and_damping():
 
 
 def test_causal():
-    torch.manual_seed(0)
-    model = build("resonance", **SMALL).eval()
-    ids = torch.randint(0, 50, (2, 30))
-    t = 12
-    changed = ids.clone()
-    changed[:, t + 1 :] = (ids[:, t + 1 :] + 1) % 50
-    with torch.no_grad():
-        a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-5)  # FFT round-off only
-    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+    assert_causal(build("resonance", **SMALL), vocab_size=50, length=30, t=12)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +110,7 @@ def test_attention_block_positions(attn_every, n_layers, expected):
 
 
 def test_parameter_count_formula():
-    d, K, V, H, F = 24, 6, 50, 4, 40
+    d, K, V, F = 24, 6, 50, 40
     with torch.device("meta"):
         model = build("resonance", **{**SMALL, "n_layers": 3, "attn_every": 3, "ffn_hidden": F})
     ffn = d * F + F + F * d + d

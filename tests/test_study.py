@@ -13,7 +13,7 @@ def test_shipped_config_resolves_with_its_presets():
     validate(config, str(SCHEMA))
     studies = resolve(config)
     assert {"tiny", "seed-tinyshakespeare", "seed-enwik8-70m"} <= set(studies)
-    assert sorted(studies["tiny"]["archs"]) == ["memnls", "transformer"]
+    assert sorted(studies["tiny"]["archs"]) == ["diag_ssm", "eam", "memnls", "resonance", "transformer", "trn_hybrid"]
     assert len(studies["tiny"]["seeds"]) == 3
     enwik8 = studies["seed-enwik8-70m"]
     assert enwik8["gpu"] and enwik8["shape"]["mode"] == "as_published"

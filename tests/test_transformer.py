@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file, save_model
 
 from harness.archs import build
 from harness.shape import param_count
+from tests.conftest import assert_causal
 
 SMALL = dict(vocab_size=11, d_model=16, n_layers=2, n_heads=4, ffn_mult=4, max_seq_len=8)
 
@@ -90,13 +91,7 @@ def test_attention_matches_explicit_softmax():
 
 
 def test_causal():
-    model = small().eval()
-    ids = torch.randint(0, 11, (2, 8))
-    changed = ids.clone()
-    changed[:, 5:] = (changed[:, 5:] + 1) % 11
-    a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, :5], b[:, :5], rtol=0, atol=1e-6)
-    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    assert_causal(small(), vocab_size=11, length=8, t=4, atol=1e-6)
 
 
 def test_dropout_after_embedding_attention_and_ffn():

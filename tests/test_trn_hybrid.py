@@ -8,6 +8,7 @@ import torch
 from harness.archs import build, info
 from harness.archs import trn_hybrid
 from harness.archs.trn_hybrid import linear_scan, smoothstep
+from tests.conftest import assert_causal
 
 SMALL = dict(
     vocab_size=64, d_model=32, n_layers=5, n_heads=4, n_kv_heads=2, n_oscillators=8,
@@ -114,15 +115,7 @@ def test_bigram_bucket_ids_known_answer():
 
 def test_causal():
     """Logits at positions <= t ignore tokens > t (token shift and bigram look back one token only)."""
-    model = small_model().eval()
-    ids = torch.randint(0, 64, (2, 20))
-    t = 9
-    changed = ids.clone()
-    changed[:, t + 1 :] = torch.randint(0, 64, (2, 20 - t - 1))
-    with torch.no_grad():
-        a, b = model(ids), model(changed)
-    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=0)
-    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+    assert_causal(small_model(), vocab_size=64, length=20, t=9, atol=0)
 
 
 def test_warm_ramp():

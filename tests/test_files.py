@@ -1,0 +1,32 @@
+"""files: an interrupted write leaves the old file intact and no temporary behind."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.files import atomic, write_atomic
+
+
+def test_write_lands_whole_with_ordinary_permissions(tmp_path):
+    target = tmp_path / "deep" / "run.json"
+    write_atomic(target, '{"status": "completed"}\n')
+    assert target.read_text() == '{"status": "completed"}\n'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert os.listdir(target.parent) == ["run.json"]
+
+
+def test_a_failing_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "metrics.csv"
+    write_atomic(target, b"step,value\n1,2.0\n")
+
+    def half_then_crash(tmp: str) -> None:
+        Path(tmp).write_text("step,val")
+        raise KeyboardInterrupt  # a kill in the middle of the write
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic(target, half_then_crash)
+    assert target.read_bytes() == b"step,value\n1,2.0\n"
+    assert os.listdir(tmp_path) == ["metrics.csv"]
