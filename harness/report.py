@@ -674,7 +674,8 @@ def _provenance_section(agg: Aggregate) -> str:
 def _pairs_table(agg: Aggregate) -> str:
     if agg.pairs.empty:
         return _p("One architecture: no pairs to compare.")
-    rows = [[p.arch_a, p.arch_b, f"{p.n_a} vs {p.n_b}", _num(p.prob_improvement), f"[{_num(p.pi_lo)}, {_num(p.pi_hi)}]",
+    rows = [[p.arch_a, p.arch_b, f"{p.n_a} vs {p.n_b}", _num(p.prob_improvement),
+             f"[{_num(p.pi_lo)}, {_num(p.pi_hi)}]" + ("" if _missing(p.pi_interval) else f" {p.pi_interval}"),
              _num(p.mannwhitney_p, 3), _num(p.holm_p, 3), _num(p.fisher_p, 3), _num(p.min_possible_p, 4), p.verdict]
             for p in agg.pairs.sort_values(["arch_a", "arch_b"]).itertuples(index=False)]
     return _table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p", "Fisher p (collapse)",
@@ -707,7 +708,9 @@ def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
                           "with its 95% Wilson interval; k/n above."),
         "pairs": (fig_pairs(agg),
                   "Probability that the row architecture ends with a lower final perplexity than the column one "
-                  "(Mann-Whitney U / (n_a n_b), ties 1/2), with its interval; 0.5 = no difference."),
+                  "(Mann-Whitney U / (n_a n_b), ties 1/2), with its 95% interval: a seeded bootstrap from 5 seeds "
+                  "each, below that Newcombe's score interval (a bootstrap of 3 perfectly separated seeds would "
+                  "claim [1, 1]); 0.5 = no difference."),
         "grad_norm": (fig_grad_norm(agg),
                       "Pre-clip global gradient norm against training step (log scale), with the detected events."),
     }

@@ -15,7 +15,8 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, bootstrap, fisher_exact, mannwhitneyu, trim_mean
+from scipy.optimize import brentq
+from scipy.stats import binomtest, bootstrap, fisher_exact, mannwhitneyu, norm, trim_mean
 from statsmodels.stats.multitest import multipletests
 
 from harness.collapse import is_loss
@@ -27,8 +28,8 @@ SUMMARY_COLUMNS = ["arch", "n_seeds", "n_completed", "n_diverged", "n_failed",
                    "best_ppl_median", "best_ppl_iqm", "best_ppl_lo", "best_ppl_hi",
                    "final_bpb_median", "time_to_target_median",
                    "collapse_count", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval"]
-PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "mannwhitney_p",
-                "holm_p", "fisher_p", "min_possible_p", "verdict"]
+PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "pi_interval",
+                "mannwhitney_p", "holm_p", "fisher_p", "min_possible_p", "verdict"]
 ID_COLUMNS = ["study", "arch", "seed"]
 COLLAPSE_TYPES = ("collapse", "divergence")
 SMOOTH_EVALS = 3  # final_smoothed_loss: mean val loss of the last 3 evaluations (statistics.md)
@@ -164,6 +165,25 @@ def _prob_improvement(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarra
     return lower + tied / 2
 
 
+def newcombe_interval(theta: float, n_a: int, n_b: int, level: float = 0.95) -> tuple[float, float]:
+    """Score interval for a Mann-Whitney probability (Newcombe 2006, method 5): the thetas with
+    (theta_hat - theta)^2 <= z^2 V(theta), V the Hanley-McNeil variance with both sample sizes set to
+    their mean N. Unlike a bootstrap it stays honest with few seeds: 3 vs 3 seeds perfectly separated
+    give [0.50, 1] (a bootstrap gives [1, 1])."""
+    z2 = norm.ppf(0.5 + level / 2) ** 2
+    big_n = (n_a + n_b) / 2
+
+    def excess(t: float) -> float:
+        variance = t * (1 - t) / (n_a * n_b) * (2 * big_n - 1 - (3 * big_n - 3) / ((2 - t) * (1 + t)))
+        return (theta - t) ** 2 - z2 * variance
+
+    # V vanishes at 0 and 1: step just inside, where the excess is negative, to bracket each root
+    inner = 1e-12
+    lo = brentq(excess, 0.0, min(theta, 1 - inner)) if excess(0.0) > 0 else 0.0
+    hi = brentq(excess, max(theta, inner), 1.0) if excess(1.0) > 0 else 1.0
+    return float(lo), float(hi)
+
+
 def _verdict(a: str, b: str, n_a: int, n_b: int, pi: float, holm: float, min_p: float, n_pairs: int) -> str:
     seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} and {n_b} seeds"
     if n_a < 2 or n_b < 2:
@@ -183,7 +203,8 @@ def _verdict(a: str, b: str, n_a: int, n_b: int, pi: float, holm: float, min_p: 
 
 def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
     """One row per unordered pair of architectures: probability of improvement (final smoothed
-    perplexity, via Mann-Whitney U) with a stratified bootstrap interval, exact Mann-Whitney p,
+    perplexity, via Mann-Whitney U) with a stratified bootstrap interval (5 or more seeds each, else
+    Newcombe's score interval: a bootstrap of 3 seeds is degenerate), exact Mann-Whitney p,
     Holm across all pairs, Fisher's exact test on collapse rates, the smallest p the seed counts
     allow, and a one-sentence verdict."""
     _require(scores, SCORE_COLUMNS, "scores")
@@ -198,21 +219,22 @@ def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataF
         xb = np.exp(gb["final_smoothed_loss"].dropna().to_numpy(dtype=float))
         n_a, n_b = len(xa), len(xb)
         pi = pi_lo = pi_hi = p = math.nan
+        method = ""
         if n_a and n_b:
             u = mannwhitneyu(xa, xb, method="exact", alternative="two-sided")
             pi, p = 1 - float(u.statistic) / (n_a * n_b), float(u.pvalue)
-            if n_a > 1 and n_b > 1:
+            if min(n_a, n_b) < MIN_BOOTSTRAP_SEEDS:
+                (pi_lo, pi_hi), method = newcombe_interval(pi, n_a, n_b), "Newcombe score 95%"
+            else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # perfectly separated seeds: a degenerate bootstrap
                     ci = bootstrap((xa, xb), _prob_improvement, n_resamples=n_boot, method="percentile",
                                    vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
-                pi_lo, pi_hi = float(ci.low), float(ci.high)
-            else:
-                pi_lo = pi_hi = pi
+                pi_lo, pi_hi, method = float(ci.low), float(ci.high), "bootstrap 95%"
         k_a, k_b = int(ga["collapsed"].sum()), int(gb["collapsed"].sum())
         fisher = fisher_exact([[k_a, len(ga) - k_a], [k_b, len(gb) - k_b]]).pvalue if len(ga) and len(gb) else math.nan
         rows.append({"arch_a": a, "arch_b": b, "n_a": n_a, "n_b": n_b, "prob_improvement": pi, "pi_lo": pi_lo,
-                     "pi_hi": pi_hi, "mannwhitney_p": p, "holm_p": math.nan, "fisher_p": float(fisher),
+                     "pi_hi": pi_hi, "pi_interval": method, "mannwhitney_p": p, "holm_p": math.nan, "fisher_p": float(fisher),
                      "min_possible_p": min_possible_p(n_a, n_b), "verdict": ""})
     table = pd.DataFrame(rows, columns=PAIR_COLUMNS)
     tested = table["mannwhitney_p"].notna()

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import norm
 
 from harness import stats
 
@@ -116,7 +117,39 @@ def test_perfect_separation_of_three_seeds_is_not_a_claim():
     assert row["min_possible_p"] == pytest.approx(0.1) and row["holm_p"] == pytest.approx(0.1)
     assert row["verdict"].startswith("memnls vs transformer: no difference detectable with 3 seeds; "
                                      "the smallest possible p with 3 vs 3 is 0.10")
-    assert row["pi_lo"] == row["pi_hi"] == 1.0
+    # Newcombe's score interval, not a degenerate [1, 1] bootstrap: 3 seeds cannot exclude 0.5
+    assert row["pi_interval"] == "Newcombe score 95%"
+    assert row["pi_lo"] == pytest.approx(0.501, abs=0.001) and row["pi_hi"] == 1.0
+
+
+def test_newcombe_interval_covers_the_true_probability_with_few_seeds():
+    """Coverage on normal seeds with a known P(a < b) = Phi(delta / sqrt 2): near 95% from 3 seeds on."""
+    rng = np.random.default_rng(0)
+    for n in (3, 4):
+        for delta in (0.0, 1.0, 2.0):
+            truth = norm.cdf(delta / math.sqrt(2))
+            a, b = rng.normal(0, 1, (1000, n)), rng.normal(delta, 1, (1000, n))
+            pis = (a[:, :, None] < b[:, None, :]).mean(axis=(1, 2))
+            covered = [lo <= truth <= hi for lo, hi in (stats.newcombe_interval(pi, n, n) for pi in pis)]
+            assert 0.88 <= np.mean(covered) <= 0.99, (n, delta, np.mean(covered))
+
+
+def test_newcombe_interval_known_values():
+    lo, hi = stats.newcombe_interval(0.5, 100, 100)  # large samples: the Wald interval 0.5 +- 1.96 * 0.0409
+    assert (lo, hi) == (pytest.approx(0.4210, abs=1e-4), pytest.approx(0.5790, abs=1e-4))
+    lo, hi = stats.newcombe_interval(7 / 9, 3, 3)
+    mirror = stats.newcombe_interval(2 / 9, 3, 3)  # symmetric under a <-> b
+    assert mirror == (pytest.approx(1 - hi, abs=1e-9), pytest.approx(1 - lo, abs=1e-9))
+    assert stats.newcombe_interval(0.0, 3, 3) == (0.0, pytest.approx(1 - 0.50102, abs=1e-4))
+
+
+def test_five_seeds_each_get_the_seeded_bootstrap():
+    rng = np.random.default_rng(1)
+    scores = _scores({"a": list(rng.normal(3, 1, 5)), "b": list(rng.normal(4, 1, 5))})
+    first, again = stats.compare(scores, seed=0).iloc[0], stats.compare(scores, seed=0).iloc[0]
+    assert first["pi_interval"] == "bootstrap 95%"
+    assert first["pi_lo"] <= first["prob_improvement"] <= first["pi_hi"]
+    assert (first["pi_lo"], first["pi_hi"]) == (again["pi_lo"], again["pi_hi"])
 
 
 def test_probability_of_improvement_counts_ties_as_half():
