@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from harness import stats
+from harness.collapse import DetectConfig
 from harness.files import write_atomic
 from harness.stats import ID_COLUMNS
 
@@ -146,7 +147,9 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     events = (pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=EVENT_COLUMNS))
     events = events.sort_values(["arch", "seed", "onset_step"], ignore_index=True, kind="stable")
 
-    scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"))
+    # a run with fewer evaluations than the detector's history cannot show a collapse: not measurable
+    min_evals = DetectConfig.from_dict(study.get("detect") or {}).min_history
+    scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"), min_evals=min_evals)
     score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
     summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on="arch", how="left")

@@ -434,7 +434,9 @@ def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int
     other = train if defining is val else None
     rows = [row for s in defining.spans for row in _classify(defining, s, other, cfg)]
     if other is not None:
-        taken = {id(t) for s in defining.spans for t in s.absorbed}
+        # a train span a validation event absorbed is reported with it, unless the training diverged
+        # inside a validation event that did not: that divergence is an event of its own
+        taken = {id(t) for s in defining.spans for t in s.absorbed if s.diverged or not t.diverged}
         rows += [row for t in other.spans if id(t) not in taken for row in _train_only(other, t, defining, cfg)]
     events = pd.DataFrame(rows, columns=EVENT_COLUMNS)
     return events.sort_values(["onset_step", "peak_step"], ignore_index=True, kind="stable")

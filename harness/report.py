@@ -332,7 +332,8 @@ def fig_collapse_rate(agg: Aggregate) -> Figure:
         if math.isfinite(rate):
             ax.bar([i], [rate], color=agg.colours[arch], alpha=0.75, width=0.55)
             ax.errorbar([i], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5, lw=1.2)
-        ax.annotate(f"{k}/{n}", xy=(i, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03), ha="center", fontsize=9)
+        ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(i, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
+                    ha="center", fontsize=9)
     ax.set_ylim(0, 1.12)
     ax.set_xticks(range(len(agg.archs)), agg.archs)
     ax.set_ylabel("share of seeds with a collapse or divergence")
@@ -436,8 +437,8 @@ def _section(anchor: str, title: str, parts: list[str]) -> str:
 
 
 def _collapse_k_n(row: pd.Series) -> tuple[int, int]:
-    """k collapsed of n seeds that trained (a crash says nothing about stability)."""
-    return int(row["collapse_count"]), int(row["n_seeds"]) - int(row["n_failed"])
+    """k collapsed of the n seeds that could show one (a crash, or a run evaluated once, cannot)."""
+    return int(row["collapse_count"]), int(row["collapse_n"])
 
 
 def _claims_section(agg: Aggregate) -> str:
@@ -535,8 +536,10 @@ def _summary_section(agg: Aggregate) -> str:
         if target:
             reach = s["time_to_target_median"]
             row.append("never" if not math.isfinite(reach) else _step(reach))
-        rate = f"{_num(s['collapse_rate'])} [{_num(s['collapse_rate_lo'])}, {_num(s['collapse_rate_hi'])}]"
-        row += [f"{k}/{n}", rate]
+        if n:
+            row += [f"{k}/{n}", f"{_num(s['collapse_rate'])} [{_num(s['collapse_rate_lo'])}, {_num(s['collapse_rate_hi'])}]"]
+        else:
+            row += ["not measurable", "evaluated too rarely for the detector"]
         rows.append(row)
     published = "; the last evaluation alone is in the published comparison above" if agg.study.get("published") else ""
     note = _p(f"Perplexity is per {agg.unit} on the validation split. Final = exp(mean validation loss of the "
@@ -557,8 +560,9 @@ def _not_completed_section(agg: Aggregate) -> str:
     if len(bad):
         rows = [[r.arch, int(r.seed), r.status, _step(r.steps_done) if "steps_done" in runs else "", r.reason]
                 for r in bad.itertuples(index=False)]
-        parts.append(_p(f"{len(bad)} of {len(runs)} runs did not complete. They stay in every statistic "
-                        "(a diverged run as infinite perplexity) and are listed here with their reason."))
+        parts.append(_p(f"{len(bad)} of {len(runs)} runs did not complete, listed here with their reason. A "
+                        "diverged run stays in every statistic, as infinite perplexity and as a collapse; a failed "
+                        "run (a crash of the harness, not of the model) has no score and is only counted."))
         parts.append(_table(["arch", "seed", "status", "steps done", "reason"], rows,
                             row_classes=list(bad["status"])))
     if missing:

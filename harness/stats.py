@@ -27,7 +27,7 @@ SUMMARY_COLUMNS = ["arch", "n_seeds", "n_completed", "n_diverged", "n_failed",
                    "final_ppl_median", "final_ppl_iqm", "final_ppl_lo", "final_ppl_hi",
                    "best_ppl_median", "best_ppl_iqm", "best_ppl_lo", "best_ppl_hi",
                    "final_bpb_median", "time_to_target_median",
-                   "collapse_count", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval"]
+                   "collapse_count", "collapse_n", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval"]
 PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "pi_interval",
                 "mannwhitney_p", "holm_p", "fisher_p", "min_possible_p", "verdict"]
 ID_COLUMNS = ["study", "arch", "seed"]
@@ -45,12 +45,15 @@ def _require(df: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def run_scores(trajectories: pd.DataFrame, events: pd.DataFrame, runs: pd.DataFrame,
-               target_ppl: float | None = None) -> pd.DataFrame:
+               target_ppl: float | None = None, min_evals: int = 1) -> pd.DataFrame:
     """One row per run of ``runs`` (study, arch, seed, status): its validation scores and events.
 
-    A diverged run's non-finite final loss counts as infinite (the model is broken, not unmeasured);
-    time_to_target is the first step with val perplexity <= target_ppl, inf if never, NaN without
-    a target. collapsed: any collapse or divergence event, or status diverged.
+    A diverged run's final loss is infinite, whether or not its last evaluation was (training may
+    blow up between two evaluations): the model is broken, not unmeasured. Its best loss comes from
+    its finite evaluations. time_to_target is the first step with val perplexity <= target_ppl, inf
+    if never, NaN without a target. collapsed: any collapse or divergence event, or status diverged;
+    NaN (not measurable) for a run with neither and fewer than ``min_evals`` validation evaluations,
+    too few for the detector to see anything (a pipeline such as eam is evaluated once).
     """
     _require(runs, ID_COLUMNS + ["status"], "runs")
     _require(trajectories, ID_COLUMNS + ["step", "split", "value"], "trajectories")
@@ -78,14 +81,19 @@ def run_scores(trajectories: pd.DataFrame, events: pd.DataFrame, runs: pd.DataFr
             hit = np.flatnonzero(losses <= math.log(target_ppl))
             reach = float(steps[hit[0]]) if len(hit) else math.inf
         run_events = event_groups.get(key, events.iloc[:0])
+        collapsed = run.status == "diverged" or bool(run_events["type"].isin(COLLAPSE_TYPES).any())
+        measurable = collapsed or (run.status != "failed" and len(losses) >= min_evals)
+        final = math.inf if run.status == "diverged" else float(losses[-1]) if len(losses) else math.nan
+        smoothed = (math.inf if run.status == "diverged"
+                    else float(np.mean(losses[-SMOOTH_EVALS:])) if len(losses) else math.nan)
         rows.append({
             "study": run.study, "arch": run.arch, "seed": run.seed, "status": run.status,
-            "final_loss": float(losses[-1]) if len(losses) else math.nan,
-            "final_smoothed_loss": float(np.mean(losses[-SMOOTH_EVALS:])) if len(losses) else math.nan,
+            "final_loss": final,
+            "final_smoothed_loss": smoothed,
             "best_loss": float(losses[best]) if best is not None else math.nan,
             "best_step": float(steps[best]) if best is not None else math.nan,
             "time_to_target": reach,
-            "collapsed": bool(run.status == "diverged" or run_events["type"].isin(COLLAPSE_TYPES).any()),
+            "collapsed": collapsed if measurable else math.nan,
             "n_events": int(len(run_events)),
         })
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
@@ -108,11 +116,18 @@ def _interval(x: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
     return tuple(math.inf if v >= HUGE * 1e-6 else float(v) for v in (ci.low, ci.high))
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of k successes in n: sensible at k = 0 and k = n, unlike the normal one."""
     if n == 0:
         return math.nan, math.nan
     ci = binomtest(k, n).proportion_ci(method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def _collapse_k_n(scores: pd.DataFrame) -> tuple[int, int]:
+    """(collapsed, measurable) among the runs of ``scores`` (failed ones never measure anything)."""
+    measured = scores.loc[(scores["status"] != "failed") & scores["collapsed"].notna(), "collapsed"]
+    return int(measured.astype(bool).sum()), len(measured)
 
 
 def summarize(scores: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
@@ -124,7 +139,7 @@ def summarize(scores: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
         scored = g[g["status"] != "failed"]
         final = np.exp(scored["final_smoothed_loss"].dropna().to_numpy(dtype=float))
         best = np.exp(scored["best_loss"].dropna().to_numpy(dtype=float))
-        k, n = int(scored["collapsed"].sum()), len(scored)
+        k, n = _collapse_k_n(scored)
         row = {"arch": arch, "n_seeds": len(g), "n_completed": int((g["status"] == "completed").sum()),
                "n_diverged": int((g["status"] == "diverged").sum()), "n_failed": int((g["status"] == "failed").sum())}
         for name, x in (("final", final), ("best", best)):
@@ -134,10 +149,10 @@ def summarize(scores: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.Dat
                     f"{name}_ppl_lo": lo, f"{name}_ppl_hi": hi}
         bpb = scored["final_smoothed_loss"].dropna().to_numpy(dtype=float) / math.log(2)
         reach = scored["time_to_target"].dropna().to_numpy(dtype=float)
-        rate_lo, rate_hi = _wilson(k, n)
+        rate_lo, rate_hi = wilson(k, n)
         row |= {"final_bpb_median": float(np.median(bpb)) if len(bpb) else math.nan,
                 "time_to_target_median": float(np.median(reach)) if len(reach) else math.nan,
-                "collapse_count": k, "collapse_rate": k / n if n else math.nan,
+                "collapse_count": k, "collapse_n": n, "collapse_rate": k / n if n else math.nan,
                 "collapse_rate_lo": rate_lo, "collapse_rate_hi": rate_hi,
                 "interval": "range (n<5)" if len(final) < MIN_BOOTSTRAP_SEEDS else "bootstrap 95%"}
         rows.append(row)
@@ -231,8 +246,8 @@ def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataF
                     ci = bootstrap((xa, xb), _prob_improvement, n_resamples=n_boot, method="percentile",
                                    vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
                 pi_lo, pi_hi, method = float(ci.low), float(ci.high), "bootstrap 95%"
-        k_a, k_b = int(ga["collapsed"].sum()), int(gb["collapsed"].sum())
-        fisher = fisher_exact([[k_a, len(ga) - k_a], [k_b, len(gb) - k_b]]).pvalue if len(ga) and len(gb) else math.nan
+        (k_a, m_a), (k_b, m_b) = _collapse_k_n(ga), _collapse_k_n(gb)
+        fisher = fisher_exact([[k_a, m_a - k_a], [k_b, m_b - k_b]]).pvalue if m_a and m_b else math.nan
         rows.append({"arch_a": a, "arch_b": b, "n_a": n_a, "n_b": n_b, "prob_improvement": pi, "pi_lo": pi_lo,
                      "pi_hi": pi_hi, "pi_interval": method, "mannwhitney_p": p, "holm_p": math.nan, "fisher_p": float(fisher),
                      "min_possible_p": min_possible_p(n_a, n_b), "verdict": ""})

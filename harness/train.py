@@ -154,11 +154,16 @@ def save_checkpoint(path: Path, model, optimizer, gens: dict[str, torch.Generato
     atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"meta": json.dumps(meta)}))
 
 
-def load_checkpoint(path: Path, model, optimizer, gens: dict[str, torch.Generator]) -> dict:
+def checkpoint_meta(path: Path) -> dict:
+    """The step, metrics, config hash and seed a checkpoint was written with (no tensors read)."""
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["meta"])
+        return json.loads(f.metadata()["meta"])
+
+
+def load_checkpoint(path: Path, model, optimizer, gens: dict[str, torch.Generator]) -> dict:
+    meta = checkpoint_meta(path)
     tensors = load_file(str(path))
     state = _named_state(model)
     with torch.no_grad():
@@ -269,9 +274,14 @@ def train_run(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None
                     for _ in range(recipe.eval_batches)]
 
         if checkpoint.exists():
+            written = checkpoint_meta(checkpoint)
+            if (written["config_hash"], written["seed"]) != (manifest["config_hash"], spec["seed"]):
+                # a run killed before the config changed: its state cannot continue this run
+                print(f"discarding {checkpoint}: written by config {written['config_hash']} seed {written['seed']}, "
+                      f"this run is config {manifest['config_hash']} seed {spec['seed']}", file=sys.stderr)
+                checkpoint.unlink()
+        if checkpoint.exists():
             meta = load_checkpoint(checkpoint, model, optimizer, gens)
-            if meta["config_hash"] != manifest["config_hash"] or meta["seed"] != spec["seed"]:
-                raise ValueError(f"{checkpoint} belongs to another config or seed; delete it to start over")
             step, rows, elapsed_before = meta["step"], meta["rows"], meta["elapsed"]
             print(f"resumed from {checkpoint} at step {step}", file=sys.stderr)
         else:

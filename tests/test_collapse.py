@@ -136,6 +136,19 @@ def test_nan_is_a_divergence_dated_before_it():
     assert "non-finite" in e["note"]
 
 
+def test_training_that_diverges_during_a_collapse_adds_a_divergence():
+    """The val curve collapses at 3,000; the train loss follows, then goes NaN before the next eval."""
+    val = _flat(30, 2.0) + _flat(10, 2.0 + math.log(2.0), seed=1)
+    train = _flat(29, 1.9, seed=2) + _flat(10, 1.9 + math.log(2.0), seed=3) + [math.nan]
+    events = detect(_run(val, train)).set_index("type")
+    assert sorted(events.index) == ["collapse", "divergence"]
+    assert events.loc["collapse", "onset_step"] == 3000 and events.loc["collapse", "split"] == "val"
+    # the train excursion that began at 2,900 ended non-finite: it is the divergence, dated from its start
+    divergence = events.loc["divergence"]
+    assert (divergence["split"], divergence["onset_step"], divergence["peak_value"]) == ("train", 2900, math.inf)
+    assert "non-finite train loss (nan) at 4,000" in divergence["note"]
+
+
 def test_back_at_the_untrained_level_is_a_divergence_only_with_the_vocabulary():
     ln_vocab = math.log(256)
     val = list(np.linspace(ln_vocab + 0.5, 2.0, 10)) + _flat(20, 2.0) + _flat(10, ln_vocab + 0.2, seed=1)

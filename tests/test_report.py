@@ -103,7 +103,8 @@ def _runs(rows):
 
 
 def test_claims_verdicts_with_known_wilson_intervals():
-    study = {"data": {"name": "enwik8"}, "recipe": {"steps": 50_000}, "smoke": False, "published": "seed-enwik8-70m",
+    study = {"data": {"name": "enwik8", "tokens": "bytes"}, "recipe": {"steps": 50_000}, "smoke": False,
+             "published": "seed-enwik8-70m",
              "archs": {"memnls": {}, "transformer": {}}}
     runs = _runs([("transformer", s, "completed", 50_000) for s in range(3)]
                  + [("memnls", s, "completed", 50_000) for s in range(3)] + [("memnls", 3, "failed", 0)])
@@ -120,6 +121,14 @@ def test_claims_verdicts_with_known_wilson_intervals():
     diverged = runs.assign(status=lambda d: d["status"].mask((d["arch"] == "memnls") & (d["seed"] == 2), "diverged"))
     m = claims.evaluate(study, diverged, events).set_index("arch").loc["memnls"]
     assert (m["k"], m["verdict"]) == (1, "contradicted")
+
+    # "collapses at ~28k": a collapse at step 5,000 is another event, not the claimed one
+    early = events.assign(onset_step=events["onset_step"].mask(events["seed"] == 2, 5_000))
+    t = claims.evaluate(study, runs, early).set_index("arch").loc["transformer"]
+    assert (t["k"], t["n"]) == (1, 3) and "outside that window, onsets at steps 5,000" in t["sentence"]
+    chars = {**study, "data": {"name": "enwik8", "tokens": "chars"}}
+    t = claims.evaluate(chars, runs, events).set_index("arch").loc["transformer"]
+    assert t["verdict"] == "cannot test" and "its tokens are chars, not bytes" in t["sentence"]
 
 
 def test_published_curves_are_overlaid(small, tmp_path):

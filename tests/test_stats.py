@@ -57,6 +57,24 @@ def test_run_scores_reads_final_smoothed_best_and_time_to_target():
     assert no_target["time_to_target"].isna().all()
 
 
+def test_a_run_that_diverged_between_evaluations_scores_infinite_and_a_rare_one_is_not_measured():
+    traj = pd.concat([_trajectory("a", 0, [3.0, 2.0, 1.8]),  # its training loss went NaN after the last eval
+                      _trajectory("b", 0, [2.0]), _trajectory("b", 1, [2.1])], ignore_index=True)
+    runs = pd.DataFrame({"study": "s", "arch": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1],
+                         "status": ["diverged", "diverged", "completed", "completed"]})  # a/1: NaN before any eval
+    events = pd.DataFrame(columns=["study", "arch", "seed", "type"])
+    scores = stats.run_scores(traj, events, runs, min_evals=3)
+    a0, a1, b0, b1 = (scores.iloc[i] for i in range(4))
+    assert a0["final_loss"] == a0["final_smoothed_loss"] == math.inf and a0["best_loss"] == 1.8
+    assert a1["final_smoothed_loss"] == math.inf and a0["collapsed"] is True and a1["collapsed"] is True
+    assert math.isnan(b0["collapsed"]) and math.isnan(b1["collapsed"])  # one evaluation: nothing to detect
+    summary = stats.summarize(scores).set_index("arch")
+    assert summary.loc["a", "final_ppl_median"] == math.inf  # both diverged seeds stay in, as infinite
+    assert (summary.loc["a", "collapse_count"], summary.loc["a", "collapse_n"]) == (2, 2)
+    assert summary.loc["b", "collapse_n"] == 0 and math.isnan(summary.loc["b", "collapse_rate"])
+    assert math.isnan(stats.compare(scores).iloc[0]["fisher_p"])  # no measured collapse rate for b
+
+
 def test_iqm_is_the_mean_of_the_middle_half_and_the_mean_for_three_seeds():
     summary = stats.summarize(_scores({"a": [100, 1, 2, 3, 4, 5, 6, 7], "b": [1.0, 2.0, 6.0]}))
     a, b = summary.iloc[0], summary.iloc[1]

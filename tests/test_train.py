@@ -120,6 +120,12 @@ def test_exception_is_recorded_as_failed_and_keeps_resume_state(tmp_path, shared
     assert manifest["steps_done"] == 25
     assert (state / "checkpoint.safetensors").exists()  # a retry resumes at step 20
 
+    # the config changed before the retry (here: no failure any more): the stale state is discarded
+    fixed = {**study, "archs": [{**study["archs"][0], "hparams": {"fail_at": 10_000}}]}
+    assert train_run(spec_for("faulty", study=fixed), tmp_path / "retry", state_dir=state) == "completed"
+    assert train_run(spec_for("faulty", study=fixed), tmp_path / "fresh", state_dir=tmp_path / "s2") == "completed"
+    pd.testing.assert_frame_equal(metrics(tmp_path / "retry"), metrics(tmp_path / "fresh"))
+
 
 def test_unknown_hyperparameter_fails_the_run_naming_it(tmp_path, shared_data):
     study = {**MICRO_STUDY, "archs": [{"name": "transformer", "hparams": {"n_experts": 4}}]}
