@@ -59,6 +59,16 @@ def assert_causal(model, vocab_size: int, length: int, t: int, atol: float = 1e-
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
 
 
+def dropout_calls(model, vocab_size: int) -> list[str]:
+    """Names of the dropout modules one training forward passes through, in call order."""
+    called = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
+    model.train()(torch.randint(0, vocab_size, (2, 8)))
+    return called
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "tinyshakespeare.txt").is_file():

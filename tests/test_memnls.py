@@ -5,7 +5,7 @@ from safetensors.torch import load_file, save_file, save_model
 from harness.archs import build
 from harness.archs.memnls import causal_ema
 from harness.shape import param_count
-from tests.conftest import assert_causal
+from tests.conftest import assert_causal, dropout_calls
 
 SMALL = dict(vocab_size=11, d_model=16, n_layers=2, n_heads=4, ffn_mult=5, max_seq_len=8)
 PUBLISHED_MIXER = dict(n_heads=12, nonlinearity_strength=-0.5, memory_coupling_total=0.3, nu_min=0.5, nu_max=10.0,
@@ -133,13 +133,8 @@ def test_fdt_noise_only_when_enabled_and_training():
 
 
 def test_dropout_after_embedding_mixer_and_ffn():
-    model = small(dropout=0.1)
-    called = []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
-    model(torch.randint(0, 11, (2, 8)))
-    assert called == ["dropout"] + [f"blocks.{i}.{m}.dropout" for i in range(2) for m in ("mixer", "ffn")]
+    expected = ["dropout"] + [f"blocks.{i}.{m}.dropout" for i in range(2) for m in ("mixer", "ffn")]
+    assert dropout_calls(small(dropout=0.1), vocab_size=11) == expected
 
 
 def test_bad_config_is_named():
