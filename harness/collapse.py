@@ -334,13 +334,13 @@ def _overlaps(train: _Curve, s: _Span, start: float, stop: float) -> bool:
     return first <= stop and last >= start
 
 
-def _exp(loss: float) -> float:
+def perplexity(loss: float) -> float:
     """Perplexity (or ratio) of a loss (difference); inf for an infinite or overflowing one."""
     return math.nan if math.isnan(loss) else math.exp(loss) if loss < 709 else math.inf
 
 
 def _ppl(loss: float) -> str:
-    v = _exp(loss)
+    v = perplexity(loss)
     if not np.isfinite(v):
         return str(v)
     return f"{v:.2f}" if v < 100 else f"{v:.4g}"
@@ -392,8 +392,8 @@ def _row(kind: str, curve: _Curve, s: _Span, cfg: DetectConfig, train_onset: flo
     return {"type": kind, "split": curve.split, "onset_step": curve.step(s.onset),
             "train_onset_step": train_onset, "peak_step": curve.step(peak),
             "end_step": curve.step(s.end), "recovered": s.end is not None,
-            "peak_value": _exp(peak_loss),
-            "magnitude": math.nan if math.isnan(s.pre) else _exp(peak_loss - s.pre),
+            "peak_value": perplexity(peak_loss),
+            "magnitude": math.nan if math.isnan(s.pre) else perplexity(peak_loss - s.pre),
             "score": float(s.score), "threshold": float(s.threshold), "note": note}
 
 

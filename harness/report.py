@@ -29,6 +29,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullL
 
 from harness import claims, stats
 from harness.aggregate import EVENT_COLUMNS, read_table
+from harness.collapse import perplexity
 from harness.files import write_atomic
 from harness.stats import ID_COLUMNS, PAIR_COLUMNS
 
@@ -122,7 +123,7 @@ def _ppl(loss) -> float:
     """Perplexity of a loss; a non-finite loss (a diverged run) is infinite perplexity."""
     if _missing(loss):
         return float("nan")
-    return math.exp(loss) if math.isfinite(float(loss)) else float("inf")
+    return perplexity(float(loss)) if not math.isinf(float(loss)) else float("inf")
 
 
 def _bits(ppl: float) -> float:

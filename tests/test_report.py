@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import json
 import re
 import shutil
@@ -191,3 +192,10 @@ def test_eam_runs_get_their_own_section_and_an_unmatched_shape_row(tmp_path):
     assert cells == [["eam", "0", "transformer", "7.39", "12.18", "0.800", "1,900 of 4,096", "102,400", "50,000"],
                      ["eam", "1", "transformer", "7.39", "33.12", "0.571", "1,901 of 4,096", "102,400", "50,000"]]
     assert "not matched: no width knob" in found["params"] and "nan" not in found["params"]
+
+
+def test_perplexity_of_a_huge_finite_loss_is_infinite_not_an_overflow():
+    """A run just before its NaN can log a finite loss far beyond exp's range (e^800)."""
+    assert report._ppl(2.0) == pytest.approx(7.389, abs=1e-3)
+    assert report._ppl(800.0) == report._ppl(float("inf")) == float("inf")
+    assert math.isnan(report._ppl(None)) and math.isnan(report._ppl(float("nan")))
