@@ -1,9 +1,12 @@
 """All runs of a study -> tidy tables: the only input the report reads.
 
-Writes study.json, runs.csv (one row per run: identity, status, shape, provenance and scores),
-trajectories.csv (every metric of every run), events.csv, summary.csv (per architecture) and
-pairs.csv (per pair of architectures). A failed or diverged run is a row like any other: the
-statistics count it and the report lists it. No torch here.
+Writes study.json, runs.csv (one row per run: identity, status, shape, provenance, scores and a
+pipeline's own numbers as ``pipeline_*`` columns), trajectories.csv (every metric of every run),
+events.csv, summary.csv (per architecture), pairs.csv (per pair of architectures), claims.csv (the
+published claims, tested), headlines.csv (published figures beside measured ones) and notes.json
+(the sentences the report prints about the study as a whole). Every number the report shows is
+computed here. A failed or diverged run is a row like any other: the statistics count it and the
+report lists it. No torch here.
 """
 
 from __future__ import annotations
@@ -14,16 +17,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness import stats
+from harness import claims, stats
 from harness.collapse import DetectConfig
+from harness.contracts import AGGREGATE_TABLES, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, PIPELINE_KEY, RUN_STATUSES
 from harness.files import write_atomic
-from harness.stats import ID_COLUMNS
 
-METRIC_COLUMNS = ["step", "split", "metric", "value"]
-# the events.csv contract (detect may add columns, such as its note)
-EVENT_COLUMNS = ID_COLUMNS + ["type", "split", "onset_step", "train_onset_step", "peak_step", "end_step",
-                              "recovered", "peak_value", "magnitude", "score", "threshold"]
-STATUSES = ("completed", "diverged", "failed")
 # per-architecture shape facts that summary.csv carries beside the statistics
 SHAPE_COLUMNS = ["n_params", "reference", "reference_params", "deviation", "knob", "knob_value"]
 
@@ -56,8 +54,8 @@ def _read_run_json(path: Path, study_name: str, archs: set[str]) -> dict[str, An
     missing = [k for k in ("arch", "seed", "study", "status") if k not in run]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}")
-    if run["status"] not in STATUSES:
-        raise ValueError(f"{path}: status {run['status']!r} is not one of {STATUSES}")
+    if run["status"] not in RUN_STATUSES:
+        raise ValueError(f"{path}: status {run['status']!r} is not one of {RUN_STATUSES}")
     if run["study"] != study_name:
         raise ValueError(f"{path}: belongs to study {run['study']!r}, not {study_name!r}")
     if archs and run["arch"] not in archs:
@@ -85,10 +83,10 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
     }
     for name, version in sorted((run.get("versions") or {}).items()):
         row[f"version_{name}"] = version
-    # a pipeline's own summary (eam: teacher and EAM loss, transfer, live locations, write throughput)
-    for name, value in sorted((run.get("eam") or {}).items()):
+    # a pipeline's own numbers (flat values only), whatever the pipeline
+    for name, value in sorted((run.get(PIPELINE_KEY) or {}).items()):
         if isinstance(value, (int, float, str)):
-            row[f"eam_{name}"] = value
+            row[f"{PIPELINE_KEY}_{name}"] = value
     return row
 
 
@@ -106,14 +104,14 @@ def read_run(run_dir: Path, study_name: str, archs: set[str]) -> tuple[dict, pd.
     """One run folder -> (run row, metrics with identity, events with identity)."""
     run = _read_run_json(run_dir / "run.json", study_name, archs)
     metrics_path = run_dir / "metrics.csv"
-    metrics = read_table(metrics_path, METRIC_COLUMNS, "written by the train stage")
+    metrics = read_table(metrics_path, METRIC_COLUMNS[:4], "written by the train stage")
     if len(metrics) and not pd.api.types.is_numeric_dtype(metrics["value"]):
         raise ValueError(f"{metrics_path}: column 'value' is not numeric")
     if len(metrics) and not pd.api.types.is_integer_dtype(metrics["step"]):
         raise ValueError(f"{metrics_path}: column 'step' is not integer")
     metrics = metrics.astype({"step": "int64", "value": "float64"})  # a crash may log no row at all
     events_path = run_dir / "events.csv"
-    events = read_table(events_path, EVENT_COLUMNS[3:], "written by the detect stage")
+    events = read_table(events_path, EVENT_COLUMNS[:-1], "written by the detect stage")
     return _run_row(run), _with_identity(metrics, run, metrics_path), _with_identity(events, run, events_path)
 
 
@@ -144,7 +142,7 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
         {"study": "str", "arch": "str", "split": "str", "metric": "str"}).sort_values(
         ["arch", "seed", "split", "metric", "step"], ignore_index=True, kind="stable")
     nonempty = [e for e in events if len(e)]
-    events = (pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=EVENT_COLUMNS))
+    events = (pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=ID_COLUMNS + EVENT_COLUMNS))
     events = events.sort_values(["arch", "seed", "onset_step"], ignore_index=True, kind="stable")
 
     # a run with fewer evaluations than the detector's history cannot show a collapse: not measurable
@@ -154,10 +152,14 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
     summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on="arch", how="left")
     pairs = stats.compare(scores, seed=0)
+    verdicts = claims.evaluate(study, runs, events)
+    headlines, publication = claims.headlines(study, runs, events)
+    notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication}
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
-    for name, table in (("runs", runs), ("trajectories", trajectories), ("events", events),
-                        ("summary", summary), ("pairs", pairs)):
+    tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines)))
+    for name, table in tables.items():
         write_atomic(out_dir / f"{name}.csv", _csv(table))
+    write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")
 

@@ -8,10 +8,13 @@ that says when the study is too short, or on other data, to test the claim at al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
+from harness.contracts import CLAIM_COLUMNS
 from harness.stats import wilson
+from harness.text import UNITS, bits, num, perplexity, spread, step
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,7 @@ PUBLISHED: dict[str, PublishedStudy] = {
     ),
 }
 
-CLAIM_COLUMNS = ["published", "arch", "claim", "source", "verdict", "k", "n", "rate", "lo", "hi",
-                 "steps", "test", "sentence"]
+HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
 
 
 def published(key: str) -> PublishedStudy:
@@ -182,3 +184,46 @@ def _verdict(claim: Claim, k: int, n: int, lo: float, hi: float, measured: str) 
         if k == 0:
             sentence += f" No event seen, yet with {n} seeds the event rate could still be as high as {hi:.2f}."
     return verdict, sentence
+
+
+def headlines(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """The study's published reference figures beside the measured ones (HEADLINE_COLUMNS), and what
+    the report says about the publication (title, seeds, steps, data, source, how the study differs).
+
+    ``runs`` needs arch, status, final_loss, final_smoothed_loss, best_loss, best_step; ``events`` arch,
+    seed, type, onset_step, peak_value, peak_step. (empty table, None) when the study names no publication.
+    """
+    if not study.get("published"):
+        return pd.DataFrame(columns=HEADLINE_COLUMNS), None
+    pub = published(study["published"])
+    unit = UNITS.get(pub.tokens, "token")
+    rows = []
+
+    def with_bits(ppl: float) -> str:
+        return f"{num(ppl)} ({num(bits(ppl))} bits/{unit})"
+
+    for h in pub.headlines:
+        mine = runs[(runs["arch"] == h.arch) & (runs["status"] != "failed")]
+        if mine.empty:
+            rows.append([h.arch, "any", "", "not run in this study"])
+            continue
+        final, smoothed, best = (mine[c].map(perplexity) for c in ("final_loss", "final_smoothed_loss", "best_loss"))
+        rows.append([h.arch, "final val perplexity (last evaluation)", with_bits(h.final_ppl), spread(final)])
+        rows.append([h.arch, "final val perplexity (smoothed, last 3 evaluations)", "not published", spread(smoothed)])
+        rows.append([h.arch, "minimum val perplexity", f"{with_bits(h.min_ppl)} at step {h.min_step:,}",
+                     f"{spread(best)}; at steps {', '.join(step(s) for s in mine['best_step'])}"])
+        collapses = events[(events["arch"] == h.arch) & (events["type"] == "collapse")]
+        claimed = "none" if h.collapse_start is None else (
+            f"steps {h.collapse_start:,}–{h.collapse_end:,}, peak {num(h.peak_ppl)} at step {h.peak_step:,}")
+        measured = f"{collapses['seed'].nunique()} of {len(mine)} seeds"
+        if len(collapses):
+            measured += ": " + "; ".join(
+                f"seed {int(e.seed)} onset {step(e.onset_step)}, peak {num(e.peak_value)} at {step(e.peak_step)}"
+                for e in collapses.itertuples(index=False))
+        rows.append([h.arch, "collapse", claimed, measured])
+    data, steps = study.get("data", {}).get("name"), int(study.get("recipe", {}).get("steps", 0))
+    differs = [f"{data} (not {pub.data})"] if data != pub.data else []
+    differs += [f"{steps:,} steps (not {pub.steps:,})"] if steps != pub.steps else []
+    about = {"title": pub.title, "seeds": pub.seeds, "steps": pub.steps, "data": pub.data, "source": pub.source,
+             "differs": differs}
+    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS), about

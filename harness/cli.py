@@ -13,12 +13,10 @@ from pathlib import Path
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harness.train import train_run
+    from harness.run import execute
 
     spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
-    status = train_run(spec, Path(args.out), state_dir=Path(args.state) if args.state else None,
-                       threads=args.threads)
-    print(f"run finished: {status}")
+    execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads)
     return 0
 
 
@@ -55,9 +53,10 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import render
+    from harness.report.page import render
 
-    render(Path(args.aggregate), Path(args.out), figures_dir=Path(args.figures) if args.figures else None)
+    render(Path(args.aggregate), Path(args.out), figures_dir=Path(args.figures) if args.figures else None,
+           published_curves=Path(args.published_curves) if args.published_curves else None)
     return 0
 
 
@@ -88,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregate", required=True, help="folder written by `aggregate`")
     p.add_argument("--out", required=True)
     p.add_argument("--figures", help="also write each figure as PNG here")
+    p.add_argument("--published-curves", help="a long CSV (arch,step,split,metric,value) of published curves to overlay")
     p.set_defaults(func=_cmd_report)
 
     args = parser.parse_args(argv)

@@ -1,7 +1,8 @@
 """The eam pipeline: a trained teacher run -> an Elastic Associative Memory LM, in one run folder.
 
 eam is not one network trained by the common loop but four stages over the same-seed run of a
-transformer of the grid (the teacher, ``teacher_dir`` = results/{study}/{teacher}/seed{seed}):
+transformer of the grid (the teacher, whose folder results/{study}/{teacher}/seed{seed} the workflow
+passes as ``spec["inputs"]["teacher"]``, from the PIPELINE declaration in harness/archs/eam.py):
   (a) write: the teacher reads the first ``write_tokens`` tokens of the training split in consecutive
       seq_len crops; each final hidden state h (the output of its module ``norm_f``) is written into
       the memory as value h under key normalize(Q^T h), ``write_batch`` keys per write;
@@ -12,9 +13,8 @@ transformer of the grid (the teacher, ``teacher_dir`` = results/{study}/{teacher
       when the dataset has a test split), each as a proper distribution (softmax of its logits).
 Budgets left out of the spec's hparams scale with the study's recipe (see ``Stages``); stages (b)
 and (c) use the recipe's AdamW settings, grad clip and precision, its warmup + cosine schedule
-stretched over the stage. Same contract as ``harness.train.train_run``: metrics.csv, run.json and
-model.safetensors are always written, atomically; the status is returned, never an exception.
-There is no resume: a killed eam run starts over (its stages are short next to the teacher's).
+stretched over the stage, through the same training step as the common loop (harness.recipe).
+harness.run writes the run's files. There is no resume: a killed eam run starts over (its stages are short next to the teacher's).
 """
 
 from __future__ import annotations
@@ -22,20 +22,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from harness import archs, data, shape
 from harness.archs import eam as eam_arch
-from harness.train import Recipe, _evaluate, lr_at, manifest_head, resolve_device, write_run_files
+from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
+from harness.run import RunRecord
 
 SET_BY_RUN = {"vocab_size": "the data", "teacher_d_model": "the teacher", "seed": "the study's seeds"}
 
@@ -86,7 +84,7 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
                  arch: str) -> torch.nn.Module:
     """The teacher run's final weights in its own architecture, checked against this run; eval mode, frozen."""
     if teacher_dir is None:
-        raise ValueError("eam: the spec has no 'teacher_dir' (the teacher run's folder, "
+        raise ValueError("eam: the spec has no inputs.teacher (the teacher run's folder, "
                          f"results/{{study}}/{arch}/seed{{seed}}); the workflow puts it there")
     teacher_dir = Path(teacher_dir)
     for name in ("run.json", "model.safetensors"):
@@ -114,16 +112,12 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
     return teacher.eval().requires_grad_(False)
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-
-
 def final_hidden(teacher: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """The teacher's final hidden states [B, T, d] (the output of its norm_f), float32."""
     captured = []
     hook = teacher.get_submodule("norm_f").register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        with torch.no_grad(), _autocast(x.device, dtype):
+        with torch.no_grad(), autocast(x.device, dtype):
             teacher(x)
     finally:
         hook.remove()
@@ -156,148 +150,110 @@ def write_memory(model: eam_arch.Model, teacher, train: torch.Tensor, stages: St
 
 
 def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int, recipe: Recipe,
-        next_batch: Callable, log: Callable, metric: str, device: torch.device) -> str | None:
-    """AdamW on ``module`` under the study's recipe, its schedule stretched over ``steps``.
+        next_batch: Callable, record: RunRecord, metric: str, device: torch.device) -> str | None:
+    """The recipe's training step on ``module``, its schedule stretched over ``steps``.
 
     Logs the window mean of the loss as train/``metric`` at global steps first_step + 1 ...; returns
     the reason of a divergence (a non-finite loss) or None.
     """
     schedule = dataclasses.replace(recipe, steps=steps, warmup_steps=min(recipe.warmup_steps, steps // 10))
-    optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=recipe.betas,
-                                  weight_decay=recipe.weight_decay, fused=device.type == "cuda")
-    max_norm = recipe.grad_clip if recipe.grad_clip > 0 else float("inf")
+    params = list(module.parameters())
+    optimizer = make_optimizer(params, recipe, device)
     module.train()
     window = []
     for i in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(i, schedule)
-        loss = loss_of(*next_batch())
-        value = loss.item()
-        if not math.isfinite(value):
-            log(first_step + i + 1, "train", metric, value)
-            return f"non-finite {metric} at step {first_step + i + 1}"
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
-        optimizer.step()
-        window.append(value)
+        result = train_step(lambda batch: loss_of(*batch), params, optimizer, next_batch(), lr_at(i, schedule),
+                            recipe.grad_clip)
+        record.step = first_step + i + 1
+        if not math.isfinite(result.loss):
+            record.log(record.step, "train", metric, result.loss)
+            return f"non-finite {metric} at step {record.step}"
+        window.append(result.loss)
         if (i + 1) % recipe.log_every == 0 or i + 1 == steps:
-            log(first_step + i + 1, "train", metric, sum(window) / len(window))
+            record.log(record.step, "train", metric, sum(window) / len(window))
             window = []
     return None
 
 
-def run_eam(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1,
-            teacher_dir: str | Path | None = None) -> str:
-    """Run the pipeline for one (study, eam, seed); the contract of harness.train.train_run.
+def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
+    """Run the pipeline for one (study, eam, seed) into ``record`` (harness.run's runner contract).
 
-    ``state_dir`` is accepted for that contract and unused (no resume). Steps count the optimizer
-    steps of the pipeline: the encoder's 1..E, the decoder's E+1..E+D; the write stage is step 0.
+    ``state_dir`` is unused (no resume). Steps count the optimizer steps of the pipeline: the
+    encoder's 1..E, the decoder's E+1..E+D; the write stage is step 0.
     """
-    out_dir = Path(out_dir)
-    torch.set_num_threads(threads)
-    t0 = time.time()
-    rows: list[dict] = []
-    step = 0
-    status, reason = "completed", None
-    model = None
-    manifest = manifest_head(spec, threads)  # the hash leaves out the seed's teacher folder
-    summary: dict[str, Any] = {}
-    manifest["eam"] = summary
+    manifest = record.manifest
+    summary = record.pipeline
+    recipe = Recipe.from_dict(spec["recipe"])
+    model_hparams, stages = split_hparams(spec["hparams"])
+    device, dtype = resolve_device(recipe)
+    corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
+    train = corpus.splits["train"]
+    stages = stages.scaled(recipe, len(train))
+    manifest.update(data=corpus.info(), recipe=dataclasses.asdict(recipe))
+    record.set_device(device, dtype)
+    teacher_dir = (spec.get("inputs") or {}).get("teacher")
+    summary.update(teacher=stages.teacher, teacher_dir=str(teacher_dir), stages=dataclasses.asdict(stages))
 
-    def log(step_: int, split: str, metric: str, value: float) -> None:
-        rows.append({"step": step_, "split": split, "metric": metric, "value": repr(float(value)),
-                     "wall_time": f"{time.time() - t0:.3f}"})
+    teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
+    d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
+    hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher, "seed": spec["seed"]}
+    torch.manual_seed(spec["seed"])  # encoder and decoder init
+    model = archs.build(spec["build"], **hparams).to(device)
+    record.model = model
+    run_shape = shape.as_built(model, spec, corpus.vocab_size, dataclasses.asdict(model.config))
+    manifest.update(hparams=run_shape.hparams, n_params=run_shape.n_params, shape=run_shape.record(),
+                    reconstruction=archs.info(spec["build"]).reconstruction)
+    memory = model.memory
+    summary.update(encoder_params=shape.count_params(model.encoder), decoder_params=shape.count_params(model.decoder),
+                   max_L=memory.max_locations,
+                   memory_floats=sum(b.numel() for b in (memory.addresses, memory.counters, memory.write_weights)))
 
-    try:
-        recipe = Recipe.from_dict(spec["recipe"])
-        model_hparams, stages = split_hparams(spec["hparams"])
-        device, dtype = resolve_device(recipe)
-        corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
-        train = corpus.splits["train"]
-        stages = stages.scaled(recipe, len(train))
-        manifest.update(
-            data=corpus.info(), recipe=dataclasses.asdict(recipe),
-            device=torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})",
-            dtype=str(dtype or torch.float32).removeprefix("torch."))
-        summary.update(teacher=stages.teacher, teacher_dir=str(teacher_dir), stages=dataclasses.asdict(stages))
+    # (a) write the teacher's hidden states
+    keys, keys_per_s = write_memory(model, teacher, train, stages, recipe.seq_len, device, dtype)
+    summary.update(keys_written=keys, write_keys_per_s=keys_per_s, live_locations=memory.live)
+    record.log(0, "train", "live_locations", memory.live)  # the throughput is a timing: run.json only
 
-        teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
-        d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
-        hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher,
-                   "seed": spec["seed"]}
-        torch.manual_seed(spec["seed"])  # encoder and decoder init
-        model = archs.build(spec["build"], **hparams).to(device)
-        base = {**spec["model"], "vocab_size": corpus.vocab_size, "max_seq_len": recipe.seq_len}
-        ref_params = shape.param_count(spec["reference"]["build"], {**base, **spec["reference"]["hparams"]})
-        n_params = shape.count_params(model)
-        manifest.update(hparams=dataclasses.asdict(model.config), n_params=n_params,
-                        reconstruction=archs.info(spec["build"]).reconstruction,
-                        shape={"mode": "as_published", "reference": spec["shape"]["reference"],
-                               "reference_params": ref_params, "deviation": n_params / ref_params - 1,
-                               "knob": None, "knob_value": None})
-        memory = model.memory
-        summary.update(encoder_params=shape.count_params(model.encoder),
-                       decoder_params=shape.count_params(model.decoder), max_L=memory.max_locations,
-                       memory_floats=sum(b.numel() for b in (memory.addresses, memory.counters,
-                                                             memory.write_weights)))
+    gen = torch.Generator().manual_seed(spec["seed"])
 
-        # (a) write the teacher's hidden states
-        keys, keys_per_s = write_memory(model, teacher, train, stages, recipe.seq_len, device, dtype)
-        summary.update(keys_written=keys, write_keys_per_s=keys_per_s, live_locations=memory.live)
-        log(0, "train", "live_locations", memory.live)  # the throughput is a timing: run.json only
+    def next_batch():
+        x, y = data.get_batch(train, stages.batch_size, recipe.seq_len, gen)
+        return x.to(device), y.to(device)
 
-        gen = torch.Generator().manual_seed(spec["seed"])
+    # (b) the encoder learns the teacher's keys from tokens alone
+    def encoder_loss(x, _y):
+        target = model.teacher_keys(final_hidden(teacher, x, dtype))
+        with autocast(device, dtype):
+            key = model.encoder(x)
+        return (1 - (key.float() * target).sum(-1)).mean()
 
-        def next_batch():
-            x, y = data.get_batch(train, stages.batch_size, recipe.seq_len, gen)
-            return x.to(device), y.to(device)
+    diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, record,
+                   "encoder_loss", device)
 
-        # (b) the encoder learns the teacher's keys from tokens alone
-        def encoder_loss(x, _y):
-            target = model.teacher_keys(final_hidden(teacher, x, dtype))
-            with _autocast(device, dtype):
-                key = model.encoder(x)
-            return (1 - (key.float() * target).sum(-1)).mean()
+    # (c) the decoder learns next tokens from what the memory returns for the encoder's keys
+    def decoder_loss(x, y):
+        with torch.no_grad(), autocast(device, dtype):  # the encoder and the memory stay as they are
+            read = memory.read(model.encoder(x))
+        with autocast(device, dtype):
+            logits = model.decoder(read)
+        return next_token_loss(logits, y)
 
-        diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, log,
-                       "encoder_loss", device)
+    if diverged is None:
+        diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
+                       next_batch, record, "decoder_loss", device)
+    if diverged is not None:
+        record.diverge(diverged)
+        return
 
-        # (c) the decoder learns next tokens from what the memory returns for the encoder's keys
-        def decoder_loss(x, y):
-            with torch.no_grad(), _autocast(device, dtype):  # the encoder and the memory stay as they are
-                read = memory.read(model.encoder(x))
-            with _autocast(device, dtype):
-                logits = model.decoder(read)
-            return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-
-        if diverged is None:
-            diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
-                           next_batch, log, "decoder_loss", device)
-        step = int(rows[-1]["step"])  # each stage logs its last step, or the step whose loss was non-finite
-        if diverged is not None:
-            status, reason = "diverged", diverged
-
-        # (d) both models as proper distributions on the same validation (and test) batches
-        splits = [("val", recipe.eval_seed)]
-        if "test" in corpus.splits:
-            splits.append(("test", recipe.eval_seed + 1))
-        for split, seed in splits if status == "completed" else []:
-            batches = data.fixed_batches(corpus.splits[split], recipe.eval_batches, recipe.batch_size,
-                                         recipe.seq_len, seed)
-            eam_loss = _evaluate(model, batches, device, dtype)
-            teacher_loss = _evaluate(teacher, batches, device, dtype)
-            log(step, split, "loss", eam_loss)
-            log(step, split, "teacher_loss", teacher_loss)
-            if split == "val":
-                summary.update(eam_loss=eam_loss, teacher_loss=teacher_loss, transfer=teacher_loss / eam_loss)
-                if not math.isfinite(eam_loss):
-                    status, reason = "diverged", f"non-finite validation loss at step {step}"
-                    break
-    except Exception as e:  # recorded, not hidden: the DAG and the report go on and show it
-        traceback.print_exc()
-        status, reason = "failed", f"{type(e).__name__}: {e}"
-
-    manifest.update(status=status, reason=reason, steps_done=step, wall_time_s=round(time.time() - t0, 3))
-    write_run_files(out_dir, rows, model, manifest)
-    return status
+    # (d) both models as proper distributions on the same validation (and test) batches
+    splits = [("val", recipe.eval_seed)] + ([("test", recipe.eval_seed + 1)] if "test" in corpus.splits else [])
+    for split, seed in splits:
+        batches = data.fixed_batches(corpus.splits[split], recipe.eval_batches, recipe.batch_size, recipe.seq_len, seed)
+        eam_loss = evaluate(model, batches, device, dtype)
+        teacher_loss = evaluate(teacher, batches, device, dtype)
+        record.log(record.step, split, "loss", eam_loss)
+        record.log(record.step, split, "teacher_loss", teacher_loss)
+        if split == "val":
+            summary.update(eam_loss=eam_loss, teacher_loss=teacher_loss, transfer=teacher_loss / eam_loss)
+            if not math.isfinite(eam_loss):
+                record.diverge(f"non-finite validation loss at step {record.step}")
+                return

@@ -24,12 +24,23 @@ _KNOB_CEILING = 1 << 31  # a knob this wide means the target is out of reach, no
 
 @dataclass(frozen=True)
 class Shape:
+    """One run's shape, as its run.json records it."""
+
     hparams: dict[str, Any]  # final hyperparameters (the knob filled in when solved)
     n_params: int
     reference_params: int | None  # None when no reference was named (as_published only)
-    deviation: float | None  # n_params / reference_params - 1
-    knob: str | None  # the knob that was solved, None when the shape was kept
-    knob_value: int | None
+    mode: str
+    reference: str | None
+    knob: str | None  # the architecture's width knob (None: it has none)
+    knob_value: int | None  # its value (None: left at the architecture's default)
+
+    @property
+    def deviation(self) -> float | None:
+        return None if self.reference_params is None else self.n_params / self.reference_params - 1
+
+    def record(self) -> dict[str, Any]:
+        return {"mode": self.mode, "reference": self.reference, "reference_params": self.reference_params,
+                "deviation": self.deviation, "knob": self.knob, "knob_value": self.knob_value}
 
 
 def count_params(model: nn.Module) -> int:
@@ -81,31 +92,54 @@ def match(arch: str, hparams: dict[str, Any], target: int, tolerance: float = 0.
     return {**hparams, knob: value}, count(value)
 
 
+def shape_of(arch: str, build_name: str, hparams: dict[str, Any], mode: str, reference: str | None,
+             reference_params: int | None, tolerance: float = 0.01) -> Shape:
+    """The one matching rule: ``matched`` solves every architecture but the reference to within
+    ``tolerance`` of ``reference_params``; ``as_published`` keeps the shape and reports its deviation."""
+    if mode not in MODES:
+        raise ValueError(f"shape mode {mode!r} is unknown: choose one of {list(MODES)}")
+    knob = info(build_name).match_knob
+    if mode == "matched" and arch != reference:
+        if reference_params is None:
+            raise ValueError("shape mode 'matched' needs a reference architecture")
+        hparams, n = match(build_name, hparams, reference_params, tolerance)
+    else:
+        n = param_count(build_name, hparams)
+    return Shape(dict(hparams), n, reference_params, mode, reference, knob, hparams.get(knob) if knob else None)
+
+
+def _model_base(spec: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """The study's common hyperparameters every architecture of a run spec receives."""
+    return {**spec["model"], "vocab_size": vocab_size, "max_seq_len": spec["recipe"]["seq_len"]}
+
+
+def reference_params(spec: dict[str, Any], vocab_size: int) -> int:
+    """The parameter budget of a run spec: its study's reference architecture at the study's shape."""
+    ref = spec["reference"]
+    return param_count(ref["build"], {**_model_base(spec, vocab_size), **ref["hparams"]})
+
+
+def for_spec(spec: dict[str, Any], vocab_size: int) -> Shape:
+    """The shape one run of the common loop trains at (harness.study.run_spec's fields)."""
+    return shape_of(spec["arch"], spec["build"], {**_model_base(spec, vocab_size), **spec["hparams"]},
+                    spec["shape"]["mode"], spec["shape"]["reference"], reference_params(spec, vocab_size),
+                    spec["shape"]["tolerance"])
+
+
+def as_built(model: nn.Module, spec: dict[str, Any], vocab_size: int, hparams: dict[str, Any]) -> Shape:
+    """The shape of a model a pipeline built itself (no width knob): reported against the budget."""
+    return Shape(dict(hparams), count_params(model), reference_params(spec, vocab_size), "as_published",
+                 spec["shape"]["reference"], None, None)
+
+
 def plan(
     archs: dict[str, dict[str, Any]], mode: str, reference: str | None, tolerance: float = 0.01
 ) -> dict[str, Shape]:
-    """Shapes for a study: ``archs`` maps an arch (registry name or dotted path) to its hparams.
-
-    ``as_published`` keeps every shape (``reference`` may be None: no deviations then);
-    ``matched`` solves each non-reference arch's knob to within ``tolerance`` of the reference's count.
-    """
+    """Shapes for a study: ``archs`` maps an arch (registry name or dotted path) to its hparams."""
     if mode not in MODES:
         raise ValueError(f"shape mode {mode!r} is unknown: choose one of {list(MODES)}")
-    if reference is None and mode == "matched":
-        raise ValueError("shape mode 'matched' needs a reference architecture")
     if reference is not None and reference not in archs:
         raise ValueError(f"reference {reference!r} is not one of the study's architectures {sorted(archs)}")
-
     ref_params = None if reference is None else param_count(reference, archs[reference])
-    shapes = {}
-    for arch, hparams in archs.items():
-        knob, knob_value = None, None
-        if mode == "matched" and arch != reference:
-            hparams, n = match(arch, hparams, ref_params, tolerance)
-            knob = info(arch).match_knob
-            knob_value = hparams[knob]
-        else:
-            n = param_count(arch, hparams)
-        deviation = None if ref_params is None else n / ref_params - 1
-        shapes[arch] = Shape(dict(hparams), n, ref_params, deviation, knob, knob_value)
-    return shapes
+    return {arch: shape_of(arch, arch, hparams, mode, reference, ref_params, tolerance)
+            for arch, hparams in archs.items()}

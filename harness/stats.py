@@ -20,6 +20,7 @@ from scipy.stats import binomtest, bootstrap, fisher_exact, mannwhitneyu, norm, 
 from statsmodels.stats.multitest import multipletests
 
 from harness.collapse import is_loss
+from harness.contracts import ID_COLUMNS
 
 SCORE_COLUMNS = ["study", "arch", "seed", "status", "final_loss", "final_smoothed_loss", "best_loss", "best_step",
                  "time_to_target", "collapsed", "n_events"]
@@ -30,7 +31,6 @@ SUMMARY_COLUMNS = ["arch", "n_seeds", "n_completed", "n_diverged", "n_failed",
                    "collapse_count", "collapse_n", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval"]
 PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "pi_interval",
                 "mannwhitney_p", "holm_p", "fisher_p", "min_possible_p", "verdict"]
-ID_COLUMNS = ["study", "arch", "seed"]
 COLLAPSE_TYPES = ("collapse", "divergence")
 SMOOTH_EVALS = 3  # final_smoothed_loss: mean val loss of the last 3 evaluations (statistics.md)
 MIN_BOOTSTRAP_SEEDS = 5  # below this a percentile "95%" interval covers ~75%: report the range
@@ -258,3 +258,24 @@ def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataF
     table["verdict"] = [_verdict(r.arch_a, r.arch_b, r.n_a, r.n_b, r.prob_improvement, r.holm_p,
                                  r.min_possible_p, len(pairs)) for r in table.itertuples(index=False)]
     return table
+
+
+def seed_caveat(summary: pd.DataFrame, pairs: pd.DataFrame) -> str:
+    """Say in words what the seed count of a study can and cannot support ("" when nothing to say)."""
+    sentences = []
+    trained = summary["n_seeds"] - summary["n_failed"]
+    if len(trained) and trained.min() < MIN_BOOTSTRAP_SEEDS:
+        n = int(trained.min())
+        sentences.append(
+            f"With {n} trained seed{'s' if n != 1 else ''} in the smallest group, the interval shown is the range "
+            "of the seeds (a percentile bootstrap at this size covers about 75%, not 95%); a 95% interval needs "
+            f"at least {MIN_BOOTSTRAP_SEEDS} seeds per architecture.")
+    m = len(pairs)
+    if m and (pairs["min_possible_p"].fillna(1.0) * m > ALPHA).all():
+        floor = float(pairs["min_possible_p"].min())
+        sentences.append(
+            f"The smallest p-value an exact rank test can give with these seed counts is {floor:.3g}; after Holm "
+            f"correction over {m} comparison{'s' if m > 1 else ''} no difference can reach {ALPHA}, so this "
+            "study cannot support a claim that one architecture beats another: that needs at least "
+            f"{seeds_needed(m)} seeds per architecture.")
+    return " ".join(sentences)

@@ -11,6 +11,8 @@ import copy
 import hashlib
 import importlib.util
 import json
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from harness import archs as registry
@@ -70,7 +72,7 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         study["archs"] = {a["name"]: {"build": a["build"], "hparams": a["hparams"]} for a in archs}
         study["name"] = name
         for arch in study["archs"]:
-            teacher_of(study, arch)  # a pipeline without its teacher fails here, before any job
+            pipeline_inputs(study, arch)  # a pipeline without its inputs fails here, before any job
         if config.get("seeds"):
             study["seeds"] = list(config["seeds"])
         if config.get("steps"):
@@ -83,10 +85,25 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
             )
         # the parameter budget's architecture, even when an override left it out of the runs
         study["reference_arch"] = _arch_entry(study["shape"]["reference"], defined)
+        published_curves_file(study)  # a missing curves file fails here, before any job
         studies[name] = study
     if config["study"] not in studies:
         raise ValueError(f"config 'study': {config['study']!r} is not one of the studies {sorted(studies)}")
     return studies
+
+
+def published_curves_file(study: dict) -> str | None:
+    """The published curves a study overlays: a path (absolute, or relative to the working directory)
+    or the name of a file the package ships in harness/published/; None when the study names none."""
+    given = study.get("published_curves")
+    if not given:
+        return None
+    shipped = resources.files("harness") / "published" / given
+    for candidate in (Path(given), Path(str(shipped))):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ValueError(f"study {study['name']!r}: published_curves {given!r} is neither a file nor one of the "
+                     f"shipped curves {sorted(p.name for p in (resources.files('harness') / 'published').iterdir())}")
 
 
 def run_dir(study: str, arch: str, seed: int) -> str:
@@ -94,18 +111,21 @@ def run_dir(study: str, arch: str, seed: int) -> str:
     return f"results/{study}/{arch}/seed{seed}"
 
 
-def teacher_of(study: dict, arch: str) -> str | None:
-    """The architecture whose same-seed run a pipeline architecture (eam) consumes, else None."""
+def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
+    """The architectures whose same-seed runs a pipeline architecture consumes, by input name
+    (its module's ``PIPELINE.inputs``, each named by one of its hparams); {} for the common loop."""
     entry = study["archs"][arch]
-    if entry["build"] != "eam":
-        return None
-    teacher = entry["hparams"].get("teacher")
-    if teacher not in study["archs"] or teacher == arch:
-        raise ValueError(
-            f"study {study['name']!r}: {arch!r} needs hparams.teacher naming another architecture of the "
-            f"study whose same-seed run it distils (one of {sorted(set(study['archs']) - {arch})}), got {teacher!r}"
-        )
-    return teacher
+    pipeline = registry.info(entry["build"]).pipeline
+    inputs = {}
+    for key in pipeline.inputs if pipeline else ():
+        named = entry["hparams"].get(key)
+        if named not in study["archs"] or named == arch:
+            raise ValueError(
+                f"study {study['name']!r}: {arch!r} needs hparams.{key} naming another architecture of the "
+                f"study whose same-seed run it consumes (one of {sorted(set(study['archs']) - {arch})}), "
+                f"got {named!r}")
+        inputs[key] = named
+    return inputs
 
 
 def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
@@ -124,13 +144,13 @@ def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
         "reference": study["reference_arch"],
         "recipe": study["recipe"],
     }
-    if teacher := teacher_of(study, arch):
-        spec["teacher_dir"] = run_dir(study["name"], teacher, seed)
+    if inputs := pipeline_inputs(study, arch):
+        spec["inputs"] = {key: run_dir(study["name"], upstream, seed) for key, upstream in inputs.items()}
     return spec
 
 
 def config_hash(spec: dict[str, Any]) -> str:
-    """Hash of a run spec without its seed (nor the seed's teacher folder): the seeds of one
+    """Hash of a run spec without its seed (nor its input runs' folders): the seeds of one
     architecture in one study share it."""
-    identity = {k: v for k, v in spec.items() if k not in ("seed", "teacher_dir")}
+    identity = {k: v for k, v in spec.items() if k not in ("seed", "inputs")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.aggregate import EVENT_COLUMNS, aggregate
+from harness.aggregate import aggregate
+from harness.contracts import AGGREGATE_FILES, EVENT_COLUMNS as RUN_EVENT_COLUMNS, ID_COLUMNS
 from harness.synthetic import make_run
 
 VOCAB = 256
@@ -105,7 +106,7 @@ def write_run(root: Path, study: dict, arch: str, seed: int, kind: str = "health
                        "recovered": truth.recovered,
                        "peak_value": math.exp(math.log(VOCAB) / 2) * truth.magnitude, "magnitude": truth.magnitude,
                        "score": 42.0, "threshold": 7.0, "note": f"synthetic {truth.type}"})
-    pd.DataFrame(events, columns=EVENT_COLUMNS + ["note"]).to_csv(run_dir / "events.csv", index=False,
+    pd.DataFrame(events, columns=ID_COLUMNS + RUN_EVENT_COLUMNS).to_csv(run_dir / "events.csv", index=False,
                                                                  lineterminator="\n")
     return run_dir
 
@@ -133,8 +134,9 @@ def study_runs(tmp_path):
 def test_tables_keep_every_run_and_name_the_columns(study_runs):
     study, run_dirs, out = study_runs
     aggregate(run_dirs, out, study)
-    assert sorted(p.name for p in out.iterdir()) == [
-        "events.csv", "pairs.csv", "runs.csv", "study.json", "summary.csv", "trajectories.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(AGGREGATE_FILES) == [
+        "claims.csv", "events.csv", "headlines.csv", "notes.json", "pairs.csv", "runs.csv", "study.json",
+        "summary.csv", "trajectories.csv"]
     assert json.loads((out / "study.json").read_text()) == study
 
     runs = pd.read_csv(out / "runs.csv")
@@ -157,7 +159,7 @@ def test_tables_keep_every_run_and_name_the_columns(study_runs):
     assert not ((trajectories["arch"] == "memnls") & (trajectories["seed"] == 1)).any()  # the crash logged nothing
 
     events = pd.read_csv(out / "events.csv")
-    assert list(events.columns[:len(EVENT_COLUMNS)]) == EVENT_COLUMNS
+    assert list(events.columns[:len(ID_COLUMNS + RUN_EVENT_COLUMNS)]) == ID_COLUMNS + RUN_EVENT_COLUMNS
     assert sorted(zip(events["arch"], events["seed"], events["type"])) == [
         ("transformer", 0, "collapse"), ("transformer", 2, "divergence")]
 

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import claims, report
+from harness import claims, text
+from harness.report import figures, page as report, tables
 from harness.aggregate import aggregate
 from tests.test_aggregate import make_runs, make_study, realistic_special
 
@@ -74,7 +75,7 @@ def test_rerender_is_byte_identical(small, tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").read_bytes() == (root / "figures" / f"{name}.png").read_bytes()
 
 
-def test_smoke_banner_units_failed_runs_and_missing_curves(small, tmp_path):
+def test_smoke_banner_units_and_failed_runs(small, tmp_path):
     root, page = small
     assert 'id="smoke-banner"' in page and page.index("smoke-banner") < page.index('id="claims"')
     assert "Perplexity is per byte" in sections(page)["summary"]
@@ -83,11 +84,9 @@ def test_smoke_banner_units_failed_runs_and_missing_curves(small, tmp_path):
     assert re.search(r"<td>memnls</td><td>1</td><td>failed</td>", not_completed)
     assert re.search(r"<td>transformer</td><td>2</td><td>diverged</td>.*non-finite training loss", not_completed)
 
-    other = rerender(root, tmp_path, smoke=False, data={"name": "tinyshakespeare", "tokens": "chars"},
-                     published_curves="no/such/curves.csv")
+    other = rerender(root, tmp_path, smoke=False, data={"name": "tinyshakespeare", "tokens": "chars"})
     assert "smoke-banner" not in other and "Smoke study" not in other
     assert "Perplexity is per character" in other and "final bits/character" in other
-    assert "The published curves file no/such/curves.csv was not found" in other
 
 
 def test_claims_table_says_a_smoke_study_cannot_test_them(small):
@@ -137,9 +136,8 @@ def test_published_curves_are_overlaid(small, tmp_path):
     curves = tmp_path / "published.csv"
     pd.DataFrame({"arch": "transformer", "step": [50, 150, 250], "split": "val", "metric": "loss",
                   "value": [3.0, 2.5, 2.4]}).to_csv(curves, index=False)
-    agg = report.load(root / "agg")
-    agg.study = {**agg.study, "published_curves": str(curves)}
-    fig = report.fig_trajectories(agg)
+    agg = tables.load(root / "agg", published_curves=curves)
+    fig = figures.fig_trajectories(agg)
     dotted = [line for ax in fig.axes for line in ax.get_lines()
               if line.get_linestyle() == ":" and len(line.get_xdata()) == 3]
     assert len(dotted) == 1 and list(dotted[0].get_xdata()) == [50, 150, 250]
@@ -171,13 +169,14 @@ def test_six_archs_ten_seeds_hundred_evals(tmp_path):
     assert found["pairs"].count("<tr") == 1 + 15  # 6 choose 2
 
 
-def test_eam_runs_get_their_own_section_and_an_unmatched_shape_row(tmp_path):
-    """A pipeline's run.json summary (teacher and EAM loss, transfer, memory) reaches the report."""
+def test_a_pipelines_own_numbers_get_their_own_section_and_an_unmatched_shape_row(tmp_path):
+    """A pipeline's run.json block (here eam's: teacher and EAM loss, transfer, memory) reaches the report
+    through the generic pipeline table, losses shown as perplexities."""
     study = make_study(archs=("eam", "transformer"), seeds=(0, 1))
     run_dirs = make_runs(tmp_path / "results", study)
     for seed, run_dir in enumerate(d for d in run_dirs if d.parent.name == "eam"):
         run = json.loads((run_dir / "run.json").read_text())
-        run["eam"] = {"teacher": "transformer", "teacher_loss": 2.0, "eam_loss": 2.5 + seed, "transfer": 2.0 / (2.5 + seed),
+        run["pipeline"] = {"teacher": "transformer", "teacher_loss": 2.0, "eam_loss": 2.5 + seed, "transfer": 2.0 / (2.5 + seed),
                       "live_locations": 1900 + seed, "max_L": 4096, "keys_written": 102400, "write_keys_per_s": 5e4,
                       "stages": {"encoder_steps": 100}}
         run["shape"].update(knob=None, knob_value=None, deviation=-0.46)
@@ -188,14 +187,17 @@ def test_eam_runs_get_their_own_section_and_an_unmatched_shape_row(tmp_path):
     assert list(found) == SECTIONS[:9] + ["pipelines"] + SECTIONS[9:]
     rows = re.findall(r"<tr>(.*?)</tr>", found["pipelines"], flags=re.S)[1:]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
+    header = re.findall(r"<th>(.*?)</th>", found["pipelines"])
+    assert header == ["arch", "seed", "eam ppl", "keys written", "live locations", "max L", "teacher",
+                      "teacher ppl", "transfer", "write keys per s"]  # the nested stages block is left out
     # teacher ppl exp(2) = 7.39, EAM ppl exp(2.5) = 12.18 and exp(3.5) = 33.12
-    assert cells == [["eam", "0", "transformer", "7.39", "12.18", "0.800", "1,900 of 4,096", "102,400", "50,000"],
-                     ["eam", "1", "transformer", "7.39", "33.12", "0.571", "1,901 of 4,096", "102,400", "50,000"]]
+    assert cells == [["eam", "0", "12.18", "102,400", "1,900", "4,096", "transformer", "7.39", "0.800", "50,000"],
+                     ["eam", "1", "33.12", "102,400", "1,901", "4,096", "transformer", "7.39", "0.571", "50,000"]]
     assert "not matched: no width knob" in found["params"] and "nan" not in found["params"]
 
 
 def test_perplexity_of_a_huge_finite_loss_is_infinite_not_an_overflow():
     """A run just before its NaN can log a finite loss far beyond exp's range (e^800)."""
-    assert report._ppl(2.0) == pytest.approx(7.389, abs=1e-3)
-    assert report._ppl(800.0) == report._ppl(float("inf")) == float("inf")
-    assert math.isnan(report._ppl(None)) and math.isnan(report._ppl(float("nan")))
+    assert text.perplexity(2.0) == pytest.approx(7.389, abs=1e-3)
+    assert text.perplexity(800.0) == text.perplexity(float("inf")) == float("inf")
+    assert math.isnan(text.perplexity(None)) and math.isnan(text.perplexity(float("nan")))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.aggregate import aggregate
-from harness.report import render
+from harness.report.page import render
 from tests.test_aggregate import make_runs, make_study, realistic_special
 
 CHROMIUM = Path("/usr/bin/chromium")

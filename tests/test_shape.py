@@ -23,7 +23,7 @@ def test_count_params_counts_a_tied_pair_once_and_no_buffers():
 
 def test_as_published_reports_the_published_deviation():
     shapes = plan({"transformer": {}, "memnls": {}}, "as_published", "transformer")
-    assert shapes["memnls"] == Shape({}, 71_069_184, 71_863_296, 71_069_184 / 71_863_296 - 1, None, None)
+    assert shapes["memnls"] == Shape({}, 71_069_184, 71_863_296, "as_published", "transformer", "ffn_hidden", None)
     assert shapes["memnls"].deviation == pytest.approx(-0.01105, abs=1e-5)
     assert shapes["transformer"].deviation == 0.0
     assert plan({"memnls": {}}, "as_published", None)["memnls"].deviation is None
@@ -34,7 +34,8 @@ def test_as_published_reports_the_published_deviation():
 def test_matched_plan_lands_every_arch_within_one_percent(archs):
     shapes = plan(archs, "matched", "transformer")
     ref = param_count("transformer", archs["transformer"])
-    assert shapes["transformer"].knob is None and shapes["transformer"].hparams == archs["transformer"]
+    assert shapes["transformer"].knob_value == archs["transformer"].get("ffn_hidden")
+    assert shapes["transformer"].hparams == archs["transformer"]
     for arch in ("memnls", "diag_ssm"):
         shape = shapes[arch]
         assert shape.reference_params == ref

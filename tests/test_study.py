@@ -1,10 +1,12 @@
 """Config resolution: overrides, arch entries, early errors, run specs."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 from snakemake.utils import validate
 
-from harness.study import config_hash, resolve, run_spec
+from harness.study import config_hash, published_curves_file, resolve, run_spec
 from tests.conftest import MICRO_STUDY, REPO, SCHEMA, micro_config
 
 
@@ -84,10 +86,21 @@ def test_eam_is_wired_to_its_same_seed_teacher():
     study = {**MICRO_STUDY, "archs": [*MICRO_STUDY["archs"], {"name": "eam", "hparams": {"teacher": "transformer"}}]}
     resolved = resolve(micro_config(study))["micro"]
     spec = run_spec(resolved, "eam", 2)
-    assert spec["teacher_dir"] == "results/micro/transformer/seed2"
+    assert spec["inputs"] == {"teacher": "results/micro/transformer/seed2"}
     assert config_hash(spec) == config_hash(run_spec(resolved, "eam", 3))
-    assert "teacher_dir" not in run_spec(resolved, "memnls", 2)
+    assert "inputs" not in run_spec(resolved, "memnls", 2)
     for bad in ({}, {"teacher": "eam"}, {"teacher": "absent"}):
         study["archs"][-1] = {"name": "eam", "hparams": bad}
         with pytest.raises(ValueError, match="needs hparams.teacher"):
             resolve(micro_config(study))
+
+
+def test_published_curves_resolve_to_the_shipped_file_or_fail_before_any_job(tmp_path):
+    shipped = resolve(micro_config({**MICRO_STUDY, "published_curves": "mnsm-enwik8-70m.csv"}))["micro"]
+    path = published_curves_file(shipped)
+    assert path.endswith("harness/published/mnsm-enwik8-70m.csv") and Path(path).is_file()
+    own = tmp_path / "curves.csv"
+    own.write_text("arch,step,split,metric,value\n")
+    assert published_curves_file({**shipped, "published_curves": str(own)}) == str(own)
+    with pytest.raises(ValueError, match=r"published_curves 'no/such\.csv' is neither a file nor one of the shipped"):
+        resolve(micro_config({**MICRO_STUDY, "published_curves": "no/such.csv"}))

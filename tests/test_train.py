@@ -15,7 +15,8 @@ import pytest
 from safetensors.torch import load_file
 
 from harness.study import resolve, run_spec
-from harness.train import Recipe, lr_at, train_run
+from harness.recipe import Recipe, lr_at
+from harness.run import execute
 from tests.conftest import MICRO_STUDY, REPO, micro_config
 
 
@@ -48,8 +49,8 @@ def test_recipe_rejects_unknown_and_missing_keys():
 
 def test_run_writes_contract_files_and_same_seed_repeats_exactly(tmp_path, shared_data):
     spec = spec_for("memnls")
-    assert train_run(spec, tmp_path / "a") == "completed"
-    assert train_run(spec, tmp_path / "b") == "completed"
+    assert execute(spec, tmp_path / "a") == "completed"
+    assert execute(spec, tmp_path / "b") == "completed"
     m = pd.read_csv(tmp_path / "a" / "metrics.csv")
     assert list(m.columns) == ["step", "split", "metric", "value", "wall_time"]
     assert set(m.metric) == {"loss", "lr", "grad_norm", "grad_norm_max"}
@@ -57,7 +58,7 @@ def test_run_writes_contract_files_and_same_seed_repeats_exactly(tmp_path, share
     assert list(val.step) == [0, 10, 20, 30, 40]
     assert val.value.iloc[-1] < val.value.iloc[0] < math.log(256) + 0.5  # it learned
     pd.testing.assert_frame_equal(metrics(tmp_path / "a"), metrics(tmp_path / "b"))
-    assert train_run(spec_for("memnls", seed=1), tmp_path / "c") == "completed"
+    assert execute(spec_for("memnls", seed=1), tmp_path / "c") == "completed"
     assert not metrics(tmp_path / "a").equals(metrics(tmp_path / "c"))
 
     manifest = json.loads((tmp_path / "a" / "run.json").read_text())
@@ -99,7 +100,7 @@ def test_non_finite_loss_ends_the_run_as_diverged_with_its_files(tmp_path, share
     study = {**MICRO_STUDY, "archs": [{"name": "faulty", "build": "tests.faulty_archs:build",
                                        "hparams": {"fail_at": 23}}],
              "shape": {"mode": "as_published"}}
-    assert train_run(spec_for("faulty", study=study), tmp_path / "run") == "diverged"
+    assert execute(spec_for("faulty", study=study), tmp_path / "run") == "diverged"
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["status"] == "diverged" and manifest["steps_done"] == 24
     assert "non-finite training loss at step 24" in manifest["reason"]
@@ -114,7 +115,7 @@ def test_exception_is_recorded_as_failed_and_keeps_resume_state(tmp_path, shared
                                        "hparams": {"fail_at": 25, "failure": "raise"}}],
              "shape": {"mode": "as_published"}}
     state = tmp_path / "state"
-    assert train_run(spec_for("faulty", study=study), tmp_path / "run", state_dir=state) == "failed"
+    assert execute(spec_for("faulty", study=study), tmp_path / "run", state_dir=state) == "failed"
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["reason"] == "RuntimeError: injected failure"
     assert manifest["steps_done"] == 25
@@ -122,12 +123,12 @@ def test_exception_is_recorded_as_failed_and_keeps_resume_state(tmp_path, shared
 
     # the config changed before the retry (here: no failure any more): the stale state is discarded
     fixed = {**study, "archs": [{**study["archs"][0], "hparams": {"fail_at": 10_000}}]}
-    assert train_run(spec_for("faulty", study=fixed), tmp_path / "retry", state_dir=state) == "completed"
-    assert train_run(spec_for("faulty", study=fixed), tmp_path / "fresh", state_dir=tmp_path / "s2") == "completed"
+    assert execute(spec_for("faulty", study=fixed), tmp_path / "retry", state_dir=state) == "completed"
+    assert execute(spec_for("faulty", study=fixed), tmp_path / "fresh", state_dir=tmp_path / "s2") == "completed"
     pd.testing.assert_frame_equal(metrics(tmp_path / "retry"), metrics(tmp_path / "fresh"))
 
 
 def test_unknown_hyperparameter_fails_the_run_naming_it(tmp_path, shared_data):
     study = {**MICRO_STUDY, "archs": [{"name": "transformer", "hparams": {"n_experts": 4}}]}
-    assert train_run(spec_for(study=study), tmp_path / "run") == "failed"
+    assert execute(spec_for(study=study), tmp_path / "run") == "failed"
     assert "n_experts" in json.loads((tmp_path / "run" / "run.json").read_text())["reason"]

@@ -2,17 +2,21 @@
 
 Every builder takes hyperparameters as keyword arguments (the published config.json field names)
 and returns a module whose ``forward(input_ids[B, T]) -> logits[B, T, V]``. A module may declare
-``MATCH_KNOB`` (the width the shape solver turns, default ``ffn_hidden``) and ``RECONSTRUCTION``
-(True when it is rebuilt from a description rather than published code).
+``MATCH_KNOB`` (the width the shape solver turns, default ``ffn_hidden``), ``RECONSTRUCTION``
+(True when it is rebuilt from a description rather than published code) and ``PIPELINE`` (a
+``Pipeline``: the module is not trained by the common loop but by its own runner, over the same-seed
+runs of other architectures of the study). The workflow, the aggregation and the report learn about
+a pipeline from that declaration and from its run files, never from its name.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
+
+from harness.contracts import from_dict
 
 # name -> module; each module exposes build(**hparams). Imported lazily so that listing is cheap.
 _BUILTIN: dict[str, str] = {
@@ -26,12 +30,24 @@ _BUILTIN: dict[str, str] = {
 
 
 @dataclass(frozen=True)
+class Pipeline:
+    """How a pipeline architecture trains: ``runner`` ("module:function", called as
+    ``runner(spec, record, state_dir)`` like harness.train.train) and ``inputs``, the hyperparameters
+    that name other architectures of the study whose same-seed runs it consumes (their folders reach
+    the runner as ``spec["inputs"][name]``)."""
+
+    runner: str
+    inputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ArchInfo:
     name: str
     build: Callable[..., Any]
     match_knob: str | None
     reconstruction: bool
     source: str  # "module:function" the builder came from
+    pipeline: Pipeline | None = None
 
 
 def available() -> list[str]:
@@ -70,6 +86,7 @@ def info(name: str) -> ArchInfo:
         match_knob=getattr(module, "MATCH_KNOB", "ffn_hidden"),
         reconstruction=bool(getattr(module, "RECONSTRUCTION", False)),
         source=source,
+        pipeline=getattr(module, "PIPELINE", None),
     )
 
 
@@ -80,8 +97,4 @@ def build(name: str, **hparams: Any):
 
 def make_config(config_cls: type, hparams: dict[str, Any], arch: str):
     """Instantiate a config dataclass, naming any unknown hyperparameter in the error."""
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(hparams) - fields)
-    if unknown:
-        raise ValueError(f"{arch}: unknown hyperparameter(s) {unknown}; known: {sorted(fields)}")
-    return config_cls(**hparams)
+    return from_dict(config_cls, hparams, f"{arch} hyperparameters")

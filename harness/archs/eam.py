@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.archs import make_config
+from harness.archs import Pipeline, make_config
 from harness.archs.trn_hybrid import LeakyReluSquaredMLP, rms_norm
 
 MATCH_KNOB = None  # not shape-matched: its size is the memory (max_locations)
 RECONSTRUCTION = True
+# trained by its own runner over the same-seed run of the architecture its hparam `teacher` names
+PIPELINE = Pipeline(runner="harness.eam:run", inputs=("teacher",))
 READ_CHUNK = 1024  # queries per top-k block of a read, bounding the [chunk, k, d] gather
 
 

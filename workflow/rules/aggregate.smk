@@ -1,9 +1,6 @@
 localrules:
     aggregate,
 
-AGGREGATE_TABLES = ["study.json", "runs.csv", "trajectories.csv", "events.csv", "summary.csv", "pairs.csv"]
-
-
 rule aggregate:
     input:
         lambda wildcards: [
@@ -12,7 +9,7 @@ rule aggregate:
             for name in ("metrics.csv", "run.json", "events.csv")
         ],
     output:
-        expand("results/{{study}}/{name}", name=AGGREGATE_TABLES),
+        expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
     params:
         study=study_json,
         runs=lambda wildcards: run_dirs(wildcards.study),

@@ -1,11 +1,15 @@
 import json
 import os
+import shlex
 
 import sys
 
 from snakemake.utils import validate
 
-from harness.study import resolve, run_dir, run_spec, teacher_of
+from harness.contracts import AGGREGATE_FILES
+from harness.report.captions import captions
+from harness.text import UNITS
+from harness.study import pipeline_inputs, published_curves_file, resolve, run_dir, run_spec
 
 # Architectures named by dotted path ('pkg.module:function') are imported from the working directory.
 sys.path.insert(0, os.getcwd())
@@ -31,13 +35,14 @@ def run_dirs(study):
     return [run_dir(study, arch, seed) for arch in s["archs"] for seed in s["seeds"]]
 
 
-def teacher_files(wildcards):
-    """A pipeline architecture (eam) trains on its teacher's same-seed run."""
-    teacher = teacher_of(STUDIES[wildcards.study], wildcards.arch)
-    if teacher is None:
-        return []
-    folder = run_dir(wildcards.study, teacher, wildcards.seed)
-    return [f"{folder}/run.json", f"{folder}/model.safetensors"]
+def pipeline_input_files(wildcards):
+    """A pipeline architecture trains on the same-seed runs its module declares as inputs."""
+    study = STUDIES[wildcards.study]
+    return [
+        f"{run_dir(wildcards.study, upstream, wildcards.seed)}/{name}"
+        for upstream in pipeline_inputs(study, wildcards.arch).values()
+        for name in ("run.json", "model.safetensors")
+    ]
 
 
 def spec_json(wildcards):
@@ -46,3 +51,9 @@ def spec_json(wildcards):
 
 def study_json(wildcards):
     return json.dumps(STUDIES[wildcards.study], sort_keys=True)
+
+
+def figure_captions(wildcards):
+    """The figures' captions for Snakemake's report (workflow/report/figure.rst), from harness.report.captions."""
+    study = STUDIES[wildcards.study]
+    return captions(UNITS.get(study["data"]["tokens"], "token"), bool(study.get("published_curves")))

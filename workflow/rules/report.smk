@@ -5,7 +5,8 @@ localrules:
 
 rule report:
     input:
-        expand("results/{{study}}/{name}", name=AGGREGATE_TABLES),
+        tables=expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
+        published_curves=lambda wildcards: published_curves_file(STUDIES[wildcards.study]) or [],
     output:
         html="reports/{study}/collapse.html",
         # each figure once more as a PNG, for `snakemake --report report.html`
@@ -18,11 +19,15 @@ rule report:
             labels={"figure": "{figure}"},
         ),
     params:
-        aggregate=lambda wildcards, input: os.path.dirname(input[0]),
+        aggregate=lambda wildcards, input: os.path.dirname(input.tables[0]),
+        curves=lambda wildcards, input: (
+            f"--published-curves {shlex.quote(input.published_curves)}" if input.published_curves else ""
+        ),
+        captions=figure_captions,
     log:
         "logs/{study}/report.log",
     shell:
-        "python -m harness report --aggregate {params.aggregate} --out {output.html} --figures {output.figures}"
+        "python -m harness report --aggregate {params.aggregate} --out {output.html} --figures {output.figures} {params.curves}"
         " > {log} 2>&1"
 
 

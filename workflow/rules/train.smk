@@ -4,7 +4,7 @@
 
 rule train:
     input:
-        teacher=teacher_files,
+        upstream=pipeline_input_files,
     output:
         metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
         manifest="results/{study}/{arch}/seed{seed}/run.json",

@@ -1,0 +1,37 @@
+"""The caption of every figure, written once: the HTML page and Snakemake's own report
+(workflow/report/figure.rst, through the report rule's params) both take them from here.
+Plain data: importing this module loads nothing else."""
+
+from __future__ import annotations
+
+CAPTIONS = {
+    "trajectories": (
+        "Validation perplexity per {unit} (log scale, bits per {unit} on the right) against training step: each "
+        "seed faint, the median over seeds bold with its interquartile band, the training median dashed. Shaded "
+        "spans are detected events, labelled with type and seed (an unrecovered event is shaded to the end). The "
+        "y range fits the curves after the first tenth of training, so the untrained start runs off the top. An "
+        "architecture evaluated only at the end (a pipeline) shows points."),
+    "distributions": (
+        "Final (smoothed) and best validation perplexity per {unit}, one point per seed that trained; the diamond "
+        "and bar are the median and the interval of the summary table."),
+    "collapse_rate": (
+        "Share of trained seeds with a collapse or a divergence (an event, or a diverged run), with its 95% Wilson "
+        "interval; k/n above."),
+    "pairs": (
+        "Probability that the row architecture ends with a lower final perplexity than the column one "
+        "(Mann-Whitney U / (n_a n_b), ties 1/2), with its 95% interval: a seeded bootstrap from 5 seeds each, below "
+        "that Newcombe's score interval (a bootstrap of 3 perfectly separated seeds would claim [1, 1]); 0.5 = no "
+        "difference."),
+    "grad_norm": "Pre-clip global gradient norm against training step (log scale), with the detected events.",
+}
+PUBLISHED_CURVE = " The published curve (one seed) is dotted, cut at this study's last step."
+
+
+def caption(name: str, unit: str = "token", published_curve: bool = False) -> str:
+    """The caption of figure ``name`` for a study whose tokens are ``unit``s."""
+    text = CAPTIONS[name].format(unit=unit)
+    return text + PUBLISHED_CURVE if name == "trajectories" and published_curve else text
+
+
+def captions(unit: str = "token", published_curve: bool = False) -> dict[str, str]:
+    return {name: caption(name, unit, published_curve) for name in CAPTIONS}

@@ -1,0 +1,295 @@
+"""The report's figures, drawn from the loaded tables; they compute nothing the tables do not hold.
+
+Every figure uses one style (STYLE, applied by the page) and a fixed colour per architecture.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
+
+from harness.report.captions import caption
+from harness.report.tables import Aggregate
+from harness.text import missing
+
+DPI = 100
+PANEL_INCHES = (5.0, 3.5)
+NCOLS = 3  # panels per row in the per-architecture figures
+EVENT_COLOURS = {"spike": "#e69f00", "collapse": "#d62728", "overfit_divergence": "#7b4fa6", "divergence": "#222222"}
+# one style for every figure, applied per figure so the caller's matplotlib state is untouched
+STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
+         "font.family": "DejaVu Sans", "axes.titleweight": "bold", "legend.frameon": False}
+
+
+def collapse_k_n(row) -> tuple[int, int]:
+    """k collapsed of the n seeds that could show one (a crash, or a run evaluated once, cannot)."""
+    return int(row["collapse_count"]), int(row["collapse_n"])
+
+
+def _figure(n_panels: int = 1, ncols: int = NCOLS, sharey: bool = False, size=PANEL_INCHES):
+    ncols = min(ncols, n_panels)
+    nrows = math.ceil(n_panels / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows + 0.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, sharey=sharey, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        fig.delaxes(ax)
+    return fig, list(axes[:n_panels])
+
+
+def png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain-number ticks at 1, 2, 5 x 10^k (readable without exponents)."""
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_locator(NullLocator())
+
+
+def _log_ppl_axis(ax, unit: str, left_label: str | None = None, right_label: bool = True) -> None:
+    """Log perplexity on the left, the same scale in bits per token on the right."""
+    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
+    bits = ax.secondary_yaxis("right", functions=(lambda p: np.log2(np.clip(p, 1e-9, None)), np.exp2))
+    bits.yaxis.set_major_locator(MaxNLocator(6))
+    bits.yaxis.set_minor_locator(NullLocator())
+    bits.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    if left_label:
+        ax.set_ylabel(left_label)
+    if right_label:
+        bits.set_ylabel(f"bits per {unit}")
+
+
+def _curves(trajectories: pd.DataFrame, arch: str, split: str, metric: str) -> pd.DataFrame:
+    """step x seed table of one metric; non-finite values become gaps."""
+    sel = trajectories[(trajectories["arch"] == arch) & (trajectories["split"] == split)
+                       & (trajectories["metric"] == metric)]
+    sel = sel.drop_duplicates(["seed", "step"], keep="last")
+    wide = sel.pivot(index="step", columns="seed", values="value").sort_index()
+    return wide.astype(float).replace([np.inf, -np.inf], np.nan)
+
+
+def _shade_events(ax, events: pd.DataFrame, x_end: float) -> None:
+    """Shade each event from onset to end (to the last step if it never recovered) and label it."""
+    labelled: list[tuple[float, float]] = []  # (x, y) of the labels so far: close onsets stack down
+    for ev in events.sort_values(["onset_step", "seed"]).itertuples(index=False):
+        if missing(ev.onset_step):
+            continue
+        start = float(ev.onset_step)
+        end = float(ev.end_step) if not missing(ev.end_step) else x_end
+        colour = EVENT_COLOURS.get(ev.type, "#777777")
+        ax.axvspan(start, max(end, start), color=colour, alpha=0.12, lw=0)
+        ax.axvline(start, color=colour, lw=0.8, alpha=0.7)
+        y = 0.98
+        while any(abs(x - start) < 0.03 * x_end and abs(y - y_) < 0.01 for x, y_ in labelled):
+            y -= 0.32
+        labelled.append((start, y))
+        where = "" if ev.split == "val" else f" ({ev.split})"
+        ax.annotate(f"{ev.type}{where} s{int(ev.seed)}", xy=(start, y), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=7, color=colour)
+
+
+def _event_handles(events: pd.DataFrame) -> list:
+    return [Patch(color=EVENT_COLOURS.get(t, "#777777"), alpha=0.35, label=f"{t} event")
+            for t in sorted(set(events["type"]))]
+
+
+def fig_trajectories(agg: Aggregate) -> Figure:
+    archs, colours = agg.archs, agg.colours
+    fig, axes = _figure(len(archs), sharey=True)
+    published = agg.published_curves
+    x_end = float(agg.trajectories["step"].max()) if len(agg.trajectories) else 1.0
+    status = agg.runs.set_index(["arch", "seed"])["status"]
+    shown = []  # every plotted perplexity after the first tenth of training: the y range
+    for i, (ax, arch) in enumerate(zip(axes, archs)):
+        colour = colours[arch]
+        val = np.exp(_curves(agg.trajectories, arch, "val", "loss"))
+        marker = "o" if len(val.index) <= 3 else None  # a pipeline (eam) is evaluated once, at the end
+        for seed in val.columns:
+            ax.plot(val.index, val[seed], color=colour, alpha=0.3, lw=0.8, marker=marker)
+            if status.get((arch, seed)) == "diverged" and val[seed].notna().any():
+                last = val[seed].last_valid_index()
+                ax.plot([last], [val[seed][last]], marker="x", ms=8, mew=2, color="black")
+        if len(val.columns):
+            ax.fill_between(val.index, val.quantile(0.25, axis=1), val.quantile(0.75, axis=1),
+                            color=colour, alpha=0.25, lw=0)
+            ax.plot(val.index, val.median(axis=1), color=colour, lw=2.2, marker=marker)
+        shown.append(val[val.index >= 0.1 * x_end].to_numpy().ravel())
+        train = np.exp(_curves(agg.trajectories, arch, "train", "loss"))
+        if len(train.columns):
+            ax.plot(train.index, train.median(axis=1), color=colour, lw=1.0, ls="--", alpha=0.85)
+        if published is not None:
+            pub = published[(published["arch"] == arch) & (published["split"] == "val")
+                            & (published["metric"] == "loss") & (published["step"] <= x_end)].sort_values("step")
+            ax.plot(pub["step"], np.exp(pub["value"]), color="black", lw=1.2, ls=":")
+            shown.append(np.exp(pub.loc[pub["step"] >= 0.1 * x_end, "value"].to_numpy()))
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        first, last = i % NCOLS == 0, i % NCOLS == NCOLS - 1 or i == len(archs) - 1
+        _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})" if first else None,
+                      right_label=last)
+        ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
+        ax.set_xlabel("training step")
+        trained = len(val.columns)
+        seeds = int((agg.runs["arch"] == arch).sum())
+        ax.set_title(f"{arch} ({trained} seeds)" if trained == seeds
+                     else f"{arch} ({trained} of {seeds} seeds trained)",
+                     color=colour)
+    values = np.concatenate(shown) if shown else np.array([])
+    values = values[np.isfinite(values)]
+    if len(values):  # the untrained start is cut so that the differences at the end stay readable
+        axes[0].set_ylim(values.min() / 1.15, values.max() * 1.4)
+    handles = [Line2D([], [], color="grey", alpha=0.4, lw=0.8, label="one seed (val)"),
+               Line2D([], [], color="grey", lw=2.2, label="median over seeds (val)"),
+               Patch(color="grey", alpha=0.3, label="interquartile range (val)"),
+               Line2D([], [], color="grey", lw=1.0, ls="--", label="median (train)")]
+    if (agg.runs["status"] == "diverged").any():
+        handles.append(Line2D([], [], color="black", marker="x", ls="", label="diverged (last finite point)"))
+    if published is not None:
+        handles.append(Line2D([], [], color="black", lw=1.2, ls=":", label="published val (1 seed)"))
+    fig.legend(handles=handles + _event_handles(agg.events), loc="outside lower center",
+               ncols=min(4, len(handles) + 2), fontsize=8)
+    return fig
+
+
+def fig_distributions(agg: Aggregate) -> Figure:
+    fig, axes = _figure(2, ncols=2, size=(max(4.0, 1.1 * len(agg.archs) + 2.5), 3.8))
+    summary = agg.summary.set_index("arch")
+    trained = agg.runs[agg.runs["status"] != "failed"]
+    for ax, column, prefix, title in ((axes[0], "final_smoothed_loss", "final_ppl", "final (smoothed)"),
+                                      (axes[1], "best_loss", "best_ppl", "best")):
+        ppl = np.exp(trained[column].astype(float))
+        finite = ppl[np.isfinite(ppl)]
+        top = float(finite.max()) * 1.25 if len(finite) else 10.0
+        bottom = float(finite.min()) / 1.25 if len(finite) else 1.0
+        for i, arch in enumerate(agg.archs):
+            values = np.exp(trained.loc[trained["arch"] == arch].sort_values("seed")[column].astype(float)).to_numpy()
+            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(len(values))
+            ok, broken = np.isfinite(values), np.isposinf(values)  # inf: diverged; nan: nothing measured
+            ax.scatter(i - 0.1 + offsets[ok], values[ok], color=agg.colours[arch], s=28, zorder=3,
+                       edgecolor="white", linewidth=0.5)
+            ax.scatter(i - 0.1 + offsets[broken], np.full(broken.sum(), top / 1.1), marker="^", color="black", zorder=3)
+            if arch in summary.index:
+                med, lo, hi = (float(summary.loc[arch, f"{prefix}_{k}"]) for k in ("median", "lo", "hi"))
+                if math.isfinite(med):
+                    lo, hi = (min(max(v, bottom), top) if math.isfinite(v) else top for v in (lo, hi))
+                    ax.errorbar([i + 0.25], [med], yerr=[[max(med - lo, 0)], [max(hi - med, 0)]], fmt="D",
+                                color="black", ms=5, capsize=4, lw=1.2, zorder=4)
+        ax.set_ylim(bottom, top)
+        _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})")
+        ax.set_xticks(range(len(agg.archs)), agg.archs)
+        ax.set_xlim(-0.6, len(agg.archs) - 0.4)
+        ax.set_title(title)
+    handles = [Line2D([], [], color="grey", marker="o", ls="", label="one seed"),
+               Line2D([], [], color="black", marker="D", ls="-", label="median and interval (see table)")]
+    if (agg.runs["status"] == "diverged").any():
+        handles.append(Line2D([], [], color="black", marker="^", ls="", label="infinite (diverged)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)
+    return fig
+
+
+def fig_collapse_rate(agg: Aggregate) -> Figure:
+    fig, (ax,) = _figure(1, size=(max(4.0, 1.1 * len(agg.archs) + 2.0), 3.4))
+    summary = agg.summary.set_index("arch")
+    for i, arch in enumerate(agg.archs):
+        if arch not in summary.index:
+            continue
+        row = summary.loc[arch]
+        rate, lo, hi = (float(row[k]) for k in ("collapse_rate", "collapse_rate_lo", "collapse_rate_hi"))
+        k, n = collapse_k_n(row)
+        if math.isfinite(rate):
+            ax.bar([i], [rate], color=agg.colours[arch], alpha=0.75, width=0.55)
+            ax.errorbar([i], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5, lw=1.2)
+        ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(i, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
+                    ha="center", fontsize=9)
+    ax.set_ylim(0, 1.12)
+    ax.set_xticks(range(len(agg.archs)), agg.archs)
+    ax.set_ylabel("share of seeds with a collapse or divergence")
+    ax.set_title("collapse rate, 95% Wilson interval")
+    return fig
+
+
+def fig_pairs(agg: Aggregate) -> Figure | None:
+    archs = agg.archs
+    if len(archs) < 2 or agg.pairs.empty:
+        return None
+    index = {a: i for i, a in enumerate(archs)}
+    prob = np.full((len(archs), len(archs)), np.nan)
+    labels = np.full(prob.shape, "", dtype=object)
+    for row in agg.pairs.itertuples(index=False):
+        a, b = index[row.arch_a], index[row.arch_b]
+        prob[a, b], prob[b, a] = row.prob_improvement, 1 - row.prob_improvement
+        labels[a, b] = f"{row.prob_improvement:.2f}\n[{row.pi_lo:.2f}, {row.pi_hi:.2f}]"
+        labels[b, a] = f"{1 - row.prob_improvement:.2f}\n[{1 - row.pi_hi:.2f}, {1 - row.pi_lo:.2f}]"
+    side = 0.9 * len(archs) + 2.0
+    fig, (ax,) = _figure(1, size=(side + 1.4, side))
+    image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
+    for (i, j), label in np.ndenumerate(labels):  # white on the dark ends of the colour scale
+        ax.text(j, i, label, ha="center", va="center", fontsize=8,
+                color="white" if abs(prob[i, j] - 0.5) > 0.3 else "black")
+    fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
+    ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
+    ax.set_yticks(range(len(archs)), archs)
+    ax.grid(False)
+    ax.set_xlabel("column architecture")
+    ax.set_ylabel("row architecture")
+    ax.set_title("probability of improvement [interval]")
+    return fig
+
+
+def fig_grad_norm(agg: Aggregate) -> Figure | None:
+    if not ((agg.trajectories["split"] == "train") & (agg.trajectories["metric"] == "grad_norm")).any():
+        return None
+    fig, axes = _figure(len(agg.archs), sharey=True)
+    x_end = float(agg.trajectories["step"].max())
+    clip = float(agg.study.get("recipe", {}).get("grad_clip") or 0)
+    for i, (ax, arch) in enumerate(zip(axes, agg.archs)):
+        colour = agg.colours[arch]
+        norm = _curves(agg.trajectories, arch, "train", "grad_norm")
+        peak = _curves(agg.trajectories, arch, "train", "grad_norm_max")
+        for seed in norm.columns:
+            ax.plot(norm.index, norm[seed], color=colour, alpha=0.3, lw=0.8)
+        if not len(norm.columns):
+            ax.text(0.5, 0.5, "no gradient norm logged", transform=ax.transAxes, ha="center", color="grey")
+        if len(norm.columns):
+            ax.plot(norm.index, norm.median(axis=1), color=colour, lw=2.0)
+        if len(peak.columns):
+            ax.plot(peak.index, peak.median(axis=1), color=colour, lw=0.9, ls=":")
+        if clip > 0:
+            ax.axhline(clip, color="grey", ls="--", lw=0.9)
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+        ax.set_xlabel("training step")
+        if i % NCOLS == 0:
+            ax.set_ylabel("gradient norm (pre-clip)")
+        ax.set_title(arch, color=colour)
+    handles = [Line2D([], [], color="grey", alpha=0.4, lw=0.8, label="one seed: window mean"),
+               Line2D([], [], color="grey", lw=2.0, label="median over seeds: window mean"),
+               Line2D([], [], color="grey", lw=0.9, ls=":", label="median over seeds: window max")]
+    if clip > 0:
+        handles.append(Line2D([], [], color="grey", ls="--", lw=0.9, label=f"clip threshold {clip:g}"))
+    fig.legend(handles=handles + _event_handles(agg.events), loc="outside lower center", ncols=4, fontsize=8)
+    return fig
+
+
+def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
+    """name -> (figure, caption), in page order; figures that have nothing to show are left out."""
+    made = {"trajectories": fig_trajectories(agg), "distributions": fig_distributions(agg),
+            "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg)}
+    return {name: (fig, caption(name, agg.unit, agg.published_curves is not None))
+            for name, fig in made.items() if fig is not None}

@@ -1,0 +1,248 @@
+"""The report's HTML sections, from the loaded tables: text and tables only, every number formatted
+from what `aggregate` computed. No torch here."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+
+from harness.contracts import PIPELINE_KEY
+from harness.report.figures import collapse_k_n
+from harness.report.tables import Aggregate
+from harness.text import missing, num, perplexity, plain, step
+
+PREFIX = f"{PIPELINE_KEY}_"  # runs.csv columns of a pipeline's own numbers (harness.aggregate)
+
+
+def _table(header: list[str], rows: list[list], row_classes: list[str] | None = None,
+           numeric: set[int] = frozenset()) -> str:
+    """An HTML table of escaped text; ``numeric`` column indices are right-aligned."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = []
+    for r, row in enumerate(rows):
+        cls = f' class="{row_classes[r]}"' if row_classes and row_classes[r] else ""
+        cells = "".join(('<td class="num">' if c in numeric else "<td>") + html.escape(str(v)) + "</td>"
+                        for c, v in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def p(text: str, cls: str = "") -> str:
+    return f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>"
+
+
+def img(name: str, png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure id="fig-{name}"><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def section(anchor: str, title: str, parts: list[str]) -> str:
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>'
+
+
+def claims_section(agg: Aggregate) -> str:
+    verdicts = agg.claims
+    parts = []
+    if verdicts.empty:
+        parts.append(p("No published claim concerns the architectures of this study."))
+    else:
+        rows = [[v.claim, v.arch, v.verdict, f"{v.k}/{v.n}",
+                 f"{num(v.rate)} [{num(v.lo)}, {num(v.hi)}]" if v.n else "", v.test, v.sentence]
+                for v in verdicts.itertuples(index=False)]
+        parts.append(_table(["published claim", "arch", "measured verdict", "k/n seeds",
+                             "rate [95% Wilson]", "test", "in words"], rows))
+        sources = sorted(set(verdicts["source"]))
+        parts.append(p("Claims from: " + "; ".join(sources) + ".", "note"))
+    if agg.notes.get("publication"):
+        parts.append(_published_vs_measured(agg))
+    return section("claims", "Published claims, tested", parts)
+
+
+def _published_vs_measured(agg: Aggregate) -> str:
+    pub = agg.notes["publication"]
+    rows = agg.headlines.fillna("").to_numpy().tolist()
+    return ('<h3 id="published">Published headline figures beside the measured ones</h3>'
+            + p(f"{pub['title']}. Published: {pub['seeds']} seed per architecture, {pub['steps']:,} steps on "
+                 f"{pub['data']}. Source: {pub['source']}.", "note")
+            + (p("Not like for like: this study uses " + " and ".join(pub["differs"]) + ".", "warn")
+               if pub["differs"] else "")
+            + _table(["arch", "figure", "published", "measured here (median, range over seeds)"], rows))
+
+
+def summary_section(agg: Aggregate) -> str:
+    target = agg.study.get("target_ppl")
+    header = ["arch", "completed/diverged/failed", "final ppl median", "final ppl IQM", "final ppl interval",
+              f"final bits/{agg.unit}", "best ppl median", "best ppl interval", "interval kind"]
+    header += [f"median steps to ppl {target:g}"] if target else []
+    header += ["collapsed or diverged", "collapse rate [95% Wilson]"]
+    rows = []
+    for s in agg.summary.sort_values("arch").to_dict("records"):
+        k, n = collapse_k_n(s)
+        row = [s["arch"], f"{s['n_completed']}/{s['n_diverged']}/{s['n_failed']} of {s['n_seeds']}",
+               num(s["final_ppl_median"]), num(s["final_ppl_iqm"]),
+               f"{num(s['final_ppl_lo'])}–{num(s['final_ppl_hi'])}", num(s["final_bpb_median"], 3),
+               num(s["best_ppl_median"]), f"{num(s['best_ppl_lo'])}–{num(s['best_ppl_hi'])}", s["interval"]]
+        if target:
+            reach = s["time_to_target_median"]
+            row.append("never" if not math.isfinite(reach) else step(reach))
+        if n:
+            row += [f"{k}/{n}", f"{num(s['collapse_rate'])} [{num(s['collapse_rate_lo'])}, {num(s['collapse_rate_hi'])}]"]
+        else:
+            row += ["not measurable", "evaluated too rarely for the detector"]
+        rows.append(row)
+    published = "; the last evaluation alone is in the published comparison above" if agg.study.get("published") else ""
+    note = p(f"Perplexity is per {agg.unit} on the validation split. Final = exp(mean validation loss of the "
+              f"last 3 evaluations), the value the statistics use{published}. A diverged run is kept and counts "
+              "as infinite perplexity; a failed run (a crash) has no score.", "note")
+    table = _table(header, rows, numeric={2, 3, 5, 6} | ({9} if target else set()))
+    caveat = p(agg.notes["seed_caveat"], "warn") if agg.notes.get("seed_caveat") else ""
+    return section("summary", "Summary over seeds", [table, note, caveat])
+
+
+def not_completed_section(agg: Aggregate) -> str:
+    runs = agg.runs.sort_values(["arch", "seed"])
+    bad = runs[runs["status"] != "completed"]
+    expected = {(a, int(s)) for a in agg.study.get("archs", {}) for s in agg.study.get("seeds", [])}
+    absent = sorted(expected - set(zip(runs["arch"], runs["seed"].astype(int))))
+    parts = []
+    if bad.empty and not absent:
+        parts.append(p(f"All {len(runs)} runs completed."))
+    if len(bad):
+        rows = [[r.arch, int(r.seed), r.status, step(r.steps_done) if "steps_done" in runs else "", r.reason]
+                for r in bad.itertuples(index=False)]
+        parts.append(p(f"{len(bad)} of {len(runs)} runs did not complete, listed here with their reason. A "
+                        "diverged run stays in every statistic, as infinite perplexity and as a collapse; a failed "
+                        "run (a crash of the harness, not of the model) has no score and is only counted."))
+        parts.append(_table(["arch", "seed", "status", "steps done", "reason"], rows,
+                            row_classes=list(bad["status"])))
+    if absent:
+        parts.append(p("Runs of the study with no run folder in the aggregate: "
+                        + ", ".join(f"{a} seed {s}" for a, s in absent) + ".", "warn"))
+    return section("not-completed", "Runs that did not complete", parts)
+
+
+def events_section(agg: Aggregate) -> str:
+    ev = agg.events.sort_values(["arch", "seed", "onset_step"])
+    if ev.empty:
+        return section("events", "Events", [p("The detector found no event in any run.")])
+    notes = "note" in ev.columns
+    rows = [[e["arch"], int(e["seed"]), e["type"], e["split"], step(e["onset_step"]), step(e["train_onset_step"]),
+             step(e["peak_step"]), num(e["peak_value"]), f"{num(e['magnitude'])}x",
+             "never" if missing(e["end_step"]) else step(e["end_step"]),
+             "yes" if str(e["recovered"]).lower() == "true" else "no", num(e["score"]), num(e["threshold"])]
+            + ([e["note"] if not missing(e["note"]) else ""] if notes else [])
+            for e in ev.to_dict("records")]
+    return section("events", "Events", [
+        _table(["arch", "seed", "type", "split", "onset step", "train onset step", "peak step",
+                f"peak ppl (per {agg.unit})", "magnitude", "end step", "recovered", "score", "threshold"]
+               + (["note"] if notes else []), rows, numeric={4, 5, 6, 7, 8, 9, 11, 12}),
+        p("Onset: the last evaluation still at the pre-event level, on the curve that defines the event; "
+           "train onset: the same on the training curve. Magnitude: peak / pre-event perplexity. End: the first "
+           "evaluation back within 10% of the pre-event level.", "note")])
+
+
+def pipeline_section(agg: Aggregate) -> str:
+    """Each pipeline run's own numbers (run.json's pipeline block), one row per run, whatever the pipeline."""
+    columns = sorted(c for c in agg.runs.columns if c.startswith(PREFIX))
+    if not columns:
+        return ""
+    runs = agg.runs.dropna(subset=columns, how="all").sort_values(["arch", "seed"])
+    shown = [c for c in columns if runs[c].notna().any()]
+    rows = [[r["arch"], int(r["seed"])] + [_cell(c, r[c]) for c in shown] for r in runs.to_dict("records")]
+    header = [(c.removeprefix(PREFIX).removesuffix("_loss") + " ppl" if c.endswith("_loss")
+               else c.removeprefix(PREFIX)).replace("_", " ") for c in shown]
+    return section("pipelines", "Pipeline architectures", [
+        _table(["arch", "seed"] + header, rows, numeric=set(range(1, len(shown) + 2))),
+        p("Numbers each pipeline run recorded about itself (run.json, key 'pipeline'): a loss is shown as its "
+          f"perplexity per {agg.unit}; a throughput is a timing of this machine, not a model property.", "note")])
+
+
+def _cell(column: str, value) -> str:
+    """A pipeline number: a loss as its perplexity, large numbers as integers, small ones to 3 decimals."""
+    if missing(value) or isinstance(value, str):
+        return "" if missing(value) else value
+    if column.endswith("_loss"):
+        return num(perplexity(value))
+    value = float(value)
+    return step(value) if value.is_integer() or abs(value) >= 1000 else num(value, 3)
+
+
+def params_section(agg: Aggregate) -> str:
+    shape = agg.study.get("shape", {})
+    mode, tolerance = shape.get("mode"), shape.get("tolerance")
+    # seeds of an architecture share its shape: one row per distinct shape, so a disagreement shows
+    known = agg.runs.dropna(subset=["n_params"]).drop_duplicates(["arch", "n_params", "knob_value", "deviation"])
+    rows = []
+    for r in known.sort_values(["arch", "seed"]).to_dict("records"):
+        deviation = r["deviation"]
+        if missing(deviation) or tolerance is None or mode != "matched":
+            within = ""
+        elif missing(r["knob"]) and r["arch"] != shape.get("reference"):
+            within = "not matched: no width knob"
+        else:
+            within = "yes" if abs(float(deviation)) <= tolerance else "NO"
+        reconstruction = {True: "yes", False: "no"}.get(r["reconstruction"], "")
+        rows.append([r["arch"], r["build"] or "", reconstruction, "" if missing(r["knob"]) else r["knob"],
+                     plain(r["knob_value"]),
+                     step(r["n_params"]), r["reference"] or "", step(r["reference_params"]),
+                     "" if missing(deviation) else f"{100 * float(deviation):+.3f}%", within])
+    parts = [p(f"Shape mode: {mode}; reference: {shape.get('reference')}"
+                + (f"; tolerance {100 * tolerance:g}% (matched mode)." if tolerance is not None else ".")),
+             _table(["arch", "build", "reconstruction", "width knob", "knob value", "parameters", "reference",
+                     "reference parameters", "deviation", "within tolerance"], rows, numeric={4, 5, 7, 8})]
+    unrecorded = sorted(set(agg.runs["arch"]) - set(known["arch"]))
+    if unrecorded:
+        parts.append(p(f"No run of {', '.join(unrecorded)} recorded a parameter count (each failed before).",
+                        "warn"))
+    if known["arch"].duplicated().any():
+        parts.append(p("Seeds of one architecture disagree on their shape: see the rows above.", "warn"))
+    return section("params", "Parameter matching", parts)
+
+
+def recipe_section(agg: Aggregate) -> str:
+    study = agg.study
+
+    def show(v) -> str:
+        return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else str(v)
+
+    rows = [[f"recipe.{k}", show(v)] for k, v in sorted(study.get("recipe", {}).items())]
+    rows += [[f"model.{k}", show(v)] for k, v in sorted(study.get("model", {}).items())]
+    rows += [["data", show(study.get("data", {}))], ["seeds", show(study.get("seeds", []))],
+             ["shape", show(study.get("shape", {}))],
+             ["detect", show(study.get("detect") or "documented defaults (harness.collapse)")],
+             ["target_ppl", show(study.get("target_ppl"))]]
+    rows += [[f"archs.{name}", show(spec)] for name, spec in sorted(study.get("archs", {}).items())]
+    return section("recipe", "Recipe", [p("Every architecture of the study follows this one recipe."),
+                                         _table(["setting", "value"], rows)])
+
+
+def provenance_section(agg: Aggregate) -> str:
+    runs = agg.runs.sort_values(["arch", "seed"])
+    versions = sorted(c for c in runs.columns if c.startswith("version_"))
+    fields = ["status", "steps_done", "wall_time_s", "device", "dtype", "threads", "config_hash", "data_sha256"]
+    fields = [f for f in fields if f in runs.columns]
+    shown = {"steps_done": step, "wall_time_s": lambda v: f"{float(v):,.1f}", "threads": step,
+             "data_sha256": lambda v: str(v)[:12]}
+    rows = [[r["arch"], int(r["seed"])] + ["" if missing(r[f]) else shown.get(f, str)(r[f]) for f in fields + versions]
+            for r in runs.to_dict("records")]
+    header = ["arch", "seed"] + [f.replace("_", " ") for f in fields] + [v.removeprefix("version_") for v in versions]
+    return section("provenance", "Provenance", [
+        _table(header, rows, row_classes=list(runs["status"])),
+        p("Wall time in seconds. data sha256 is shortened to 12 hex digits; config hash is shared by the "
+           "seeds of one architecture.", "note")])
+
+
+def pairs_table(agg: Aggregate) -> str:
+    if agg.pairs.empty:
+        return p("One architecture: no pairs to compare.")
+    rows = [[p.arch_a, p.arch_b, f"{p.n_a} vs {p.n_b}", num(p.prob_improvement),
+             f"[{num(p.pi_lo)}, {num(p.pi_hi)}]" + ("" if missing(p.pi_interval) else f" {p.pi_interval}"),
+             num(p.mannwhitney_p, 3), num(p.holm_p, 3), num(p.fisher_p, 3), num(p.min_possible_p, 4), p.verdict]
+            for p in agg.pairs.sort_values(["arch_a", "arch_b"]).itertuples(index=False)]
+    return _table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p", "Fisher p (collapse)",
+                   "smallest possible p", "verdict"], rows, numeric={3, 5, 6, 7, 8})
+
+

@@ -1,0 +1,139 @@
+"""One run's lifecycle, the same for every kind of run: record, train, write.
+
+``execute`` picks the runner (the common loop of harness.train, or the runner a pipeline
+architecture declares in its module) and gives it a ``RunRecord``: the manifest head (identity,
+config hash, versions, threads), the metric rows, the device, the pipeline's own numbers and the
+failure capture. Whatever the runner does, ``recorded`` writes the run's three declared outputs
+atomically, run.json last, so its presence says the other two are whole; an exception becomes status
+``failed`` with its reason, never a missing file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib
+import json
+import platform
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors.torch import save_file, save_model
+
+from harness import __version__, archs
+from harness.contracts import METRIC_COLUMNS, PIPELINE_KEY
+from harness.files import atomic, write_atomic
+from harness.study import config_hash
+
+COMMON_RUNNER = "harness.train:train"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import safetensors
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "safetensors": safetensors.__version__, "harness": __version__, "cuda": torch.version.cuda or ""}
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+class RunRecord:
+    """What a run leaves behind: its manifest (run.json), its metric rows and its final model."""
+
+    def __init__(self, spec: dict[str, Any], threads: int):
+        self.manifest: dict[str, Any] = {
+            "arch": spec.get("arch"), "build": spec.get("build"), "seed": spec.get("seed"),
+            "study": spec.get("study"), "config_hash": config_hash(spec), "versions": versions(),
+            "threads": threads}
+        self.rows: list[dict] = []
+        self.model: torch.nn.Module | None = None
+        self.status, self.reason = "completed", None
+        self.step = 0
+        self.elapsed_before = 0.0  # wall time of the process(es) before a resume
+        self._t0 = time.time()
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self._t0
+
+    def log(self, step: int, split: str, metric: str, value: float) -> None:
+        self.rows.append({"step": step, "split": split, "metric": metric, "value": repr(float(value)),
+                          "wall_time": f"{self.elapsed():.3f}"})
+
+    def set_device(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.manifest["device"] = device_name(device)
+        self.manifest["dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        """A pipeline's own numbers, kept in run.json under one key (see harness.contracts)."""
+        return self.manifest.setdefault(PIPELINE_KEY, {})
+
+    def diverge(self, reason: str) -> None:
+        self.status, self.reason = "diverged", reason
+
+    def fail(self, error: BaseException) -> None:
+        self.status, self.reason = "failed", f"{type(error).__name__}: {error}"
+
+    def write(self, out_dir: Path) -> None:
+        """The run's three declared outputs, run.json last."""
+        out_dir = Path(out_dir)
+        self.manifest.update(status=self.status, reason=self.reason, steps_done=self.step,
+                             wall_time_s=round(self.elapsed(), 3))
+
+        def write_metrics(tmp):
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+                w.writeheader()
+                w.writerows(self.rows)
+
+        atomic(out_dir / "metrics.csv", write_metrics)
+        meta = {"status": self.status}
+        if self.model is not None:
+            atomic(out_dir / "model.safetensors", lambda tmp: save_model(self.model, tmp, metadata=meta))
+        else:  # a run that failed before its model existed still leaves every output the DAG expects
+            atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata=meta))
+        write_atomic(out_dir / "run.json", json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def recorded(spec: dict[str, Any], out_dir: Path, threads: int) -> Iterator[RunRecord]:
+    """Yield a fresh record; on exit (normal or by an exception) write the run's files."""
+    record = RunRecord(spec, threads)
+    try:
+        yield record
+    except Exception as e:  # recorded, not hidden: the DAG and the report go on and show it
+        traceback.print_exc()
+        record.fail(e)
+    record.write(out_dir)
+
+
+def runner_of(build: str):
+    """The function that trains one run of ``build``: its declared pipeline runner, or the common loop."""
+    pipeline = archs.info(build).pipeline
+    module, _, function = (pipeline.runner if pipeline else COMMON_RUNNER).partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def execute(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1) -> str:
+    """Train one run; always writes metrics.csv, run.json and model.safetensors; returns the status.
+
+    Status is 'completed', 'diverged' (a non-finite loss ended it) or 'failed' (an exception,
+    recorded with its reason). ``state_dir`` holds the resume checkpoint (default OUT/../.state/NAME).
+    """
+    out_dir = Path(out_dir)
+    state_dir = Path(state_dir) if state_dir else out_dir.parent / ".state" / out_dir.name
+    torch.set_num_threads(threads)
+    with recorded(spec, out_dir, threads) as record:
+        runner_of(spec["build"])(spec, record, state_dir)
+    if record.status != "failed" and state_dir.exists():
+        shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried
+    print(f"run finished: {record.status}" + (f" ({record.reason})" if record.reason else ""), file=sys.stderr)
+    return record.status
