@@ -255,3 +255,36 @@ def test_bad_config_errors():
     with pytest.raises(ValueError, match="max_seq_len"):
         build("trn_hybrid", **SMALL)(torch.zeros(1, 65, dtype=torch.long))
     assert info("trn_hybrid").reconstruction is False
+
+
+def test_resumed_run_continues_the_warm_ramp(tmp_path, shared_data, monkeypatch, capsys):
+    """The trainer checkpoints buffers, so a run that fails and resumes equals the uninterrupted one."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from harness.study import resolve, run_spec
+    from harness.train import train_run
+    from tests.conftest import MICRO_STUDY, micro_config
+
+    hparams = dict(attn_layers=[1], n_kv_heads=1, n_oscillators=4, bigram_buckets=64, bigram_dim=8, warm_steps=30)
+    study = {**MICRO_STUDY, "archs": [{"name": "trn_hybrid", "hparams": hparams}],
+             "model": {"d_model": 16, "n_layers": 2, "n_heads": 2}, "shape": {"mode": "as_published"}}
+    spec = run_spec(resolve(micro_config(study))["micro"], "trn_hybrid", 0)
+    forward = trn_hybrid.TemporalResonance.forward
+
+    def failing_forward(self, h):
+        if self.training and self._forward_count.item() == 15:
+            raise RuntimeError("injected failure")
+        return forward(self, h)
+
+    monkeypatch.setattr(trn_hybrid.TemporalResonance, "forward", failing_forward)
+    assert train_run(spec, tmp_path / "run", state_dir=tmp_path / "state") == "failed"
+    monkeypatch.setattr(trn_hybrid.TemporalResonance, "forward", forward)
+    capsys.readouterr()
+    assert train_run(spec, tmp_path / "retry", state_dir=tmp_path / "state") == "completed"
+    assert "resumed from" in capsys.readouterr().err
+    assert train_run(spec, tmp_path / "straight", state_dir=tmp_path / "s2") == "completed"
+    drop = lambda run: pd.read_csv(run / "metrics.csv").drop(columns="wall_time")  # noqa: E731
+    pd.testing.assert_frame_equal(drop(tmp_path / "retry"), drop(tmp_path / "straight"))
+    weights = load_file(str(tmp_path / "retry" / "model.safetensors"))
+    assert weights["blocks.0.resonance._forward_count"].item() == 40  # one training forward per step
