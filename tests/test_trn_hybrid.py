@@ -72,7 +72,8 @@ def test_source_tensor_names():
     state = model.state_dict()
     assert set(state) == expected
     assert state["blocks.0.resonance._forward_count"].dtype == torch.int64
-    assert state["blocks.0.gate_up.weight"].shape == (2 * 768, 512) and state["blocks.0.down.weight"].shape == (512, 768)
+    assert state["blocks.0.gate_up.weight"].shape == (2 * 768, 512)
+    assert state["blocks.0.down.weight"].shape == (512, 768)
 
 
 def test_ffn_hidden_is_the_swiglu_width():
@@ -88,7 +89,8 @@ def test_swiglu_hidden_rounding(d_model, mlp_mult, hidden):
     """int(2/3 * mlp_mult * d) rounded up to a multiple of 256 (768 at the published d 512)."""
     assert swiglu_hidden(d_model, mlp_mult) == hidden
     with torch.device("meta"):
-        assert build("trn_hybrid", d_model=d_model, n_heads=1, n_kv_heads=1, mlp_mult=mlp_mult).config.ffn_hidden == hidden
+        model = build("trn_hybrid", d_model=d_model, n_heads=1, n_kv_heads=1, mlp_mult=mlp_mult)
+    assert model.config.ffn_hidden == hidden
 
 
 def test_published_inits():

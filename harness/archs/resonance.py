@@ -53,7 +53,8 @@ class Config:
             raise ValueError(f"resonance: logit_softcap={self.logit_softcap} must be >= 0 (0 = no cap)")
         if self.dropout != 0.0:
             raise ValueError(
-                f"resonance: dropout={self.dropout} is not supported; the published model has no dropout, set dropout: 0"
+                f"resonance: dropout={self.dropout} is not supported; the published model has no "
+                "dropout, set dropout: 0"
             )
 
     @property
