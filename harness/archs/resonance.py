@@ -157,7 +157,7 @@ class Model(nn.Module):
         """Oscillator states concat([pos, vel]): [B, T, 2K] for drives [B, T, K], by exact causal FFT convolution."""
         h_pos, h_vel = self.kernels(drive.size(1))
         states = causal_fft_conv(drive.transpose(1, 2).unsqueeze(1), torch.stack([h_pos, h_vel]))  # [B, 2, K, T]
-        return states.flatten(1, 2).transpose(1, 2)
+        return states.flatten(1, 2).transpose(1, 2).contiguous()  # row-major like the source's concat
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.oscillate(self.token_drive(input_ids))
