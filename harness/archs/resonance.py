@@ -154,7 +154,11 @@ class Model(nn.Module):
         return h_pos, h_vel
 
     def oscillate(self, drive: torch.Tensor) -> torch.Tensor:
-        """Oscillator states concat([pos, vel]): [B, T, 2K] for drives [B, T, K], by exact causal FFT convolution."""
+        """Oscillator states concat([pos, vel]): [B, T, 2K] for drives [B, T, K], by exact causal FFT convolution.
+
+        The shared convolution pads to a power of two >= 2T, the source to exactly 2T: the same
+        numbers up to float round-off (bit-identical when 2T is a power of two, as at T = 1024).
+        """
         h_pos, h_vel = self.kernels(drive.size(1))
         states = causal_fft_conv(drive.transpose(1, 2).unsqueeze(1), torch.stack([h_pos, h_vel]))  # [B, 2, K, T]
         return states.flatten(1, 2).transpose(1, 2).contiguous()  # row-major like the source's concat
