@@ -3,10 +3,15 @@ import sys
 import types
 
 import pytest
+import torch
 import torch.nn as nn
+import yaml
+from snakemake.utils import validate
 
 from harness.archs import build, make_config
 from harness.shape import Shape, count_params, match, param_count, plan
+from harness.study import resolve, run_spec
+from tests.conftest import REPO, SCHEMA
 
 SMALL = dict(vocab_size=64, d_model=32, n_layers=2, ffn_mult=4, max_seq_len=32)
 SMALL_ARCHS = {"transformer": {**SMALL, "n_heads": 4}, "memnls": {**SMALL, "n_heads": 4}, "diag_ssm": SMALL}
@@ -94,3 +99,20 @@ def test_bad_plan_arguments_are_named():
         plan(SMALL_ARCHS, "matched", "gpt")
     with pytest.raises(ValueError, match="needs a reference"):
         plan(SMALL_ARCHS, "matched", None)
+
+
+@pytest.mark.parametrize("arch", ["memnls", "diag_ssm", "resonance", "trn_hybrid"])
+def test_default_tiny_study_matches_every_knobbed_arch_within_one_percent(arch):
+    """The shipped tiny study (d_model 64, 2 layers, 4 heads, bytes) builds each arch and lands it near the
+    transformer's 124,672 parameters, as the train rule does."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(SCHEMA))
+    study = resolve(config)["tiny"]
+    spec = run_spec(study, arch, 0)
+    base = {**spec["model"], "vocab_size": 256, "max_seq_len": spec["recipe"]["seq_len"]}
+    target = param_count("transformer", {**base, **spec["reference"]["hparams"]})
+    assert target == 124_672
+    hparams, n = match(spec["build"], {**base, **spec["hparams"]}, target)
+    assert abs(n / target - 1) <= 0.01
+    with torch.device("meta"):
+        assert count_params(build(spec["build"], **hparams)) == n

@@ -1,15 +1,16 @@
-"""resonance: a language model whose token mixer is a bank of damped harmonic oscillators.
+"""resonance: the Causal Oscillator LM, a bank of damped oscillators under a stack of attention blocks.
 
-RECONSTRUCTION: the final model's code is not public. Rebuilt from its description (oscillators
-driven through FFT for local context, attention blocks for global context, additive resynthesis,
-tied readout, no positional embedding) and from the author's earlier public version, which
-convolves each drive signal with the sampled impulse responses of a damped oscillator
-(position and velocity). The choices made here are in /work/shared/specs/architectures.md, section 4.
+Source: Roland Sharp's submission to openai/parameter-golf, pull request #1061 (head 54ba8cf, folder
+records/track_10min_16mb/2026-03-29_CausalOscillatorLM, train_gpt.py; architecture from
+github.com/rolandnsharp/resonance): 1.3379 val bpb at 14,770,432 parameters. Reimplemented here from
+its published code, so the submission's state dict loads with ``load_state_dict(strict=True)`` and
+gives the same logits; the facts used are in /work/shared/specs/architectures.md, section 4.
 
-Block i is the transformer's block when (i + 1) % attn_every == 0 (attn_every 0: none), else an
-oscillator block: x + resynth([pos, vel] of drive(LN(x))), then x + FFN(LN(x)). Init, dropout and
-the tied head follow the seed models' shared conventions. No published config exists: the defaults
-are the transformer's 70M shape so that the two can be matched.
+Each token is an impulse (``token_drive``, V x K) on K damped harmonic oscillators. Their position
+and velocity responses, convolved causally by FFT, are the only context the first block sees: there
+is no positional embedding and no other embedding. Then ``n_layers`` pre-norm blocks of bias-free
+causal attention and a ``x * sin(x)`` feed-forward at width d_model = 2K, and an untied, biased,
+soft-capped readout. The published config is the default.
 """
 
 from __future__ import annotations
@@ -18,135 +19,157 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+import torch.nn.functional as F
+from torch import nn
 
 from harness.archs import make_config
 from harness.archs.fft import causal_fft_conv
-from harness.archs.transformer import Block as AttentionBlock
-from harness.archs.transformer import FeedForward, ffn_width, init_weights, tie_lm_head
 
-RECONSTRUCTION = True
-
-W0_MAX = math.pi  # w0 = W0_MAX * sigmoid(theta_w): up to the Nyquist frequency
-DAMPING_MAX = 0.95  # g = DAMPING_MAX * sigmoid(theta_g): always underdamped, so wd > 0
+RECONSTRUCTION = False  # published code (PR #1061), reproduced exactly
+MATCH_KNOB = "ffn_hidden"
 
 
 @dataclass
 class Config:
-    vocab_size: int = 256
-    d_model: int = 768
-    n_layers: int = 10
-    n_heads: int = 12
-    ffn_mult: int = 4
+    vocab_size: int = 1024
+    d_model: int = 384  # 2K: the position and the velocity of K oscillators
+    n_layers: int = 12
+    n_heads: int = 16
+    ffn_hidden: int | None = None  # None -> 2 * d_model (published); the shape solver's knob
+    logit_softcap: float = 30.0  # 0 turns the cap off, as in the source
     max_seq_len: int = 1024  # interface parity: no positional table, the kernels span any length
-    dropout: float = 0.0
-    n_oscillators: int | None = None  # K per oscillator block; None -> d_model
-    attn_every: int = 3  # block i is attention when (i + 1) % attn_every == 0; 0 = no attention
-    ffn_hidden: int | None = None  # None -> ffn_mult * d_model; the shape solver's knob
+    dropout: float = 0.0  # interface parity only: the published model has no dropout
 
     def __post_init__(self):
-        if self.n_oscillators is None:
-            self.n_oscillators = self.d_model
-        if self.n_oscillators < 1:
-            raise ValueError(f"resonance: n_oscillators={self.n_oscillators} must be >= 1")
-        if self.attn_every < 0:
-            raise ValueError(f"resonance: attn_every={self.attn_every} must be >= 0 (0 = no attention blocks)")
+        if self.ffn_hidden is None:
+            self.ffn_hidden = 2 * self.d_model
+        if self.d_model < 2 or self.d_model % 2:
+            raise ValueError(f"resonance: d_model={self.d_model} must be even (2 x n_oscillators)")
         if self.d_model % self.n_heads:
             raise ValueError(f"resonance: d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.ffn_hidden < 1:
+            raise ValueError(f"resonance: ffn_hidden={self.ffn_hidden} must be >= 1")
+        if self.logit_softcap < 0:
+            raise ValueError(f"resonance: logit_softcap={self.logit_softcap} must be >= 0 (0 = no cap)")
+        if self.dropout != 0.0:
+            raise ValueError(
+                f"resonance: dropout={self.dropout} is not supported; the published model has no "
+                "dropout, set dropout: 0"
+            )
+
+    @property
+    def n_oscillators(self) -> int:
+        return self.d_model // 2
 
 
-def is_attention_block(i: int, attn_every: int) -> bool:
-    return attn_every > 0 and (i + 1) % attn_every == 0
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + 1e-8) * scale, with a learned scale (the source's own norm, not F.rms_norm)."""
 
-
-class OscillatorBank(nn.Module):
-    """K damped oscillators, two learned parameters each (natural frequency w0, damping ratio g).
-
-    Each oscillator's drive u_k (a projection of the input) is convolved with the impulse responses
-    of position and velocity sampled at t = 0..L-1, rebuilt from w0 and g at every forward:
-    h_pos(t) = r^t sin(wd t), h_vel(t) = r^t (cos(wd t) - (a/wd) sin(wd t)), with
-    wd = w0 sqrt(1 - g^2), a = g w0, r = exp(-a). Sampling in time keeps the response causal, which
-    multiplying by the continuous transfer function on the FFT grid would not.
-    """
-
-    def __init__(self, d_model: int, n_oscillators: int, dropout: float):
+    def __init__(self, dim: int, eps: float = 1e-8):
         super().__init__()
-        K = n_oscillators
-        self.drive = nn.Linear(d_model, K)
-        self.resynth = nn.Linear(2 * K, d_model)
-        self.dropout = nn.Dropout(dropout)
-        w0 = torch.linspace(0.1, 3.0, K, dtype=torch.float64)
-        g = torch.linspace(0.05, 0.2, K, dtype=torch.float64)
-        self.theta_w = nn.Parameter(torch.logit(w0 / W0_MAX).float())
-        self.theta_g = nn.Parameter(torch.logit(g / DAMPING_MAX).float())
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.eps = eps
 
-    def natural_frequency(self) -> torch.Tensor:
-        return W0_MAX * torch.sigmoid(self.theta_w)
-
-    def damping_ratio(self) -> torch.Tensor:
-        return DAMPING_MAX * torch.sigmoid(self.theta_g)
-
-    def kernels(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """h_pos, h_vel: [K, length] in the parameters' dtype (at least float32)."""
-        dtype = torch.promote_types(self.theta_w.dtype, torch.float32)
-        w0, g = self.natural_frequency().to(dtype), self.damping_ratio().to(dtype)
-        wd = w0 * torch.sqrt(1 - g * g)
-        a = g * w0
-        t = torch.arange(length, device=w0.device, dtype=dtype)
-        envelope = torch.exp(-a[:, None] * t)  # r^t
-        sin, cos = torch.sin(wd[:, None] * t), torch.cos(wd[:, None] * t)
-        return envelope * sin, envelope * (cos - (a / wd)[:, None] * sin)
-
-    def respond(self, u: torch.Tensor) -> torch.Tensor:
-        """Oscillator states [pos, vel]: [B, L, 2K] for drives u: [B, L, K] (at least float32)."""
-        h_pos, h_vel = self.kernels(u.shape[1])
-        y = causal_fft_conv(u.transpose(1, 2).unsqueeze(1), torch.stack([h_pos, h_vel]))  # [B, 2, K, L]
-        return y.flatten(1, 2).transpose(1, 2)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        features = self.respond(self.drive(h))
-        return self.dropout(self.resynth(features.to(h.dtype)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.scale
 
 
-class OscillatorBlock(nn.Module):
-    """Pre-norm like the transformer's block, with the oscillator bank in place of attention."""
+class SineGate(nn.Module):
+    """x * sin(x): the feed-forward's nonlinearity (a module, so the ff Sequential's indices are 0 and 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sin(x)
+
+
+class CausalAttention(nn.Module):
+    """Multi-head causal attention, no biases and no positional encoding: order comes from the oscillators."""
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attn(norm1(x)), then x + ff(norm2(x)) with ff = Linear, x sin x, Linear (biased)."""
 
     def __init__(self, config: Config):
         super().__init__()
-        d = config.d_model
-        self.norm1 = nn.LayerNorm(d)
-        self.osc = OscillatorBank(d, config.n_oscillators, config.dropout)
-        self.norm2 = nn.LayerNorm(d)
-        self.ffn = FeedForward(d, ffn_width(config), config.dropout)
+        d, hidden = config.d_model, config.ffn_hidden
+        self.norm1 = RMSNorm(d)
+        self.attn = CausalAttention(d, config.n_heads)
+        self.norm2 = RMSNorm(d)
+        self.ff = nn.Sequential(nn.Linear(d, hidden), SineGate(), nn.Linear(hidden, d))
 
-    def forward(self, x):
-        x = x + self.osc(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ff(self.norm2(x))
 
 
 class Model(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
-        d = config.d_model
-        self.tok_emb = nn.Embedding(config.vocab_size, d)
-        self.dropout = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            AttentionBlock(d, config.n_heads, ffn_width(config), config.dropout)
-            if is_attention_block(i, config.attn_every)
-            else OscillatorBlock(config)
-            for i in range(config.n_layers)
-        )
-        self.norm_f = nn.LayerNorm(d)
-        self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
-        self.apply(init_weights)  # touches Linear/Embedding/LayerNorm only: theta_w, theta_g keep their init
-        tie_lm_head(self)
+        K, d = config.n_oscillators, config.d_model
+        # Built in the source's order, so that one seed gives the source's initial weights.
+        self.token_drive = nn.Embedding(config.vocab_size, K)
+        nn.init.normal_(self.token_drive.weight, std=0.1)
+        # w0 = exp(log_omega), geometric from 0.1 to pi (no upper bound once learned);
+        # damping ratio zeta = 0.05 + 0.9 sigmoid(damping_pre) in (0.05, 0.95): always underdamped.
+        self.log_omega = nn.Parameter(torch.linspace(math.log(0.1), math.log(math.pi), K))
+        self.damping_pre = nn.Parameter(torch.zeros(K))
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.out_norm = RMSNorm(d)
+        self.out_proj = nn.Linear(d, config.vocab_size)  # untied, with a bias; PyTorch's default init
+
+    def natural_frequency(self) -> torch.Tensor:
+        return self.log_omega.exp()
+
+    def damping_ratio(self) -> torch.Tensor:
+        return 0.05 + 0.9 * torch.sigmoid(self.damping_pre)
+
+    def kernels(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Impulse responses h_pos, h_vel: [K, length], sampled at t = 0..length-1, in at least float32.
+
+        gamma = zeta w0, wd = sqrt(max(w0^2 - gamma^2, 1e-6));
+        h_pos(t) = e^{-gamma t} sin(wd t) / wd, h_vel(t) = e^{-gamma t} (cos(wd t) - (gamma / wd) sin(wd t)),
+        with the source's 1e-8 added to each wd divisor. Sampled in time, so the response is causal.
+        """
+        dtype = torch.promote_types(self.log_omega.dtype, torch.float32)
+        w0, zeta = self.natural_frequency().to(dtype), self.damping_ratio().to(dtype)
+        gamma = zeta * w0
+        wd = torch.sqrt((w0 * w0 - gamma * gamma).clamp(min=1e-6))
+        t = torch.arange(length, device=w0.device, dtype=dtype)
+        decay = torch.exp(-gamma[:, None] * t)
+        sin, cos = torch.sin(wd[:, None] * t), torch.cos(wd[:, None] * t)
+        h_pos = decay * sin / (wd[:, None] + 1e-8)
+        h_vel = decay * (cos - (gamma / (wd + 1e-8))[:, None] * sin)
+        return h_pos, h_vel
+
+    def oscillate(self, drive: torch.Tensor) -> torch.Tensor:
+        """Oscillator states concat([pos, vel]): [B, T, 2K] for drives [B, T, K], by exact causal FFT convolution.
+
+        The shared convolution pads to a power of two >= 2T, the source to exactly 2T: the same
+        numbers up to float round-off (bit-identical when 2T is a power of two, as at T = 1024).
+        """
+        h_pos, h_vel = self.kernels(drive.size(1))
+        states = causal_fft_conv(drive.transpose(1, 2).unsqueeze(1), torch.stack([h_pos, h_vel]))  # [B, 2, K, T]
+        return states.flatten(1, 2).transpose(1, 2).contiguous()  # row-major like the source's concat
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(self.tok_emb(input_ids))
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(self.norm_f(x))
+        x = self.oscillate(self.token_drive(input_ids))
+        for layer in self.layers:
+            x = layer(x)
+        logits = self.out_proj(self.out_norm(x))
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def build(**hparams) -> Model:
