@@ -14,7 +14,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from harness import data
 from harness.archs import build, info
-from harness.archs.eam import Decoder, ElasticMemory, Encoder, Config, EntryTransformer, ProseElasticMemory, key_projection
+from harness.archs.eam import (Decoder, ElasticMemory, Encoder, Config, EntryTransformer, ProseElasticMemory,
+                               key_projection)
 from harness.study import resolve, run_spec
 from harness.train import train_run
 from tests.conftest import MICRO_STUDY, micro_config

@@ -205,12 +205,14 @@ def test_two_empty_rows_merge_into_the_zero_address():
 
 def test_a_read_ranges_over_every_live_row_including_empty_ones():
     v0, v1 = torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 5.0])
-    m = memory(e(1), e(0, 1), e(0, 0, 1), weights=[1.0, 2.0, 0.0], counters=[v0.tolist(), (2 * v1).tolist(), [0.0, 0.0]])
+    m = memory(e(1), e(0, 1), e(0, 0, 1), weights=[1.0, 2.0, 0.0],
+               counters=[v0.tolist(), (2 * v1).tolist(), [0.0, 0.0]])
     q = e(1, 0.5, 3)  # closest to the empty row 2, which contributes the zero vector with its weight
     p = torch.softmax(10 * h(q[:3]), dim=0)
     torch.testing.assert_close(m.read(q[None]), (p[0] * v0 + p[1] * v1)[None])
     prose = ProseElasticMemory(key_dim=D, value_dim=2, max_locations=8, initial_locations=3)
-    prose.addresses[:3], prose.write_weights[:3], prose.counters[:3] = m.addresses[:3].float(), m.write_weights[:3], m.counters[:3]
+    prose.addresses[:3] = m.addresses[:3].float()
+    prose.write_weights[:3], prose.counters[:3] = m.write_weights[:3], m.counters[:3]
     p_written = torch.softmax(10 * q[:2], dim=0)  # the prose read skips the empty row
     torch.testing.assert_close(prose.read(q[None]), (p_written[0] * v0 + p_written[1] * v1)[None])
     m.read_top_k = 1
@@ -225,7 +227,8 @@ def test_a_long_write_stream_is_deterministic_and_grows_within_bounds():
         g = torch.Generator().manual_seed(0)
         centres = F.normalize(torch.randn(4, 32, generator=g), dim=1)
         for _ in range(20):
-            keys = F.normalize(centres[torch.randint(0, 4, (32,), generator=g)] + 0.3 * torch.randn(32, 32, generator=g), dim=1)
+            near = centres[torch.randint(0, 4, (32,), generator=g)]
+            keys = F.normalize(near + 0.3 * torch.randn(32, 32, generator=g), dim=1)
             m.write(keys, torch.randn(32, 3, generator=g))
         return m
 
