@@ -39,7 +39,7 @@ def memory(*addresses, weights=None, counters=None, max_locations=8, **kw):
     The published (code) rules are pinned in tests/test_eam_memory.py.
     """
     m = ProseElasticMemory(key_dim=D, value_dim=2, max_locations=max_locations,
-                      initial_locations=len(addresses), **kw)
+                           initial_locations=len(addresses), **kw)
     m.addresses[: len(addresses)] = torch.stack(addresses)
     if weights is not None:
         m.write_weights[: len(weights)] = torch.tensor(weights)
