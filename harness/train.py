@@ -77,8 +77,6 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     window_loss, window_gn = [], []
     while record.step < recipe.steps:
         step = record.step
-        if hasattr(model, "on_train_step"):
-            model.on_train_step(step)
         lr = lr_at(step, recipe)
         x, y = data.get_batch(corpus.splits["train"], recipe.batch_size, recipe.seq_len, gens["train"])
         result = train_step(loss_of, params, optimizer, (x.to(device), y.to(device)), lr, recipe.grad_clip)

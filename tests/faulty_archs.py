@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from harness.archs import make_config
@@ -28,15 +29,15 @@ class Model(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(config.d_model, config.ffn_hidden), nn.Linear(config.ffn_hidden, config.d_model))
         self.head = nn.Linear(config.d_model, config.vocab_size)
         self.head.weight = self.emb.weight  # tied, so that even a micro budget has room for the knob
-        self.step = 0
-
-    def on_train_step(self, step: int) -> None:
-        self.step = step
+        # training forwards so far; a buffer, so a resumed run knows where it is (as trn_hybrid's ramp does)
+        self.register_buffer("forward_count", torch.zeros((), dtype=torch.long))
 
     def forward(self, input_ids):
         x = self.emb(input_ids)
         logits = self.head(x + self.ffn(x))
-        if self.training and self.step >= self.config.fail_at:
+        if self.training:
+            self.forward_count += 1
+        if self.training and self.forward_count.item() > self.config.fail_at:
             if self.config.failure == "raise":
                 raise RuntimeError("injected failure")
             return logits * float("nan")

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
 from harness.archs import build, info
-from harness.archs.eam import Decoder, ElasticMemory, Encoder, Config, EntryTransformer, key_projection
+from harness.archs.eam import (Decoder, ElasticMemory, Encoder, Config, EntryTransformer, ProseElasticMemory,
+                               key_projection)
 
 D = 8  # key width of the hand-built memories
 
@@ -24,9 +25,12 @@ def e(*coefficients):
 
 
 def memory(*addresses, weights=None, counters=None, max_locations=8, **kw):
-    """A memory whose live rows are the given addresses (and W, C), value width 2."""
-    m = ElasticMemory(key_dim=D, value_dim=2, max_locations=max_locations,
-                      initial_locations=len(addresses), **kw)
+    """A prose-rules memory whose live rows are the given addresses (and W, C), value width 2.
+
+    The published (code) rules are pinned in tests/test_eam_memory.py.
+    """
+    m = ProseElasticMemory(key_dim=D, value_dim=2, max_locations=max_locations,
+                           initial_locations=len(addresses), **kw)
     m.addresses[: len(addresses)] = torch.stack(addresses)
     if weights is not None:
         m.write_weights[: len(weights)] = torch.tensor(weights)
@@ -42,7 +46,7 @@ def test_entry_sizes_on_the_meta_device():
         assert n_params(Decoder(512, 1024)) == 1_574_912
         model = build("eam")
     assert n_params(model) == 425_984 + 1_574_912  # the memory and key projection are buffers
-    assert info("eam").match_knob is None and info("eam").reconstruction
+    assert info("eam").match_knob is None and not info("eam").reconstruction  # the code's parts
 
 
 def test_key_projection_is_seeded_and_semi_orthogonal():
@@ -105,7 +109,7 @@ def test_learning_rate_decays_per_key_to_its_floor():
 def test_regulation_runs_once_per_mark_crossed():
     m = memory(e(1), regulate_every=4)
     calls = []
-    m.regulate = lambda keys, values: calls.append(len(keys))
+    m.regulate = lambda keys, values, top1=None: calls.append(len(keys))
     for n in (3, 2, 8):  # 0 -> 3 (no mark), 3 -> 5 (4), 5 -> 13 (8 and 12)
         m.write(e(1).expand(n, D), torch.zeros(n, 2))
     assert calls == [2, 8, 8] and int(m.keys_written) == 13
@@ -175,7 +179,7 @@ def test_read_is_the_softmax_weighted_mean_of_the_top_written_locations():
     torch.testing.assert_close(m.read(q[None]), (p[0] * v0 + p[1] * v1)[None])
     m.read_top_k = 1
     torch.testing.assert_close(m.read(q[None]), v0[None])
-    assert not ElasticMemory(key_dim=D, value_dim=2, max_locations=4, initial_locations=2).read(q[None]).any()
+    assert not ProseElasticMemory(key_dim=D, value_dim=2, max_locations=4, initial_locations=2).read(q[None]).any()
 
 
 def _busy_memory(seed):

@@ -265,7 +265,7 @@ def test_resumed_run_continues_the_warm_ramp(tmp_path, shared_data, monkeypatch,
     from safetensors.torch import load_file
 
     from harness.study import resolve, run_spec
-    from harness.train import train_run
+    from harness.run import execute
     from tests.conftest import MICRO_STUDY, micro_config
 
     hparams = dict(attn_layers=[1], n_kv_heads=1, n_oscillators=4, bigram_buckets=64, bigram_dim=8, warm_steps=30)
@@ -280,12 +280,12 @@ def test_resumed_run_continues_the_warm_ramp(tmp_path, shared_data, monkeypatch,
         return forward(self, h)
 
     monkeypatch.setattr(trn_hybrid.TemporalResonance, "forward", failing_forward)
-    assert train_run(spec, tmp_path / "run", state_dir=tmp_path / "state") == "failed"
+    assert execute(spec, tmp_path / "run", state_dir=tmp_path / "state") == "failed"
     monkeypatch.setattr(trn_hybrid.TemporalResonance, "forward", forward)
     capsys.readouterr()
-    assert train_run(spec, tmp_path / "retry", state_dir=tmp_path / "state") == "completed"
+    assert execute(spec, tmp_path / "retry", state_dir=tmp_path / "state") == "completed"
     assert "resumed from" in capsys.readouterr().err
-    assert train_run(spec, tmp_path / "straight", state_dir=tmp_path / "s2") == "completed"
+    assert execute(spec, tmp_path / "straight", state_dir=tmp_path / "s2") == "completed"
     drop = lambda run: pd.read_csv(run / "metrics.csv").drop(columns="wall_time")  # noqa: E731
     pd.testing.assert_frame_equal(drop(tmp_path / "retry"), drop(tmp_path / "straight"))
     weights = load_file(str(tmp_path / "retry" / "model.safetensors"))

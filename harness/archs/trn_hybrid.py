@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import make_config
+from harness.archs.layers import rms_norm
 
 
 @dataclass
@@ -84,11 +85,6 @@ class Config:
 def swiglu_hidden(d_model: int, mlp_mult: int) -> int:
     """The source's SwiGLU width: 2/3 of the attention MLP's, truncated, then rounded up to a multiple of 256."""
     return (int(2 / 3 * mlp_mult * d_model) + 255) // 256 * 256
-
-
-def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    """Weightless RMSNorm over the last dim (the entry's norms carry no parameters)."""
-    return F.rms_norm(x, (x.size(-1),))
 
 
 def linear_scan(alpha: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
