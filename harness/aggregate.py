@@ -121,6 +121,23 @@ def _per_arch_shape(runs: pd.DataFrame) -> pd.DataFrame:
     return known.groupby("arch", as_index=False)[SHAPE_COLUMNS].first()
 
 
+def _with_shape_flags(pairs: pd.DataFrame, summary: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """Mark what a pair's verdict cannot say: ``decidable`` False when the seed counts cannot reach
+    significance after the correction over every pair; ``unmatched`` names each architecture of the pair
+    whose parameter count lies outside the study's tolerance of the budget (a pipeline, say)."""
+    tolerance = (study.get("shape") or {}).get("tolerance", 0.01)
+    deviation = summary.set_index("arch")["deviation"] if "deviation" in summary else pd.Series(dtype=float)
+    off = {a: d for a, d in deviation.items() if pd.notna(d) and abs(d) > tolerance}
+
+    def unmatched(a: str, b: str) -> str:
+        return "; ".join(f"{x} {100 * off[x]:+.1f}% of the budget" for x in (a, b) if x in off)
+
+    pairs = pairs.copy()
+    pairs["decidable"] = pairs["min_possible_p"] * len(pairs) <= stats.ALPHA
+    pairs["unmatched"] = [unmatched(a, b) for a, b in zip(pairs["arch_a"], pairs["arch_b"])]
+    return pairs
+
+
 def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     """Read every run folder of ``study`` and write the study's tables to ``out_dir``."""
     if not run_dirs:
@@ -151,10 +168,11 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
     summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on="arch", how="left")
-    pairs = stats.compare(scores, seed=0)
+    pairs = _with_shape_flags(stats.compare(scores, seed=0), summary, study)
     verdicts = claims.evaluate(study, runs, events)
     headlines, publication = claims.headlines(study, runs, events)
-    notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication}
+    notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
+             "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"]))}
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")

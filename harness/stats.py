@@ -279,3 +279,14 @@ def seed_caveat(summary: pd.DataFrame, pairs: pd.DataFrame) -> str:
             "study cannot support a claim that one architecture beats another: that needs at least "
             f"{seeds_needed(m)} seeds per architecture.")
     return " ".join(sentences)
+
+
+def final_window_caveat(steps: int, eval_every: int, share: float = 0.2) -> str:
+    """A warning when the evaluations that make the smoothed final value span more than ``share`` of
+    training ("" otherwise): then "final" is an average over much of the run, not its end."""
+    span = (SMOOTH_EVALS - 1) * eval_every
+    if steps <= 0 or span / steps <= share:
+        return ""
+    return (f"The smoothed final value averages the last {SMOOTH_EVALS} evaluations, which here span steps "
+            f"{max(0, steps - span):,}-{steps:,}: {100 * min(1.0, span / steps):.0f}% of this {steps:,}-step "
+            "training, so it describes much of the run rather than its end.")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import claims, text
+from harness import claims, stats, text
 from harness.report import figures, page as report, tables
 from harness.aggregate import aggregate
 from tests.test_aggregate import make_runs, make_study, realistic_special
@@ -201,3 +201,35 @@ def test_perplexity_of_a_huge_finite_loss_is_infinite_not_an_overflow():
     assert text.perplexity(2.0) == pytest.approx(7.389, abs=1e-3)
     assert text.perplexity(800.0) == text.perplexity(float("inf")) == float("inf")
     assert math.isnan(text.perplexity(None)) and math.isnan(text.perplexity(float("nan")))
+
+
+def test_pairs_the_seeds_cannot_decide_are_marked_once_and_an_unmatched_pair_is_flagged(tmp_path):
+    study = make_study(archs=("eam", "memnls", "transformer"), seeds=(0, 1, 2))
+    run_dirs = make_runs(tmp_path / "results", study)
+    for run_dir in (d for d in run_dirs if d.parent.name == "eam"):
+        run = json.loads((run_dir / "run.json").read_text())
+        run["shape"].update(knob=None, knob_value=None, deviation=-0.46)
+        (run_dir / "run.json").write_text(json.dumps(run))
+    aggregate(run_dirs, tmp_path / "agg", study)
+    pairs = pd.read_csv(tmp_path / "agg" / "pairs.csv").set_index(["arch_a", "arch_b"])
+    # 3 vs 3 seeds: the smallest exact p is 0.1, times 3 pairs > 0.05, so no pair is decidable
+    assert not pairs["decidable"].any()
+    assert pairs.loc[("eam", "memnls"), "unmatched"] == "eam -46.0% of the budget"
+    assert pd.isna(pairs.loc[("memnls", "transformer"), "unmatched"])
+    report.render(tmp_path / "agg", tmp_path / "report.html")
+    found = sections((tmp_path / "report.html").read_text())["pairs"]
+    assert found.count("cannot be decided with these seeds") == 3
+    assert found.count("no difference detectable") == 0  # the long sentence is not repeated per row
+    assert "3 of 3 pairs cannot reach significance" in found
+    assert found.count("not parameter-matched: eam -46.0% of the budget") == 2
+
+
+def test_a_final_value_over_much_of_training_is_warned_about():
+    assert stats.final_window_caveat(200, 20) == ""  # the last 3 evaluations span 40 of 200 steps
+    sentence = stats.final_window_caveat(50, 10)
+    assert "span steps 30-50: 40% of this 50-step training" in sentence
+
+
+def test_the_events_section_says_the_detector_reads_only_the_losses(small):
+    _, page = small
+    assert "The detector reads only the loss curves" in sections(page)["events"]

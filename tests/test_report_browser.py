@@ -61,6 +61,8 @@ def check_in_browser(browser, html: Path, n_figures: int, screenshot: Path) -> N
     assert page.locator("#smoke-banner").is_visible()
     assert page.locator("section#claims table").count() >= 1
     assert requests == [html.as_uri()]  # self-contained: nothing fetched beyond the page itself
+    # nothing widens the page past the window: wide tables scroll inside their own box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     assert problems == []
 
     page.screenshot(path=str(screenshot), full_page=True)

@@ -21,8 +21,10 @@ CAPTIONS = {
         "Probability that the row architecture ends with a lower final perplexity than the column one "
         "(Mann-Whitney U / (n_a n_b), ties 1/2), with its 95% interval: a seeded bootstrap from 5 seeds each, below "
         "that Newcombe's score interval (a bootstrap of 3 perfectly separated seeds would claim [1, 1]); 0.5 = no "
-        "difference."),
-    "grad_norm": "Pre-clip global gradient norm against training step (log scale), with the detected events.",
+        "difference. Greyed, hatched cells are pairs the seed counts cannot decide, however far apart they look."),
+    "grad_norm": (
+        "Pre-clip global gradient norm against training step (log scale), with the events the detector found on "
+        "the loss curves (it does not read gradient norms)."),
 }
 PUBLISHED_CURVE = " The published curve (one seed) is dotted, cut at this study's last step."
 

@@ -15,7 +15,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
 from harness.report.captions import caption
@@ -237,9 +237,16 @@ def fig_pairs(agg: Aggregate) -> Figure | None:
     side = 0.9 * len(archs) + 2.0
     fig, (ax,) = _figure(1, size=(side + 1.4, side))
     image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
-    for (i, j), label in np.ndenumerate(labels):  # white on the dark ends of the colour scale
-        ax.text(j, i, label, ha="center", va="center", fontsize=8,
-                color="white" if abs(prob[i, j] - 0.5) > 0.3 else "black")
+    undecidable = np.zeros(prob.shape, dtype=bool)
+    for row in agg.pairs.itertuples(index=False):
+        if not row.decidable:
+            undecidable[index[row.arch_a], index[row.arch_b]] = undecidable[index[row.arch_b], index[row.arch_a]] = True
+    for (i, j), label in np.ndenumerate(labels):
+        if undecidable[i, j]:  # saturated colours at 3 vs 3 seeds would read as strong effects
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="#9a9a9a",
+                                   hatch="///", lw=0))
+        dark = abs(prob[i, j] - 0.5) > 0.3 and not undecidable[i, j]  # white on the dark ends of the scale
+        ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
     ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
     ax.set_yticks(range(len(archs)), archs)

@@ -9,10 +9,13 @@ import json
 import math
 
 from harness.contracts import PIPELINE_KEY
+from harness.stats import ALPHA
 from harness.report.figures import collapse_k_n
 from harness.report.tables import Aggregate
 from harness.text import missing, num, perplexity, plain, step
 
+DETECTOR_READS = ("The detector reads only the loss curves (training and validation); gradient norms and "
+                  "other metrics are shown for context and are not tested for events.")
 PREFIX = f"{PIPELINE_KEY}_"  # runs.csv columns of a pipeline's own numbers (harness.aggregate)
 
 
@@ -26,7 +29,8 @@ def _table(header: list[str], rows: list[list], row_classes: list[str] | None = 
         cells = "".join(('<td class="num">' if c in numeric else "<td>") + html.escape(str(v)) + "</td>"
                         for c, v in enumerate(row))
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # a wide table scrolls inside its own box instead of widening the page
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def p(text: str, cls: str = "") -> str:
@@ -98,8 +102,8 @@ def summary_section(agg: Aggregate) -> str:
               f"last 3 evaluations), the value the statistics use{published}. A diverged run is kept and counts "
               "as infinite perplexity; a failed run (a crash) has no score.", "note")
     table = _table(header, rows, numeric={2, 3, 5, 6} | ({9} if target else set()))
-    caveat = p(agg.notes["seed_caveat"], "warn") if agg.notes.get("seed_caveat") else ""
-    return section("summary", "Summary over seeds", [table, note, caveat])
+    caveats = [p(agg.notes[key], "warn") for key in ("seed_caveat", "final_window") if agg.notes.get(key)]
+    return section("summary", "Summary over seeds", [table, note, *caveats])
 
 
 def not_completed_section(agg: Aggregate) -> str:
@@ -127,7 +131,7 @@ def not_completed_section(agg: Aggregate) -> str:
 def events_section(agg: Aggregate) -> str:
     ev = agg.events.sort_values(["arch", "seed", "onset_step"])
     if ev.empty:
-        return section("events", "Events", [p("The detector found no event in any run.")])
+        return section("events", "Events", [p("The detector found no event in any run."), p(DETECTOR_READS, "note")])
     notes = "note" in ev.columns
     rows = [[e["arch"], int(e["seed"]), e["type"], e["split"], step(e["onset_step"]), step(e["train_onset_step"]),
              step(e["peak_step"]), num(e["peak_value"]), f"{num(e['magnitude'])}x",
@@ -139,6 +143,7 @@ def events_section(agg: Aggregate) -> str:
         _table(["arch", "seed", "type", "split", "onset step", "train onset step", "peak step",
                 f"peak ppl (per {agg.unit})", "magnitude", "end step", "recovered", "score", "threshold"]
                + (["note"] if notes else []), rows, numeric={4, 5, 6, 7, 8, 9, 11, 12}),
+        p(DETECTOR_READS, "note"),
         p("Onset: the last evaluation still at the pre-event level, on the curve that defines the event; "
            "train onset: the same on the training curve. Magnitude: peak / pre-event perplexity. End: the first "
            "evaluation back within 10% of the pre-event level.", "note")])
@@ -236,13 +241,30 @@ def provenance_section(agg: Aggregate) -> str:
 
 
 def pairs_table(agg: Aggregate) -> str:
+    """One row per pair. A pair the seed counts cannot decide says so in a word, and the reason is said
+    once above the table, not in every row; a pair with an architecture outside the budget is flagged."""
     if agg.pairs.empty:
         return p("One architecture: no pairs to compare.")
-    rows = [[p.arch_a, p.arch_b, f"{p.n_a} vs {p.n_b}", num(p.prob_improvement),
-             f"[{num(p.pi_lo)}, {num(p.pi_hi)}]" + ("" if missing(p.pi_interval) else f" {p.pi_interval}"),
-             num(p.mannwhitney_p, 3), num(p.holm_p, 3), num(p.fisher_p, 3), num(p.min_possible_p, 4), p.verdict]
-            for p in agg.pairs.sort_values(["arch_a", "arch_b"]).itertuples(index=False)]
-    return _table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p", "Fisher p (collapse)",
-                   "smallest possible p", "verdict"], rows, numeric={3, 5, 6, 7, 8})
+    pairs = agg.pairs.sort_values(["arch_a", "arch_b"])
+    undecidable = ~pairs["decidable"].astype(bool)
+    rows = [[r.arch_a, r.arch_b, f"{r.n_a} vs {r.n_b}", num(r.prob_improvement),
+             f"[{num(r.pi_lo)}, {num(r.pi_hi)}]" + ("" if missing(r.pi_interval) else f" {r.pi_interval}"),
+             num(r.mannwhitney_p, 3), num(r.holm_p, 3), num(r.fisher_p, 3), num(r.min_possible_p, 4),
+             "cannot be decided with these seeds" if not r.decidable else r.verdict,
+             "" if missing(r.unmatched) else f"not parameter-matched: {r.unmatched}"]
+            for r in pairs.itertuples(index=False)]
+    parts = []
+    if undecidable.any():
+        parts.append(p(f"{int(undecidable.sum())} of {len(pairs)} pairs cannot reach significance with these seed "
+                       "counts, whatever the data: the smallest p-value an exact rank test can give, times the "
+                       f"{len(pairs)} comparisons, exceeds {ALPHA}. Their cells in the matrix are greyed and "
+                       "hatched; see the note under the summary for the seeds a decision needs.", "warn"))
+    if (pairs["unmatched"].fillna("") != "").any():
+        parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
+                       "there is partly a difference of budget.", "warn"))
+    parts.append(_table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p",
+                         "Fisher p (collapse)", "smallest possible p", "verdict", "shape"], rows,
+                        numeric={3, 5, 6, 7, 8}))
+    return "".join(parts)
 
 
