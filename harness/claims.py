@@ -13,7 +13,9 @@ from typing import Any
 import pandas as pd
 
 from harness.contracts import CLAIM_COLUMNS
-from harness.stats import wilson
+from scipy.stats import binomtest
+
+from harness.stats import ALPHA, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
 
 
@@ -75,13 +77,21 @@ PUBLISHED: dict[str, PublishedStudy] = {
                   expect_collapse=False, counts=("collapse", "divergence"), horizon=50_000),
             # the published collapse runs from 28,000 to 34,000: a shorter run cannot show it whole
             # "at ~28k": a collapse counts with its onset within 25% of 28,000 steps
+            # a run that collapses and then diverges, or diverges inside the window, shows the claimed failure
             Claim(arch="transformer", statement="matched 70M transformer collapses at ~28k steps",
-                  expect_collapse=True, counts=("collapse",), horizon=34_000, onset_window=(21_000, 35_000)),
+                  expect_collapse=True, counts=("collapse", "divergence"), horizon=34_000,
+                  onset_window=(21_000, 35_000)),
         ),
     ),
 }
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
+FALSE_ALARM_RATE = 0.02
+"""The share of healthy runs the detector may flag: the target benchmarks/collapse_calibration.py measures
+and tests/test_collapse_calibration.py enforces under every noise model. A claim's events count as real
+only beyond it."""
+MIN_SEEDS = 3  # no verdict from fewer runs, whatever they show
+TYPICAL = 0.5  # "runs collapse" / "runs do not" speak of the typical run: the rate's side of 1/2
 
 
 def published(key: str) -> PublishedStudy:
@@ -98,24 +108,34 @@ def relevant(study: dict) -> list[PublishedStudy]:
     return [p for _, p in sorted(PUBLISHED.items()) if archs & {c.arch for c in p.claims}]
 
 
-def _runs_with_event(runs: pd.DataFrame, events: pd.DataFrame,
-                     claim: Claim) -> tuple[int, int, list[int], list[int]]:
-    """(k, n, onsets that count, onsets outside the claim's window): n = runs of the arch that trained
-    (a crash says nothing about stability)."""
-    trained = runs[(runs["arch"] == claim.arch) & (runs["status"] != "failed")]
-    hit = events[(events["arch"] == claim.arch) & events["type"].isin(claim.counts)]
-    elsewhere: list[int] = []
+def _runs_with_event(runs: pd.DataFrame, events: pd.DataFrame, claim: Claim,
+                     horizon: int) -> tuple[int, int, list[int], list[str]]:
+    """(k, n, onsets that count, what else happened) over the runs that can test the claim.
+
+    n counts the runs of the arch that trained to ``horizon`` (the claim's), and those that diverged (the model
+    broke: a run that stops there is an outcome, not a gap). A crash, or a run stopped short of the
+    horizon, says nothing and leaves n. A divergence (an event, or a diverged run's last step) inside the
+    claim's window counts as the claimed catastrophe when the claim counts divergence."""
+    arch_runs = runs[(runs["arch"] == claim.arch) & (runs["status"] != "failed")]
+    reached = pd.to_numeric(arch_runs.get("steps_done", pd.Series(horizon, index=arch_runs.index)),
+                            errors="coerce").fillna(horizon) >= horizon
+    testing = arch_runs[reached | (arch_runs["status"] == "diverged")]
+    seeds = set(testing["seed"].astype(int))
+    hit = events[(events["arch"] == claim.arch) & events["type"].isin(claim.counts) & events["seed"].isin(seeds)]
+    hit = hit.assign(onset_step=hit["onset_step"].astype(float))
+    if "divergence" in claim.counts:  # a diverged run's end is a divergence, whether or not an event says so
+        ends = testing[testing["status"] == "diverged"]
+        ends = pd.DataFrame({"seed": ends["seed"].astype(int),
+                             "onset_step": pd.to_numeric(ends.get("steps_done"), errors="coerce")})
+        hit = pd.concat([hit[["seed", "onset_step"]], ends], ignore_index=True)
+    elsewhere: list[str] = []
     if claim.onset_window is not None:
         start, end = claim.onset_window
         inside = hit["onset_step"].between(start, end)
-        elsewhere = sorted(int(s) for s in hit.loc[~inside, "onset_step"].dropna())
+        elsewhere = [f"seed {int(r.seed)} at step {int(r.onset_step):,}" for r in hit[~inside].dropna().itertuples()]
         hit = hit[inside]
-    seeds_hit = set(hit["seed"].astype(int))
-    if "divergence" in claim.counts:
-        seeds_hit |= set(trained.loc[trained["status"] == "diverged", "seed"].astype(int))
-    seeds_hit &= set(trained["seed"].astype(int))
-    onsets = sorted(int(s) for s in hit.loc[hit["seed"].isin(seeds_hit), "onset_step"].dropna())
-    return len(seeds_hit), len(trained), onsets, elsewhere
+    onsets = sorted({int(s) for s in hit["onset_step"].dropna()})
+    return hit["seed"].nunique(), len(testing), onsets, sorted(set(elsewhere))
 
 
 def _why_untestable(study: dict, pub: PublishedStudy, claim: Claim, steps: int) -> str | None:
@@ -145,23 +165,25 @@ def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
         for claim in pub.claims:
             if claim.arch not in set(runs["arch"]):
                 continue
-            k, n, onsets, elsewhere = _runs_with_event(runs, events, claim)
+            untestable = _why_untestable(study, pub, claim, steps)
+            # a study that cannot test the claim still says what its runs did, however short
+            k, n, onsets, elsewhere = _runs_with_event(runs, events, claim, 0 if untestable else claim.horizon)
             lo, hi = wilson(k, n)  # 95% Wilson: sensible at k = 0 and k = n, unlike the normal interval
             kind = "with a " + " or ".join(claim.counts)
             window = (f" with onset at steps {claim.onset_window[0]:,}-{claim.onset_window[1]:,}"
                       if claim.onset_window else "")
-            test = (f"seeds {kind} event{window} (k of n trained runs), 95% Wilson interval; "
-                    f"needs {pub.data} {pub.tokens} and at least {claim.horizon:,} steps")
-            untestable = _why_untestable(study, pub, claim, steps)
+            test = (f"seeds {kind} event{window} (k of n runs that reached step {claim.horizon:,} or diverged), "
+                    f"95% Wilson interval, one-sided binomial test against the detector's false-alarm rate "
+                    f"{FALSE_ALARM_RATE:.0%}; needs {pub.data} {pub.tokens} and at least {claim.horizon:,} steps")
             measured = (f"{k} of {n} seeds had a {' or '.join(claim.counts)} event{window} in {steps:,} steps"
                         + (f" (onsets at steps {', '.join(f'{s:,}' for s in onsets)})" if onsets else "")
-                        + (f"; outside that window, onsets at steps {', '.join(f'{s:,}' for s in elsewhere)}"
-                           if elsewhere else ""))
-            if n == 0:
-                verdict, sentence = "no runs", "Every run of this architecture failed, so nothing was measured."
-            elif untestable:
+                        + (f"; outside that window: {', '.join(elsewhere)}" if elsewhere else ""))
+            if untestable:
                 verdict = "cannot test"
                 sentence = f"This study cannot test the claim: {untestable}. Measured here: {measured}."
+            elif n == 0:
+                verdict, sentence = "no runs", ("No run of this architecture reached the claim's horizon (or each "
+                                                "failed), so nothing was measured.")
             else:
                 verdict, sentence = _verdict(claim, k, n, lo, hi, measured)
             rows.append({"published": pub.key, "arch": claim.arch, "claim": claim.statement,
@@ -171,18 +193,47 @@ def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
+def decide(expect_event: bool, k: int, n: int) -> str:
+    """The verdict on k of n runs with the claimed event, given only when the evidence separates.
+
+    A claim that runs have an event (or have none) is about the typical run, and a detector's false alarm
+    must not decide it: events count as real only when a one-sided binomial test rejects the detector's
+    false-alarm rate (p <= ALPHA), and a rate is "typical" or "atypical" only when its 95% Wilson interval
+    lies wholly above or below 1/2. Fewer than MIN_SEEDS runs give no verdict."""
+    if n < MIN_SEEDS:
+        return "inconclusive"
+    lo, hi = wilson(k, n)
+    beyond_noise = binomtest(k, n, FALSE_ALARM_RATE, alternative="greater").pvalue <= ALPHA
+    if expect_event:
+        if beyond_noise and lo > TYPICAL:
+            return "reproduced"
+        if hi < TYPICAL:
+            return "partly reproduced" if beyond_noise else "not reproduced"
+        return "inconclusive"
+    if beyond_noise:
+        return "contradicted"
+    return "consistent" if hi < TYPICAL else "inconclusive"
+
+
+def seeds_to_settle(expect_event: bool, k: int, n: int, most: int = 50) -> int | None:
+    """The fewest runs that would give a verdict if the rate seen so far held (None: more than ``most``)."""
+    for m in range(max(n, 1) + 1, most + 1):
+        if decide(expect_event, round(m * k / n) if n else 0, m) != "inconclusive":
+            return m
+    return None
+
+
 def _verdict(claim: Claim, k: int, n: int, lo: float, hi: float, measured: str) -> tuple[str, str]:
-    interval = f"95% Wilson interval of the rate {lo:.2f} to {hi:.2f}"
-    if claim.expect_collapse:
-        verdict = "reproduced" if k == n else "not reproduced" if k == 0 else "partly reproduced"
-        sentence = f"{measured}; {interval}."
-        if k == 0:
-            sentence += f" With {n} seeds a true collapse rate up to {hi:.2f} is still possible."
-    else:
-        verdict = "consistent" if k == 0 else "contradicted"
-        sentence = f"{measured}; {interval}."
-        if k == 0:
-            sentence += f" No event seen, yet with {n} seeds the event rate could still be as high as {hi:.2f}."
+    verdict = decide(claim.expect_collapse, k, n)
+    sentence = f"{measured}; 95% Wilson interval of the rate {lo:.2f} to {hi:.2f}."
+    if verdict == "inconclusive":
+        settle = seeds_to_settle(claim.expect_collapse, k, n)
+        sentence += (f" Inconclusive: too few runs to tell the claimed behaviour from chance and from the "
+                     f"detector's false alarms ({FALSE_ALARM_RATE:.0%} of healthy runs); "
+                     + (f"{settle} seeds would settle it if this rate held." if settle else
+                        "at this rate even 50 seeds would not settle it."))
+    elif not claim.expect_collapse and verdict == "consistent" and k:
+        sentence += f" The {k} event(s) are within what the detector's false alarms explain."
     return verdict, sentence
 
 

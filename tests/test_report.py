@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import claims, stats, text
+from harness import stats, text
 from harness.report import figures, page as report, tables
 from harness.aggregate import aggregate
 from tests.test_aggregate import make_runs, make_study, realistic_special
@@ -96,39 +96,6 @@ def test_claims_table_says_a_smoke_study_cannot_test_them(small):
     assert "needs at least 50,000" in claims_html and "it is a smoke study" in claims_html
     assert "4.27" in claims_html and "27.17" in claims_html and "28,000–34,000" in claims_html  # published figures
     assert "Not like for like" in claims_html
-
-
-def _runs(rows):
-    return pd.DataFrame(rows, columns=["arch", "seed", "status", "steps_done"])
-
-
-def test_claims_verdicts_with_known_wilson_intervals():
-    study = {"data": {"name": "enwik8", "tokens": "bytes"}, "recipe": {"steps": 50_000}, "smoke": False,
-             "published": "seed-enwik8-70m",
-             "archs": {"memnls": {}, "transformer": {}}}
-    runs = _runs([("transformer", s, "completed", 50_000) for s in range(3)]
-                 + [("memnls", s, "completed", 50_000) for s in range(3)] + [("memnls", 3, "failed", 0)])
-    events = pd.DataFrame({"arch": ["transformer", "transformer", "memnls"], "seed": [0, 2, 1],
-                           "type": ["collapse", "collapse", "spike"], "onset_step": [28_000, 30_500, 9_000]})
-    verdicts = claims.evaluate(study, runs, events).set_index("arch")
-    t, m = verdicts.loc["transformer"], verdicts.loc["memnls"]
-    assert (t["k"], t["n"], t["verdict"]) == (2, 3, "partly reproduced")
-    assert (t["lo"], t["hi"]) == pytest.approx((0.2077, 0.9385), abs=1e-4)  # Wilson 95% for 2 of 3
-    assert "onsets at steps 28,000, 30,500" in t["sentence"]
-    assert (m["k"], m["n"], m["verdict"]) == (0, 3, "consistent")  # a spike is no catastrophe; the crash is out
-    assert m["hi"] == pytest.approx(0.5615, abs=1e-4) and "as high as 0.56" in m["sentence"]
-
-    diverged = runs.assign(status=lambda d: d["status"].mask((d["arch"] == "memnls") & (d["seed"] == 2), "diverged"))
-    m = claims.evaluate(study, diverged, events).set_index("arch").loc["memnls"]
-    assert (m["k"], m["verdict"]) == (1, "contradicted")
-
-    # "collapses at ~28k": a collapse at step 5,000 is another event, not the claimed one
-    early = events.assign(onset_step=events["onset_step"].mask(events["seed"] == 2, 5_000))
-    t = claims.evaluate(study, runs, early).set_index("arch").loc["transformer"]
-    assert (t["k"], t["n"]) == (1, 3) and "outside that window, onsets at steps 5,000" in t["sentence"]
-    chars = {**study, "data": {"name": "enwik8", "tokens": "chars"}}
-    t = claims.evaluate(chars, runs, events).set_index("arch").loc["transformer"]
-    assert t["verdict"] == "cannot test" and "its tokens are chars, not bytes" in t["sentence"]
 
 
 def test_published_curves_are_overlaid(small, tmp_path):
