@@ -1,89 +1,31 @@
-"""Published claims and headline figures, as data with attribution, and their test against a study.
+"""Published claims and headline figures as data (harness/claims.yaml, plus a study's own file), and
+their test against a study's runs. No torch here.
 
-A published comparison is usually one seed per architecture; the harness reruns it over several
-seeds, so each claim becomes "k of n seeds": a rate with a Wilson interval, and a plain sentence
-that says when the study is too short, or on other data, to test the claim at all. No torch here.
+A published claim usually rests on one run with one seed; the harness reruns it over several seeds and
+gives a verdict only where the evidence separates: events count beyond the detector's false-alarm rate,
+rates and means are judged by their 95% intervals, and fewer than MIN_SEEDS runs decide nothing. Each
+claim gets two verdicts: at its published setting (when the study matches it) and at proxy scale (when
+the claim is general and the study holds the runs that test it, labelled with the scale it was tested
+at). "cannot test" names exactly what is missing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
+import yaml
+from jsonschema import Draft202012Validator
+from scipy.stats import binomtest, fisher_exact, t as student_t
 
 from harness.contracts import CLAIM_COLUMNS
-from scipy.stats import binomtest
-
 from harness.stats import ALPHA, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
-
-
-@dataclass(frozen=True)
-class Headline:
-    """One architecture's published validation figures (perplexity per token of the study's kind)."""
-
-    arch: str
-    final_ppl: float  # the last evaluation, as published
-    min_ppl: float
-    min_step: int
-    collapse_start: int | None = None  # published collapse window (None = no collapse)
-    collapse_end: int | None = None
-    peak_ppl: float | None = None  # highest validation perplexity inside the collapse window
-    peak_step: int | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A published statement about one architecture's stability, testable as k of n seeds."""
-
-    arch: str
-    statement: str
-    expect_collapse: bool  # True: the claim is that runs collapse; False: that they do not
-    counts: tuple[str, ...]  # event types that count as the claimed (or excluded) event
-    horizon: int  # a run must train at least this many steps to test the claim
-    onset_window: tuple[int, int] | None = None  # a claimed event counts only with its onset in here
-
-
-@dataclass(frozen=True)
-class PublishedStudy:
-    key: str
-    title: str
-    source: str  # attribution: who published it and where
-    data: str  # dataset name as the harness spells it
-    tokens: str  # "bytes" | "chars"
-    steps: int
-    seeds: int  # seeds per architecture in the publication
-    headlines: tuple[Headline, ...]
-    claims: tuple[Claim, ...]
-
-
-PUBLISHED: dict[str, PublishedStudy] = {
-    "seed-enwik8-70m": PublishedStudy(
-        key="seed-enwik8-70m",
-        title="Memory-NLS vs a matched 70M transformer on enwik8 (50,000 steps)",
-        source="Memory-NLS authors, qrv0/triad model cards and outputs/scale_up/*/history.json, first release",
-        data="enwik8",
-        tokens="bytes",
-        steps=50_000,
-        seeds=1,
-        headlines=(
-            Headline(arch="memnls", final_ppl=4.27, min_ppl=3.86, min_step=48_000),
-            Headline(arch="transformer", final_ppl=4.87, min_ppl=2.54, min_step=22_500,
-                     collapse_start=28_000, collapse_end=34_000, peak_ppl=27.17, peak_step=33_500),
-        ),
-        claims=(
-            Claim(arch="memnls", statement="memnls: no catastrophic event in 50k steps",
-                  expect_collapse=False, counts=("collapse", "divergence"), horizon=50_000),
-            # the published collapse runs from 28,000 to 34,000: a shorter run cannot show it whole
-            # "at ~28k": a collapse counts with its onset within 25% of 28,000 steps
-            # a run that collapses and then diverges, or diverges inside the window, shows the claimed failure
-            Claim(arch="transformer", statement="matched 70M transformer collapses at ~28k steps",
-                  expect_collapse=True, counts=("collapse", "divergence"), horizon=34_000,
-                  onset_window=(21_000, 35_000)),
-        ),
-    ),
-}
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
 FALSE_ALARM_RATE = 0.02
@@ -94,103 +36,86 @@ MIN_SEEDS = 3  # no verdict from fewer runs, whatever they show
 TYPICAL = 0.5  # "runs collapse" / "runs do not" speak of the typical run: the rate's side of 1/2
 
 
-def published(key: str) -> PublishedStudy:
-    if key not in PUBLISHED:
-        raise ValueError(f"unknown published study {key!r}: choose one of {sorted(PUBLISHED)} (study key 'published')")
-    return PUBLISHED[key]
+@dataclass(frozen=True)
+class Claim:
+    id: str
+    source: str
+    statement: str
+    kind: str
+    archs: tuple[str, ...]
+    setting: dict[str, Any]
+    params: dict[str, Any]
+    proxy: bool = False
+    note: str = ""
 
 
-def relevant(study: dict) -> list[PublishedStudy]:
-    """The study's own published reference, or else every publication with a claim about one of its archs."""
-    if study.get("published"):
-        return [published(study["published"])]
-    archs = set(study.get("archs", {}))
-    return [p for _, p in sorted(PUBLISHED.items()) if archs & {c.arch for c in p.claims}]
+@dataclass
+class Outcome:
+    """What a study's runs say about one claim."""
+
+    verdict: str
+    sentence: str
+    k: float = math.nan  # events counted (rate kinds) ...
+    n: float = math.nan  # ... of n runs
+    estimate: float = math.nan  # the rate, mean or difference the verdict judged
+    lo: float = math.nan  # its 95% interval
+    hi: float = math.nan
 
 
-def _runs_with_event(runs: pd.DataFrame, events: pd.DataFrame, claim: Claim,
-                     horizon: int) -> tuple[int, int, list[int], list[str]]:
-    """(k, n, onsets that count, what else happened) over the runs that can test the claim.
+@dataclass
+class Evidence:
+    """The study-level tables a claim is tested on (``quantization`` None: the study has no such stage)."""
 
-    n counts the runs of the arch that trained to ``horizon`` (the claim's), and those that diverged (the model
-    broke: a run that stops there is an outcome, not a gap). A crash, or a run stopped short of the
-    horizon, says nothing and leaves n. A divergence (an event, or a diverged run's last step) inside the
-    claim's window counts as the claimed catastrophe when the claim counts divergence."""
-    arch_runs = runs[(runs["arch"] == claim.arch) & (runs["status"] != "failed")]
-    reached = pd.to_numeric(arch_runs.get("steps_done", pd.Series(horizon, index=arch_runs.index)),
-                            errors="coerce").fillna(horizon) >= horizon
-    testing = arch_runs[reached | (arch_runs["status"] == "diverged")]
-    seeds = set(testing["seed"].astype(int))
-    hit = events[(events["arch"] == claim.arch) & events["type"].isin(claim.counts) & events["seed"].isin(seeds)]
-    hit = hit.assign(onset_step=hit["onset_step"].astype(float))
-    if "divergence" in claim.counts:  # a diverged run's end is a divergence, whether or not an event says so
-        ends = testing[testing["status"] == "diverged"]
-        ends = pd.DataFrame({"seed": ends["seed"].astype(int),
-                             "onset_step": pd.to_numeric(ends.get("steps_done"), errors="coerce")})
-        hit = pd.concat([hit[["seed", "onset_step"]], ends], ignore_index=True)
-    elsewhere: list[str] = []
-    if claim.onset_window is not None:
-        start, end = claim.onset_window
-        inside = hit["onset_step"].between(start, end)
-        elsewhere = [f"seed {int(r.seed)} at step {int(r.onset_step):,}" for r in hit[~inside].dropna().itertuples()]
-        hit = hit[inside]
-    onsets = sorted({int(s) for s in hit["onset_step"].dropna()})
-    return hit["seed"].nunique(), len(testing), onsets, sorted(set(elsewhere))
+    study: dict
+    runs: pd.DataFrame
+    events: pd.DataFrame
+    quantization: pd.DataFrame | None = None
+    steps: int = field(init=False)
+
+    def __post_init__(self):
+        self.steps = int(self.study.get("recipe", {}).get("steps", 0))
 
 
-def _why_untestable(study: dict, pub: PublishedStudy, claim: Claim, steps: int) -> str | None:
-    reasons = []
-    data = study.get("data", {}).get("name")
-    if data != pub.data:
-        reasons.append(f"it trains on {data}, not {pub.data}")
-    tokens = study.get("data", {}).get("tokens")
-    if tokens != pub.tokens:
-        reasons.append(f"its tokens are {tokens}, not {pub.tokens}")
-    if steps < claim.horizon:
-        reasons.append(f"its runs train {steps:,} steps, and a test of this claim needs at least {claim.horizon:,}")
-    if study.get("smoke"):
-        reasons.append("it is a smoke study")
-    return "; ".join(reasons) or None
+# -------------------------------------------------------------------------------------- the data
 
 
-def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """One row per published claim whose architecture the study ran: verdict, k of n, Wilson interval.
+def _validated(path: Path) -> dict:
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    schema = yaml.safe_load(resources.files("harness").joinpath("claims.schema.yaml").read_text())
+    errors = sorted(Draft202012Validator(schema).iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "(top)"
+        raise ValueError(f"{path}: {where}: {first.message}")
+    return document
 
-    ``runs`` needs arch, seed, status; ``events`` needs arch, seed, type, onset_step. A failed run (a crash)
-    is left out of n: it says nothing about stability.
-    """
-    rows = []
-    steps = int(study["recipe"]["steps"])
-    for pub in relevant(study):
-        for claim in pub.claims:
-            if claim.arch not in set(runs["arch"]):
-                continue
-            untestable = _why_untestable(study, pub, claim, steps)
-            # a study that cannot test the claim still says what its runs did, however short
-            k, n, onsets, elsewhere = _runs_with_event(runs, events, claim, 0 if untestable else claim.horizon)
-            lo, hi = wilson(k, n)  # 95% Wilson: sensible at k = 0 and k = n, unlike the normal interval
-            kind = "with a " + " or ".join(claim.counts)
-            window = (f" with onset at steps {claim.onset_window[0]:,}-{claim.onset_window[1]:,}"
-                      if claim.onset_window else "")
-            test = (f"seeds {kind} event{window} (k of n runs that reached step {claim.horizon:,} or diverged), "
-                    f"95% Wilson interval, one-sided binomial test against the detector's false-alarm rate "
-                    f"{FALSE_ALARM_RATE:.0%}; needs {pub.data} {pub.tokens} and at least {claim.horizon:,} steps")
-            measured = (f"{k} of {n} seeds had a {' or '.join(claim.counts)} event{window} in {steps:,} steps"
-                        + (f" (onsets at steps {', '.join(f'{s:,}' for s in onsets)})" if onsets else "")
-                        + (f"; outside that window: {', '.join(elsewhere)}" if elsewhere else ""))
-            if untestable:
-                verdict = "cannot test"
-                sentence = f"This study cannot test the claim: {untestable}. Measured here: {measured}."
-            elif n == 0:
-                verdict, sentence = "no runs", ("No run of this architecture reached the claim's horizon (or each "
-                                                "failed), so nothing was measured.")
-            else:
-                verdict, sentence = _verdict(claim, k, n, lo, hi, measured)
-            rows.append({"published": pub.key, "arch": claim.arch, "claim": claim.statement,
-                         "source": pub.source, "verdict": verdict, "k": k, "n": n,
-                         "rate": k / n if n else float("nan"), "lo": lo, "hi": hi, "steps": steps,
-                         "test": test, "sentence": sentence})
-    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+def load(extra: str | Path | None = None) -> tuple[dict[str, dict], list[Claim]]:
+    """The packaged publications and claims, plus those of ``extra`` (a study's own claims file)."""
+    documents = [_validated(Path(str(resources.files("harness").joinpath("claims.yaml"))))]
+    if extra:
+        documents.append(_validated(Path(extra)))
+    publications, found = {}, []
+    for document in documents:
+        publications.update(document.get("publications", {}))
+        found += [Claim(**{**c, "archs": tuple(c["archs"])}) for c in document.get("claims", [])]
+    ids = [c.id for c in found]
+    if repeated := sorted({i for i in ids if ids.count(i) > 1}):
+        raise ValueError(f"claim id(s) {repeated} defined twice (packaged claims and {extra})")
+    return publications, found
+
+
+def published(key: str) -> dict:
+    publications, _ = load()
+    if key not in publications:
+        raise ValueError(f"unknown published study {key!r}: choose one of {sorted(publications)} (study key 'published')")
+    return publications[key]
+
+
+# -------------------------------------------------------------------------------------- verdict rules
 
 
 def decide(expect_event: bool, k: int, n: int) -> str:
@@ -223,18 +148,237 @@ def seeds_to_settle(expect_event: bool, k: int, n: int, most: int = 50) -> int |
     return None
 
 
-def _verdict(claim: Claim, k: int, n: int, lo: float, hi: float, measured: str) -> tuple[str, str]:
-    verdict = decide(claim.expect_collapse, k, n)
-    sentence = f"{measured}; 95% Wilson interval of the rate {lo:.2f} to {hi:.2f}."
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean of per-seed values and its 95% Student-t interval (NaN interval below 2 values)."""
+    values = np.asarray(values, dtype=float)
+    mean = float(values.mean()) if len(values) else math.nan
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = student_t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _inconclusive_text(expect_event: bool, k: int, n: int) -> str:
+    settle = seeds_to_settle(expect_event, k, n)
+    return (f" Inconclusive: too few runs to tell the claimed behaviour from chance and from the detector's "
+            f"false alarms ({FALSE_ALARM_RATE:.0%} of healthy runs); "
+            + (f"{settle} seeds would settle it if this rate held." if settle else
+               "at this rate even 50 seeds would not settle it."))
+
+
+# -------------------------------------------------------------------------------------- the kinds
+
+
+def _runs_with_event(evidence: Evidence, arch: str, types: tuple[str, ...], horizon: int,
+                     window: tuple[int, int] | None = None) -> tuple[int, int, list[int], list[str]]:
+    """(k, n, onsets that count, what else happened) over the runs of ``arch`` that can test a claim.
+
+    n counts the runs that trained to ``horizon``, and those that diverged (the model broke: a run that
+    stops there is an outcome, not a gap). A crash, or a run stopped short of the horizon, says nothing
+    and leaves n. A diverged run's end counts as a divergence when the claim counts divergence."""
+    runs, events = evidence.runs, evidence.events
+    arch_runs = runs[(runs["arch"] == arch) & (runs["status"] != "failed")]
+    done = pd.to_numeric(arch_runs["steps_done"], errors="coerce") if "steps_done" in arch_runs else None
+    reached = done.fillna(horizon) >= horizon if done is not None else pd.Series(True, index=arch_runs.index)
+    testing = arch_runs[reached | (arch_runs["status"] == "diverged")]
+    seeds = set(testing["seed"].astype(int))
+    hit = events[(events["arch"] == arch) & events["type"].isin(types) & events["seed"].isin(seeds)]
+    hit = hit[["seed", "onset_step"]].astype({"onset_step": float})
+    if "divergence" in types:  # a diverged run's end is a divergence, whether or not an event says so
+        ends = testing[testing["status"] == "diverged"]
+        ends = pd.DataFrame({"seed": ends["seed"].astype(int),
+                             "onset_step": pd.to_numeric(ends.get("steps_done"), errors="coerce")})
+        hit = pd.concat([hit, ends], ignore_index=True)
+    elsewhere: list[str] = []
+    if window is not None:
+        inside = hit["onset_step"].between(*window)
+        elsewhere = [f"seed {int(r.seed)} at step {int(r.onset_step):,}" for r in hit[~inside].dropna().itertuples()]
+        hit = hit[inside]
+    onsets = sorted({int(s) for s in hit["onset_step"].dropna()})
+    return hit["seed"].nunique(), len(testing), onsets, sorted(set(elsewhere))
+
+
+def _events(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    (arch,) = claim.archs
+    p = claim.params
+    types, expect_event = tuple(p["types"]), p["expect"] == "all"
+    horizon = p.get("horizon", evidence.steps) if at_setting else evidence.steps
+    window = tuple(p["window"]) if at_setting and "window" in p else None
+    k, n, onsets, elsewhere = _runs_with_event(evidence, arch, types, horizon, window)
+    if n == 0:
+        return f"needs runs of {arch} that reach step {horizon:,} (or diverge)"
+    where = f" with onset at steps {window[0]:,}-{window[1]:,}" if window else ""
+    lo, hi = wilson(k, n)
+    verdict = decide(expect_event, k, n)
+    sentence = (f"{k} of {n} seeds of {arch} had a {' or '.join(types)} event{where} in {horizon:,} steps"
+                + (f" (onsets at steps {', '.join(f'{s:,}' for s in onsets)})" if onsets else "")
+                + (f"; outside that window: {', '.join(elsewhere)}" if elsewhere else "")
+                + f"; 95% Wilson interval of the rate {lo:.2f} to {hi:.2f}.")
     if verdict == "inconclusive":
-        settle = seeds_to_settle(claim.expect_collapse, k, n)
-        sentence += (f" Inconclusive: too few runs to tell the claimed behaviour from chance and from the "
-                     f"detector's false alarms ({FALSE_ALARM_RATE:.0%} of healthy runs); "
-                     + (f"{settle} seeds would settle it if this rate held." if settle else
-                        "at this rate even 50 seeds would not settle it."))
-    elif not claim.expect_collapse and verdict == "consistent" and k:
+        sentence += _inconclusive_text(expect_event, k, n)
+    elif verdict == "consistent" and k:
         sentence += f" The {k} event(s) are within what the detector's false alarms explain."
-    return verdict, sentence
+    return Outcome(verdict, sentence, k, n, k / n, lo, hi)
+
+
+def _rates(claim: Claim, evidence: Evidence) -> tuple[tuple[int, int], tuple[int, int]]:
+    return tuple(_runs_with_event(evidence, arch, tuple(claim.params["types"]), evidence.steps)[:2]
+                 for arch in claim.archs)
+
+
+def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: tuple[str, str]) -> Outcome:
+    """One-sided Fisher tests of A's event rate against B's: fewer (verdicts[0]) or more (contradicted)."""
+    a, b = claim.archs
+    table = [[ka, na - ka], [kb, nb - kb]]
+    fewer = fisher_exact(table, alternative="less").pvalue
+    more = fisher_exact(table, alternative="greater").pvalue
+    verdict = verdicts[0] if fewer <= ALPHA else "contradicted" if more <= ALPHA else "inconclusive"
+    sentence = (f"{a}: {ka} of {na} seeds with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
+                f"one-sided Fisher p = {fewer:.3g} for fewer events in {a}, {more:.3g} for more.")
+    if verdict == "inconclusive":
+        sentence += " Inconclusive: the rates do not separate at these seed counts."
+    return Outcome(verdict, sentence, ka, na, ka / na - kb / nb, math.nan, math.nan)
+
+
+def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    (ka, na), (kb, nb) = _rates(claim, evidence)
+    if min(na, nb) < MIN_SEEDS:
+        return f"needs at least {MIN_SEEDS} trained runs of each of {' and '.join(claim.archs)}"
+    return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+
+
+def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    a, b = claim.archs
+    if float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) != 0:
+        return f"needs a grad_clip=0 variant of {a} and {b}"
+    (ka, na), (kb, nb) = _rates(claim, evidence)
+    if min(na, nb) < MIN_SEEDS:
+        return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b} without clipping"
+    own = decide(False, ka, na)
+    outcome = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+    outcome.verdict = ("contradicted" if own == "contradicted" else "supported" if own == "consistent"
+                       else "inconclusive")
+    outcome.sentence = f"Without gradient clipping, {outcome.sentence} {a} alone: {own}."
+    return outcome
+
+
+def _quantization(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    (arch,) = claim.archs
+    b = claim.params["bits"]
+    q = evidence.quantization
+    if q is None or q.empty or not (q["bits"] == b).any():
+        return f"needs the quantization stage at {b} bits (study key quantize.bits)"
+    mine = q[(q["arch"] == arch) & (q["bits"] == b)]
+    if mine.empty:
+        return f"needs quantization results of {arch} at {b} bits"
+    if claim.params.get("grows_with_training"):
+        per_seed = [np.polyfit(g["step"], g["bpt_increase"], 1)[0] for _, g in mine.groupby("seed") if g["step"].nunique() > 1]
+        if len(per_seed) < MIN_SEEDS:
+            return f"needs {arch}'s weights quantized at several training steps in {MIN_SEEDS}+ runs (quantize.every_checkpoint)"
+        slope, lo, hi = mean_interval(np.array(per_seed) * 1000)
+        verdict = "supported" if lo > 0 else "contradicted" if hi < 0 else "inconclusive"
+        return Outcome(verdict, f"The {b}-bit loss increase of {arch} changes by {slope:+.4f} bits per token per "
+                       f"1,000 steps (mean over {len(per_seed)} seeds, 95% t interval {lo:+.4f} to {hi:+.4f}).",
+                       n=len(per_seed), estimate=slope, lo=lo, hi=hi)
+    final = mine[mine["step"] == mine.groupby("seed")["step"].transform("max")]
+    if final["seed"].nunique() < MIN_SEEDS:
+        return f"needs {MIN_SEEDS}+ runs of {arch} quantized at {b} bits"
+    mean, lo, hi = mean_interval(final.groupby("seed")["bpt_increase"].mean().to_numpy())
+    bound = claim.params["at_most"]
+    verdict = "supported" if hi <= bound else "contradicted" if lo > bound else "inconclusive"
+    return Outcome(verdict, f"At {b} bits the loss of {arch} rises by {mean:+.4f} bits per token (mean over "
+                   f"{final['seed'].nunique()} seeds, 95% t interval {lo:+.4f} to {hi:+.4f}); the claim allows "
+                   f"at most {bound:+.4f}.", n=final["seed"].nunique(), estimate=mean, lo=lo, hi=hi)
+
+
+def _transfer(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    (arch,) = claim.archs
+    runs = evidence.runs
+    column = "pipeline_transfer"
+    values = runs.loc[(runs["arch"] == arch) & (runs["status"] == "completed"), column].dropna() \
+        if column in runs else pd.Series(dtype=float)
+    if len(values) < MIN_SEEDS:
+        return f"needs {MIN_SEEDS}+ completed runs of {arch} that record a transfer ratio"
+    mean, lo, hi = mean_interval(values.to_numpy())
+    bound = claim.params["at_least"]
+    verdict = "supported" if lo >= bound else "contradicted" if hi < bound else "inconclusive"
+    return Outcome(verdict, f"{arch} keeps {mean:.3f} of its teacher's loss (teacher loss / own loss, mean over "
+                   f"{len(values)} seeds, 95% t interval {lo:.3f} to {hi:.3f}); the claim is at least {bound:.3f}.",
+                   n=len(values), estimate=mean, lo=lo, hi=hi)
+
+
+KINDS: dict[str, Callable[[Claim, Evidence, bool], Outcome | str]] = {
+    "events": _events, "more_stable_than": _more_stable, "no_clip_needed": _no_clip,
+    "quantization": _quantization, "transfer": _transfer}
+
+
+# -------------------------------------------------------------------------------------- a study's verdicts
+
+
+def _setting_gap(study: dict, claim: Claim) -> list[str]:
+    """How the study differs from the setting the claim was made at ([] = it matches)."""
+    gaps = []
+    data, tokens = study.get("data", {}).get("name"), study.get("data", {}).get("tokens")
+    setting = claim.setting
+    if (data, tokens) != (setting["data"], setting["tokens"]):
+        gaps.append(f"{setting['data']} {setting['tokens']} data (this study: {data} {tokens})")
+    steps = int(study.get("recipe", {}).get("steps", 0))
+    if setting.get("steps") and steps < setting["steps"]:
+        gaps.append(f"{setting['steps']:,} steps (this study: {steps:,})")
+    if study.get("smoke"):
+        gaps.append("a study that is not a smoke study")
+    return gaps
+
+
+def _scale(evidence: Evidence, claim: Claim) -> str:
+    data = evidence.study.get("data", {})
+    sizes = evidence.runs.loc[evidence.runs["arch"].isin(claim.archs), "n_params"].dropna() \
+        if "n_params" in evidence.runs else pd.Series(dtype=float)
+    size = f", ~{int(sizes.median()):,} parameters" if len(sizes) else ""
+    return f"{data.get('name')} {data.get('tokens')}, {evidence.steps:,} steps{size}"
+
+
+def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame,
+             quantization: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per claim (packaged, plus the study's own `claims` file) whose architectures the study ran.
+
+    ``runs`` needs arch, seed, status (and steps_done, n_params, pipeline_* where a kind reads them);
+    ``events`` arch, seed, type, onset_step; ``quantization`` arch, seed, step, bits, bpt_increase."""
+    _, all_claims = load(study.get("claims"))
+    evidence = Evidence(study, runs, events, quantization)
+    ran = set(runs["arch"])
+    rows = []
+    for claim in all_claims:
+        if not set(claim.archs) <= ran:
+            continue
+        gaps = _setting_gap(study, claim)
+        verdict, proxy_verdict, scale, outcome = "cannot test", "", "", None
+        if not gaps:
+            outcome = KINDS[claim.kind](claim, evidence, True)
+            verdict, proxy_verdict = (outcome.verdict, "same setting") if isinstance(outcome, Outcome) else (
+                "cannot test", "")
+            scale = f"the published setting ({_scale(evidence, claim)})"
+        elif claim.proxy and not study.get("smoke"):
+            outcome = KINDS[claim.kind](claim, evidence, False)
+            proxy_verdict = outcome.verdict if isinstance(outcome, Outcome) else "cannot test"
+            scale = f"proxy scale ({_scale(evidence, claim)})"
+        elif claim.proxy:
+            proxy_verdict = "cannot test"
+        missing = ([f"needs {' and '.join(gaps)}"] if gaps else []) + ([outcome] if isinstance(outcome, str) else [])
+        if claim.proxy and gaps and study.get("smoke"):
+            missing.append("a smoke study gives no proxy verdict either")
+        sentence = outcome.sentence if isinstance(outcome, Outcome) else ""
+        if missing:
+            sentence = ("Cannot test " + ("at the published setting" if isinstance(outcome, Outcome) else "here")
+                        + ": " + "; ".join(missing) + "." + (" " + sentence if sentence else ""))
+        measured = outcome if isinstance(outcome, Outcome) else Outcome("", "")
+        rows.append({"id": claim.id, "claim": claim.statement, "archs": ", ".join(claim.archs), "kind": claim.kind,
+                     "source": claim.source, "note": claim.note,
+                     "setting": ", ".join(f"{k} {v}" for k, v in claim.setting.items() if v is not None),
+                     "verdict": verdict, "proxy_verdict": proxy_verdict, "scale": scale,
+                     "k": measured.k, "n": measured.n, "estimate": measured.estimate, "lo": measured.lo,
+                     "hi": measured.hi, "sentence": sentence})
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
 def headlines(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any] | None]:
@@ -247,34 +391,35 @@ def headlines(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> tuple[pd
     if not study.get("published"):
         return pd.DataFrame(columns=HEADLINE_COLUMNS), None
     pub = published(study["published"])
-    unit = UNITS.get(pub.tokens, "token")
+    unit = UNITS.get(pub["tokens"], "token")
     rows = []
 
     def with_bits(ppl: float) -> str:
         return f"{num(ppl)} ({num(bits(ppl))} bits/{unit})"
 
-    for h in pub.headlines:
-        mine = runs[(runs["arch"] == h.arch) & (runs["status"] != "failed")]
+    for h in pub["headlines"]:
+        arch, collapse = h["arch"], h.get("collapse")
+        mine = runs[(runs["arch"] == arch) & (runs["status"] != "failed")]
         if mine.empty:
-            rows.append([h.arch, "any", "", "not run in this study"])
+            rows.append([arch, "any", "", "not run in this study"])
             continue
         final, smoothed, best = (mine[c].map(perplexity) for c in ("final_loss", "final_smoothed_loss", "best_loss"))
-        rows.append([h.arch, "final val perplexity (last evaluation)", with_bits(h.final_ppl), spread(final)])
-        rows.append([h.arch, "final val perplexity (smoothed, last 3 evaluations)", "not published", spread(smoothed)])
-        rows.append([h.arch, "minimum val perplexity", f"{with_bits(h.min_ppl)} at step {h.min_step:,}",
+        rows.append([arch, "final val perplexity (last evaluation)", with_bits(h["final_ppl"]), spread(final)])
+        rows.append([arch, "final val perplexity (smoothed, last 3 evaluations)", "not published", spread(smoothed)])
+        rows.append([arch, "minimum val perplexity", f"{with_bits(h['min_ppl'])} at step {h['min_step']:,}",
                      f"{spread(best)}; at steps {', '.join(step(s) for s in mine['best_step'])}"])
-        collapses = events[(events["arch"] == h.arch) & (events["type"] == "collapse")]
-        claimed = "none" if h.collapse_start is None else (
-            f"steps {h.collapse_start:,}–{h.collapse_end:,}, peak {num(h.peak_ppl)} at step {h.peak_step:,}")
+        collapses = events[(events["arch"] == arch) & (events["type"] == "collapse")]
+        claimed = "none" if collapse is None else (
+            f"steps {collapse['start']:,}–{collapse['end']:,}, peak {num(collapse['peak_ppl'])} at step "
+            f"{collapse['peak_step']:,}")
         measured = f"{collapses['seed'].nunique()} of {len(mine)} seeds"
         if len(collapses):
             measured += ": " + "; ".join(
                 f"seed {int(e.seed)} onset {step(e.onset_step)}, peak {num(e.peak_value)} at {step(e.peak_step)}"
                 for e in collapses.itertuples(index=False))
-        rows.append([h.arch, "collapse", claimed, measured])
+        rows.append([arch, "collapse", claimed, measured])
     data, steps = study.get("data", {}).get("name"), int(study.get("recipe", {}).get("steps", 0))
-    differs = [f"{data} (not {pub.data})"] if data != pub.data else []
-    differs += [f"{steps:,} steps (not {pub.steps:,})"] if steps != pub.steps else []
-    about = {"title": pub.title, "seeds": pub.seeds, "steps": pub.steps, "data": pub.data, "source": pub.source,
-             "differs": differs}
+    differs = [f"{data} (not {pub['data']})"] if data != pub["data"] else []
+    differs += [f"{steps:,} steps (not {pub['steps']:,})"] if steps != pub["steps"] else []
+    about = {key: pub[key] for key in ("title", "seeds", "steps", "data", "source")} | {"differs": differs}
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS), about

@@ -32,9 +32,11 @@ PIPELINE_KEY = "pipeline"
 """run.json key holding a pipeline architecture's own numbers (flat name -> number or text); the
 aggregate prefixes them with ``pipeline_`` and the report shows them in one generic table."""
 
-CLAIM_COLUMNS = ["published", "arch", "claim", "source", "verdict", "k", "n", "rate", "lo", "hi",
-                 "steps", "test", "sentence"]
-"""claims.csv of a study: one row per published claim whose architecture the study ran."""
+CLAIM_COLUMNS = ["id", "claim", "archs", "kind", "source", "note", "setting", "verdict", "proxy_verdict", "scale",
+                 "k", "n", "estimate", "lo", "hi", "sentence"]
+"""claims.csv of a study: one row per published claim whose architectures the study ran: the verdict at
+the claim's published setting, the verdict at proxy scale (labelled with the scale), the numbers it was
+decided on (k of n runs for event kinds; an estimate with its 95% interval) and the sentence saying how."""
 
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]

@@ -86,10 +86,23 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         # the parameter budget's architecture, even when an override left it out of the runs
         study["reference_arch"] = _arch_entry(study["shape"]["reference"], defined)
         published_curves_file(study)  # a missing curves file fails here, before any job
+        _check_claims(study)
         studies[name] = study
     if config["study"] not in studies:
         raise ValueError(f"config 'study': {config['study']!r} is not one of the studies {sorted(studies)}")
     return studies
+
+
+def _check_claims(study: dict) -> None:
+    """A study's claims file and its published reference must load before any job runs."""
+    from harness import claims  # statistics and YAML schemas: only when a study is resolved
+
+    if study.get("claims") and not Path(study["claims"]).is_file():
+        raise ValueError(f"study {study['name']!r}: claims file {study['claims']!r} does not exist")
+    publications, _ = claims.load(study.get("claims"))
+    if study.get("published") and study["published"] not in publications:
+        raise ValueError(f"study {study['name']!r}: published {study['published']!r} is not one of the "
+                         f"publications {sorted(publications)}")
 
 
 def published_curves_file(study: dict) -> str | None:

@@ -45,21 +45,134 @@ def test_who_counts_toward_a_claim():
                        ("memnls", 2, "completed", 50_000), ("memnls", 3, "completed", 50_000)])
     events = pd.DataFrame({"arch": ["transformer", "transformer", "memnls"], "seed": [0, 1, 2],
                            "type": ["collapse", "collapse", "spike"], "onset_step": [28_000, 5_000, 9_000]})
-    verdicts = claims.evaluate(ENWIK8_50K, runs, events).set_index("arch")
-    t, m = verdicts.loc["transformer"], verdicts.loc["memnls"]
+    verdicts = claims.evaluate(ENWIK8_50K, runs, events).set_index("id")
+    t, m = verdicts.loc["transformer-collapse-28k"], verdicts.loc["memnls-no-catastrophe"]
     assert (t["k"], t["n"]) == (2, 3)  # seed 0's collapse and seed 2's divergence; seed 1's is at 5,000
     assert "outside that window: seed 1 at step 5,000" in t["sentence"]
     assert t["verdict"] == "inconclusive" and "seeds would settle it" in t["sentence"]
     assert (t["lo"], t["hi"]) == pytest.approx((0.2077, 0.9385), abs=1e-4)  # Wilson 95% for 2 of 3
     assert (m["k"], m["n"], m["verdict"]) == (1, 4, "inconclusive")  # the divergence counts; the spike does not
+    # the general claim between them: 1 of 4 vs 2 of 3 does not separate
+    assert verdicts.loc["memnls-anti-collapse", "verdict"] == "inconclusive"
+    assert set(verdicts.index) == {"transformer-collapse-28k", "memnls-no-catastrophe", "memnls-anti-collapse",
+                                   "trn-matched-transformer-int5"}  # every claim whose archs the study ran
     chars = {**ENWIK8_50K, "data": {"name": "enwik8", "tokens": "chars"}}
-    t = claims.evaluate(chars, runs, events).set_index("arch").loc["transformer"]
-    assert t["verdict"] == "cannot test" and "its tokens are chars, not bytes" in t["sentence"]
+    t = claims.evaluate(chars, runs, events).set_index("id").loc["transformer-collapse-28k"]
+    assert t["verdict"] == "cannot test" and "needs enwik8 bytes data (this study: enwik8 chars)" in t["sentence"]
 
 
 def test_ten_healthy_seeds_and_one_false_alarm_keep_a_no_collapse_claim():
     runs = runs_table([("memnls", s, "completed", 50_000) for s in range(10)])
     events = pd.DataFrame({"arch": ["memnls"], "seed": [4], "type": ["collapse"], "onset_step": [31_000]})
-    m = claims.evaluate(ENWIK8_50K, runs, events).set_index("arch").loc["memnls"]
+    m = claims.evaluate(ENWIK8_50K, runs, events).set_index("id").loc["memnls-no-catastrophe"]
     assert (m["k"], m["n"], m["verdict"]) == (1, 10, "consistent")
     assert "within what the detector's false alarms explain" in m["sentence"]
+
+
+# -- each kind on runs with a known verdict, at proxy scale (a small study on other data)
+
+PROXY = {"data": {"name": "tinyshakespeare", "tokens": "bytes"}, "recipe": {"steps": 2_000, "grad_clip": 1.0},
+         "smoke": False}
+NO_EVENTS = pd.DataFrame(columns=["arch", "seed", "type", "onset_step"])
+
+
+def proxy_verdicts(study=PROXY, runs=None, events=NO_EVENTS, quantization=None):
+    return claims.evaluate(study, runs, events, quantization).set_index("id")
+
+
+def test_more_stable_than_by_fisher_on_event_rates():
+    runs = runs_table([("memnls", s, "completed", 2_000) for s in range(6)]
+                      + [("transformer", s, "diverged", 900) for s in range(5)] + [("transformer", 5, "completed", 2_000)])
+    v = proxy_verdicts(runs=runs).loc["memnls-anti-collapse"]
+    assert v["verdict"] == "cannot test" and v["proxy_verdict"] == "supported"  # 0 of 6 vs 5 of 6: p = 0.008
+    assert v["scale"].startswith("proxy scale (tinyshakespeare bytes, 2,000 steps")
+    assert "one-sided Fisher p = 0.00758" in v["sentence"]
+    swapped = runs.assign(arch=runs["arch"].map({"memnls": "transformer", "transformer": "memnls"}))
+    assert proxy_verdicts(runs=swapped).loc["memnls-anti-collapse", "proxy_verdict"] == "contradicted"
+
+
+def test_no_clip_needed_names_the_variant_it_needs_and_decides_without_clipping():
+    runs = runs_table([(a, s, "completed", 2_000) for a in ("resonance", "transformer") for s in range(4)])
+    v = proxy_verdicts(runs=runs).loc["resonance-no-clip-needed"]
+    assert v["proxy_verdict"] == "cannot test"
+    assert "needs a grad_clip=0 variant of resonance and transformer" in v["sentence"]
+    unclipped = {**PROXY, "recipe": {"steps": 2_000, "grad_clip": 0.0}}
+    assert proxy_verdicts(unclipped, runs).loc["resonance-no-clip-needed", "proxy_verdict"] == "supported"
+    broken = runs.assign(status=runs["status"].mask(runs["arch"] == "resonance", "diverged"))
+    assert proxy_verdicts(unclipped, broken).loc["resonance-no-clip-needed", "proxy_verdict"] == "contradicted"
+
+
+def quantization_table(arch, increases, steps=(2_000,), bits=8):
+    """Per-seed increases at the first step, growing by 0.01 bits per token per 1,000 steps after it."""
+    return pd.DataFrame([{"arch": arch, "seed": s, "step": st, "bits": bits, "bpt_increase": inc + 1e-5 * (st - steps[0])}
+                         for s, inc in enumerate(increases) for st in steps])
+
+
+def test_quantization_bounds_and_growth():
+    runs = runs_table([("resonance", s, "completed", 2_000) for s in range(4)])
+    v = proxy_verdicts(runs=runs).loc["resonance-int8"]
+    assert "needs the quantization stage at 8 bits (study key quantize.bits)" in v["sentence"]
+    small = quantization_table("resonance", [0.0005, 0.0010, 0.0008, 0.0007])  # mean 0.0008, well under 0.002
+    assert proxy_verdicts(runs=runs, quantization=small).loc["resonance-int8", "proxy_verdict"] == "supported"
+    large = quantization_table("resonance", [0.010, 0.012, 0.011, 0.013])
+    assert proxy_verdicts(runs=runs, quantization=large).loc["resonance-int8", "proxy_verdict"] == "contradicted"
+    trn = runs_table([("trn_hybrid", s, "completed", 2_000) for s in range(3)])
+    one_step = quantization_table("trn_hybrid", [0.1, 0.2, 0.15], bits=5)
+    v = proxy_verdicts(runs=trn, quantization=one_step).loc["trn-int5-grows"]
+    assert "quantized at several training steps" in v["sentence"]
+    growing = quantization_table("trn_hybrid", [0.1, 0.2, 0.15], steps=(500, 1_000, 2_000), bits=5)
+    v = proxy_verdicts(runs=trn, quantization=growing).loc["trn-int5-grows"]
+    assert v["proxy_verdict"] == "supported" and v["estimate"] == pytest.approx(0.01, rel=1e-6)
+
+
+def test_transfer_by_the_interval_of_the_mean():
+    runs = runs_table([("eam", s, "completed", 2_000) for s in range(4)]).assign(
+        pipeline_transfer=[0.90, 0.92, 0.91, 0.93])
+    v = proxy_verdicts(runs=runs).loc["eam-transfer"]
+    assert v["proxy_verdict"] == "contradicted" and v["estimate"] == pytest.approx(0.915)
+    high = runs.assign(pipeline_transfer=[0.985, 0.99, 0.988, 0.992])
+    assert proxy_verdicts(runs=high).loc["eam-transfer", "proxy_verdict"] == "supported"
+
+
+def test_a_smoke_study_gives_no_verdict_and_says_why(tmp_path):
+    runs = runs_table([("eam", s, "completed", 200) for s in range(4)]).assign(pipeline_transfer=0.99)
+    v = proxy_verdicts({**PROXY, "smoke": True}, runs).loc["eam-transfer"]
+    assert (v["verdict"], v["proxy_verdict"]) == ("cannot test", "cannot test")
+    assert "a smoke study gives no proxy verdict either" in v["sentence"]
+
+
+def test_the_packaged_claims_validate_and_a_bad_file_is_named(tmp_path):
+    publications, found = claims.load()
+    assert "seed-enwik8-70m" in publications and len(found) == 11
+    assert {c.kind for c in found} == {"events", "more_stable_than", "no_clip_needed", "quantization", "transfer"}
+    bad = tmp_path / "mine.yaml"
+    bad.write_text("claims:\n  - {id: x, source: me, statement: s, kind: events, archs: [a], "
+                   "setting: {data: d, tokens: bytes}, params: {expect: some, types: [spike]}}\n")
+    with pytest.raises(ValueError, match=r"mine.yaml: claims/0/params/expect: 'some' is not one of"):
+        claims.load(bad)
+
+
+def test_a_claim_in_a_users_file_reaches_the_report_with_no_code_change(tmp_path):
+    from harness.aggregate import aggregate
+    from harness.report.page import render
+    from tests.test_aggregate import make_runs, make_study
+
+    mine = tmp_path / "my_claims.yaml"
+    mine.write_text(
+        "claims:\n"
+        "  - id: my-memnls-calm\n"
+        "    source: my lab notebook, page 12\n"
+        "    statement: 'memnls never spikes on small data'\n"
+        "    kind: events\n"
+        "    archs: [memnls]\n"
+        "    setting: {data: tinyshakespeare, tokens: bytes, steps: 300}\n"
+        "    proxy: true\n"
+        "    params: {expect: none, types: [spike]}\n")
+    study = {**make_study(), "smoke": False, "claims": str(mine)}
+    aggregate(make_runs(tmp_path / "results", study), tmp_path / "agg", study)
+    table = pd.read_csv(tmp_path / "agg" / "claims.csv").set_index("id")
+    assert table.loc["my-memnls-calm", "verdict"] == "inconclusive"  # 0 of 3 seeds: Wilson [0, 0.56]
+    assert table.loc["my-memnls-calm", "proxy_verdict"] == "same setting"
+    render(tmp_path / "agg", tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert "memnls never spikes on small data" in page and "my lab notebook, page 12" in page

@@ -53,16 +53,26 @@ def claims_section(agg: Aggregate) -> str:
     if verdicts.empty:
         parts.append(p("No published claim concerns the architectures of this study."))
     else:
-        rows = [[v.claim, v.arch, v.verdict, f"{v.k}/{v.n}",
-                 f"{num(v.rate)} [{num(v.lo)}, {num(v.hi)}]" if v.n else "", v.test, v.sentence]
-                for v in verdicts.itertuples(index=False)]
-        parts.append(_table(["published claim", "arch", "measured verdict", "k/n seeds",
-                             "rate [95% Wilson]", "test", "in words"], rows))
-        sources = sorted(set(verdicts["source"]))
-        parts.append(p("Claims from: " + "; ".join(sources) + ".", "note"))
+        rows = [[v["claim"], v["archs"], v["verdict"], v["proxy_verdict"], _measured(v), v["scale"],
+                 v["sentence"] + (f" ({v['note']})" if v["note"] else ""), v["source"]]
+                for v in verdicts.astype(object).fillna("").to_dict("records")]
+        parts.append(_table(["published claim", "archs", "verdict at the published setting", "verdict at proxy scale",
+                             "measured", "tested at", "how it was decided", "source"], rows))
+        parts.append(p("A verdict is given only where the evidence separates: events count beyond the detector's "
+                       "false-alarm rate (one-sided binomial test), a rate or mean is judged by its 95% interval, and "
+                       "fewer than 3 runs decide nothing ('inconclusive' says how many would). A proxy verdict tests a "
+                       "general claim at this study's scale, never the published number itself.", "note"))
     if agg.notes.get("publication"):
         parts.append(_published_vs_measured(agg))
     return section("claims", "Published claims, tested", parts)
+
+
+def _measured(v: dict) -> str:
+    """k/n with the rate's interval for event kinds, else the estimate with its interval."""
+    interval = f" [{num(v['lo'])}, {num(v['hi'])}]" if not missing(v["lo"]) else ""
+    if not missing(v["k"]) and not missing(v["n"]):
+        return f"{int(v['k'])}/{int(v['n'])} seeds" + interval
+    return "" if missing(v["estimate"]) else f"{num(v['estimate'], 4)}{interval}"
 
 
 def _published_vs_measured(agg: Aggregate) -> str:
@@ -259,7 +269,7 @@ def pairs_table(agg: Aggregate) -> str:
                        "counts, whatever the data: the smallest p-value an exact rank test can give, times the "
                        f"{len(pairs)} comparisons, exceeds {ALPHA}. Their cells in the matrix are greyed and "
                        "hatched; see the note under the summary for the seeds a decision needs.", "warn"))
-    if (pairs["unmatched"].fillna("") != "").any():
+    if not pairs["unmatched"].map(missing).all():
         parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
                        "there is partly a difference of budget.", "warn"))
     parts.append(_table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p",

@@ -3,11 +3,13 @@ localrules:
 
 rule aggregate:
     input:
-        lambda wildcards: [
+        runs=lambda wildcards: [
             f"{run}/{name}"
             for run in run_dirs(wildcards.study)
             for name in ("metrics.csv", "run.json", "events.csv")
         ],
+        # a study's own claims file: editing it re-tests the claims
+        claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
     output:
         expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
     params:
