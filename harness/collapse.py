@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence")
+EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence", "nonfinite")
+# nonfinite: a non-finite loss the run went on after (finite values follow it); a run that ENDS
+# non-finite is a divergence. Not a collapse: statistics do not count it.
 EVENT_COLUMNS = ["type", "split", "onset_step", "train_onset_step", "peak_step", "end_step", "recovered",
                  "peak_value", "magnitude", "score", "threshold", "note"]
 LONG_COLUMNS = ("step", "split", "metric", "value", "wall_time")
@@ -159,16 +161,27 @@ class _Span:
     threshold: float
     slow: bool = False  # found by the slow-rise test
     diverged: str = ""  # why it is a divergence ("" = it is not)
+    untrained: str = ""  # the smoothed loss reached ln(vocab) inside it (a divergence only if training is lost)
+    untrained_score: float = math.nan  # that smoothed loss (the statistic that decides a divergence)
     absorbed: list = field(default_factory=list)  # train spans that belong to this validation span
 
 
 class _Curve:
-    """One split's loss: steps and values sorted by step, finite prefix and its spans."""
+    """One split's loss: steps and values sorted by step, finite prefix and its spans.
+
+    Non-finite values followed by finite ones (the run went on) are taken out of the curve into
+    ``holes`` (full steps and values, one event each stretch), so the finite values around them are
+    scanned as one curve; a non-finite tail (the run ended non-finite) stays: x[n_finite:].
+    """
 
     def __init__(self, split: str, steps: np.ndarray, values: np.ndarray):
-        self.split, self.steps, self.x = split, steps, values
-        bad = np.flatnonzero(~np.isfinite(values))
-        self.n_finite = int(bad[0]) if len(bad) else len(values)
+        finite = np.isfinite(values)
+        good = np.flatnonzero(finite)
+        tail = int(good[-1]) + 1 if len(good) else 0  # the non-finite tail starts here
+        hole = ~finite & (np.arange(len(values)) < tail)
+        self.holes = list(zip(steps[hole].tolist(), values[hole].tolist()))
+        self.split, self.steps, self.x = split, steps[~hole], values[~hole]
+        self.n_finite = int(len(self.x) - (len(values) - tail))
         self.spans: list[_Span] = []
 
     def step(self, i: int | None) -> float:
@@ -295,37 +308,91 @@ def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
     return spans
 
 
-def _mark_divergence(curve: _Curve, cfg: DetectConfig, ln_vocab: float | None) -> None:
-    """Turn the span holding a non-finite loss or a return to the untrained level into a divergence."""
-    x, tol = curve.x, math.log1p(cfg.recovery_tolerance)
-    hits: list[tuple[int, str, float, float]] = []  # (index, why, score, threshold)
-    if ln_vocab is not None:
-        k = cfg.smoothing
-        smoothed = np.array([np.median(x[max(0, i - k + 1):i + 1]) for i in range(curve.n_finite)])
-        below = np.flatnonzero(smoothed < ln_vocab - tol)  # it had clearly left the untrained level
-        if len(below):
-            back = np.flatnonzero(smoothed[below[0]:] >= ln_vocab)
-            if len(back):
-                i = int(below[0] + back[0])
-                hits.append((i, f"smoothed loss {smoothed[i]:.3g} at or above ln(vocab) = {ln_vocab:.3g} "
-                                f"at {curve.steps[i]:,}", float(smoothed[i]), ln_vocab))
-    if curve.n_finite < len(x):
-        i = curve.n_finite
-        hits.append((i, f"non-finite {curve.split} loss ({x[i]}) at {curve.steps[i]:,}", math.inf, math.nan))
-    if not hits:
+def _running_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Median of the last k values ending at each position (fewer at the start), vectorised."""
+    if k <= 1:
+        return x.copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.concatenate([_windows(x, k - 1), x[:, None]], axis=1), axis=1)
+
+
+def _mark_untrained(curve: _Curve, cfg: DetectConfig, ln_vocab: float | None) -> None:
+    """Note, on each span the scan found, whether the smoothed loss climbed back to ln(vocab) after the
+    run had clearly left it (pre-event loss below it by more than the recovery tolerance). Only a span
+    can: a return to the untrained level is a significant rise, and noise near ln(vocab) in the first
+    steps of a curve (before it has fallen) is no excursion. Whether it is a divergence depends on
+    the train curve (detect): a validation loss past ln(vocab) while training keeps falling is
+    overfitting, however high."""
+    if ln_vocab is None or not curve.spans:
         return
-    i, why, score, threshold = min(hits, key=lambda h: h[0])
+    tol = math.log1p(cfg.recovery_tolerance)
+    smoothed = _running_median(curve.x[:curve.n_finite], cfg.smoothing)
+    for s in curve.spans:
+        if not s.pre < ln_vocab - tol:
+            continue
+        stop = curve.n_finite if s.end is None else min(s.end, curve.n_finite)
+        back = np.flatnonzero(smoothed[s.trigger:stop] >= ln_vocab)
+        if len(back):
+            i = s.trigger + int(back[0])
+            s.untrained = (f"smoothed {curve.split} loss {smoothed[i]:.3g} at or above ln(vocab) = {ln_vocab:.3g} "
+                           f"at {curve.steps[i]:,}")
+            s.untrained_score = float(np.max(smoothed[s.trigger:stop]))
+
+
+def _diverge_untrained(s: _Span, ln_vocab: float) -> None:
+    s.diverged, s.score, s.threshold = s.untrained, s.untrained_score, ln_vocab
+
+
+def _mark_nonfinite(curve: _Curve, cfg: DetectConfig, ln_vocab: float | None) -> None:
+    """A run that ends non-finite diverged: the span holding its first non-finite loss becomes the
+    divergence, or a new span from the last evaluation at the pre-event level. Other spans stay."""
+    if curve.n_finite == len(curve.x):
+        return
+    x, tol, i = curve.x, math.log1p(cfg.recovery_tolerance), curve.n_finite
+    why = f"non-finite {curve.split} loss ({x[i]}) at {curve.steps[i]:,}"
     for s in curve.spans:
         if s.trigger <= i and (s.end is None or i < s.end):
-            s.diverged = why
+            s.diverged, s.score, s.threshold = why, math.inf, math.nan
             return
-    onset = next((j for j in range(i - 1, -1, -1) if np.isfinite(x[j]) and x[j] < ln_vocab - tol), None) \
-        if ln_vocab is not None else (i - 1 if i > 0 else None)
+    ended = [s.end for s in curve.spans if s.end is not None]
+    after = max(ended) if ended else 0  # the new span starts after every other event
+    onset = next((j for j in range(i - 1, after - 1, -1) if ln_vocab is None or x[j] < ln_vocab - tol), None)
+    if onset is None and i > after:
+        onset = i - 1
     trigger = i if onset is None else onset + 1
     pre = float(x[onset]) if onset is not None else math.nan
-    end = _find_end(x, i + 1, len(x), pre + tol) if onset is not None else None
-    curve.spans = [s for s in curve.spans if s.trigger < trigger]
-    curve.spans.append(_Span(onset, trigger, end, pre, score, threshold, diverged=why))
+    curve.spans.append(_Span(onset, trigger, None, pre, math.inf, math.nan, diverged=why))
+
+
+def _hole_rows(curve: _Curve, cfg: DetectConfig) -> list[dict]:
+    """One ``nonfinite`` event per stretch of non-finite losses the run went on after."""
+    rows, tol = [], math.log1p(cfg.recovery_tolerance)
+    stretches: list[list[tuple[int, float]]] = []
+    for step, value in curve.holes:
+        if stretches and not np.any((curve.steps > stretches[-1][-1][0]) & (curve.steps < step)):
+            stretches[-1].append((step, value))
+        else:
+            stretches.append([(step, value)])
+    for stretch in stretches:
+        first, last = stretch[0][0], stretch[-1][0]
+        before = np.flatnonzero(curve.steps < first)
+        onset = int(before[-1]) if len(before) else None
+        resume = int(np.flatnonzero(curve.steps > last)[0])
+        pre = float(curve.x[onset]) if onset is not None else math.nan
+        end = resume if onset is None else _find_end(curve.x, resume, curve.n_finite, pre + tol)
+        n_after = curve.n_finite - resume
+        unit = "log" if curve.split == "train" else "evaluation"
+        note = (f"non-finite {curve.split} loss ({stretch[0][1]}) at {first:,}"
+                + (f" to {last:,} ({len(stretch)} values)" if len(stretch) > 1 else "")
+                + f"; the run went on: {n_after} finite {unit}{'s' if n_after != 1 else ''} after it, scanned as usual")
+        if end is not None and onset is not None:
+            note += f"; back within {cfg.recovery_tolerance:.0%} of {_ppl(pre)} at {curve.steps[end]:,}"
+        rows.append({"type": "nonfinite", "split": curve.split, "onset_step": curve.step(onset),
+                     "train_onset_step": math.nan, "peak_step": float(first), "end_step": curve.step(end),
+                     "recovered": end is not None, "peak_value": math.inf, "magnitude": math.inf,
+                     "score": math.inf, "threshold": math.nan, "note": note})
+    return rows
 
 
 def _overlaps(train: _Curve, s: _Span, start: float, stop: float) -> bool:
@@ -351,6 +418,8 @@ def _note(curve: _Curve, s: _Span, cfg: DetectConfig) -> str:
     x, tol, parts = curve.x, math.log1p(cfg.recovery_tolerance), []
     if s.diverged:
         parts.append(s.diverged)
+    elif s.untrained:
+        parts.append(f"crossed ln(vocab): {s.untrained}, but training was not lost (no divergence)")
     peak = curve.peak(s)
     pre = _ppl(s.pre)
     if s.end is not None:
@@ -411,6 +480,19 @@ def _loss_curves(df: pd.DataFrame) -> dict[str, _Curve]:
     return curves
 
 
+def _refuse_perplexity(curves: dict[str, _Curve], ln_vocab: float, vocab_size: int) -> None:
+    """A loss starts near ln(vocab) (a uniform prediction) and falls; a perplexity starts near vocab.
+    A curve whose first values sit far above ln(vocab) is refused rather than read as a loss."""
+    for curve in curves.values():
+        start = curve.x[:curve.n_finite][:3]
+        if len(start) and float(np.median(start)) > max(2 * ln_vocab, ln_vocab + 3):
+            raise ValueError(
+                f"detect: the {curve.split} curve starts at {float(np.median(start)):.4g}, far above "
+                f"ln(vocab) = {ln_vocab:.3g} (vocab {vocab_size}), where an untrained model's loss in nats "
+                f"starts: it looks like perplexity (or a loss in another unit). Give the loss in nats "
+                f"per token (ln of the perplexity).")
+
+
 def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
     """Events of ONE run given in the long format (step, split, metric, value; other columns ignored).
 
@@ -424,10 +506,30 @@ def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int
         raise ValueError(f"detect: vocab_size must be an integer >= 2, got {vocab_size!r}")
     ln_vocab = math.log(vocab_size) if vocab_size is not None else None
     curves = _loss_curves(df)
+    if ln_vocab is not None:
+        _refuse_perplexity(curves, ln_vocab, vocab_size)
     for curve in curves.values():
         curve.spans = _scan(curve.x[:curve.n_finite], cfg) if curve.split in ("train", "val") else []
-        _mark_divergence(curve, cfg, ln_vocab)
+        _mark_untrained(curve, cfg, ln_vocab)
+        _mark_nonfinite(curve, cfg, ln_vocab)
     val, train = curves.get("val"), curves.get("train")
+    if val is not None and len(val.x) and train is not None and train.n_finite:
+        # a validation loss back at ln(vocab) is a divergence only when training is lost too (its own
+        # loss diverged over the same steps); while the train loss keeps falling it is overfitting
+        for s in val.spans:
+            if s.untrained and not s.diverged:
+                start = val.step(s.onset if s.onset is not None else s.trigger)
+                stop = math.inf if s.end is None else val.step(s.end)
+                if any(t.diverged for t in train.spans if _overlaps(train, t, start, stop)):
+                    _diverge_untrained(s, ln_vocab)
+        for t in train.spans:
+            if t.untrained and not t.diverged:
+                _diverge_untrained(t, ln_vocab)
+    else:  # one curve: it is all there is to tell
+        for curve in curves.values():
+            for s in curve.spans:
+                if s.untrained and not s.diverged:
+                    _diverge_untrained(s, ln_vocab)
     defining = val if val is not None and len(val.x) else train
     if defining is None:
         return pd.DataFrame(columns=EVENT_COLUMNS)
@@ -438,6 +540,9 @@ def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int
         # inside a validation event that did not: that divergence is an event of its own
         taken = {id(t) for s in defining.spans for t in s.absorbed if s.diverged or not t.diverged}
         rows += [row for t in other.spans if id(t) not in taken for row in _train_only(other, t, defining, cfg)]
+    for curve in (defining, other):
+        if curve is not None:
+            rows += _hole_rows(curve, cfg)
     events = pd.DataFrame(rows, columns=EVENT_COLUMNS)
     return events.sort_values(["onset_step", "peak_step"], ignore_index=True, kind="stable")
 
@@ -508,6 +613,31 @@ def _train_only(train: _Curve, t: _Span, val: _Curve, cfg: DetectConfig) -> list
     return [row]
 
 
+_NON_FINITE = {"": math.nan, "nan": math.nan, "+nan": math.nan, "-nan": math.nan, "na": math.nan,
+               "n/a": math.nan, "null": math.nan, "none": math.nan,
+               "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
+               "-inf": -math.inf, "-infinity": -math.inf}
+
+
+def to_number(values: pd.Series, what: str = "value") -> pd.Series:
+    """Text cells -> floats, reading every spelling of a non-finite number that pandas, numpy and
+    PyTorch write (nan, NaN, inf, -inf, Infinity, an empty cell, ...); anything else that is not a
+    number is an error that names it."""
+    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    special = text.str.lower().map(_NON_FINITE)
+    number = pd.to_numeric(text.where(special.isna() & (text != ""), "0"), errors="coerce")
+    bad = number.isna() & special.isna() & ~text.str.lower().isin(_NON_FINITE)
+    if bad.any():
+        raise ValueError(f"non-numeric {what} {text[bad].iloc[0]!r}")
+    return special.where(text.str.lower().isin(_NON_FINITE), number).astype(float)
+
+
+def read_log(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """A training log (long or wide CSV) -> long rows with numeric values, and its identity columns."""
+    path = Path(path)
+    return _long_from_file(_read_csv(path), path)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -527,7 +657,7 @@ def _long_from_file(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[s
         long = raw[is_loss(raw["metric"].fillna(""))] if "metric" in raw.columns else raw
         if long.empty:
             raise ValueError(f"{path}: no loss rows (metric 'loss' or 'SPLIT/loss')")
-        long = long.assign(value=pd.to_numeric(long["value"].fillna("nan")))
+        long = long.assign(value=_numbers(long["value"], path))
     else:  # wide: an empty cell means "not logged at this step"
         losses = [c for c in raw.columns if c in WIDE_LOSS_COLUMNS]
         if not losses:
@@ -537,9 +667,11 @@ def _long_from_file(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[s
         identity = [c for c in raw.columns if c not in losses and c != "step"
                     and (c == "seed" or pd.to_numeric(raw[c], errors="coerce").isna().all())]
         long = raw.melt(id_vars=["step"] + identity, value_vars=losses, var_name="column", value_name="value")
-        long = long[long["value"].notna()]
+        if len(losses) > 1:  # interleaved curves: an empty cell is a curve not logged at that step
+            long = long[long["value"].notna()]
+        # with one loss column an empty cell is a logged NaN (pandas writes NaN as an empty cell)
         long = long.assign(split=long["column"].map(WIDE_LOSS_COLUMNS), metric="loss",
-                           value=pd.to_numeric(long["value"])).drop(columns="column")
+                           value=_numbers(long["value"], path)).drop(columns="column")
     bad = pd.to_numeric(long["step"], errors="coerce").isna()
     if bad.any():
         raise ValueError(f"{path}: non-numeric step {long.loc[bad, 'step'].iloc[0]!r}")
@@ -551,10 +683,16 @@ def _long_from_file(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[s
     return long, identity
 
 
+def _numbers(values: pd.Series, path: Path) -> pd.Series:
+    try:
+        return to_number(values, "loss value")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
 def detect_file(path: str | Path, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
     """Events of every run in a CSV log, grouped by its identity columns (arch, seed, ...), which lead."""
-    path = Path(path)
-    long, identity = _long_from_file(_read_csv(path), path)
+    long, identity = read_log(path)
     if not identity:
         return detect(long, config, vocab_size)
     tables = []
