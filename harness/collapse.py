@@ -149,6 +149,14 @@ class DetectConfig:
         return cls(**d)
 
 
+def testable(n_evals: int, config: DetectConfig | None = None) -> bool:
+    """Whether a curve of ``n_evals`` finite evaluations can show a statistical event: the first
+    ``min_history`` evaluations are only history (a level and a noise estimate), so at least one more
+    is needed. The one definition the statistics use to call a run's collapse measurable."""
+    cfg = DetectConfig() if config is None else config
+    return int(n_evals) > cfg.min_history
+
+
 @dataclass
 class _Span:
     """An excursion of one curve, in indices of that curve (end None = still open at the end)."""
