@@ -27,6 +27,7 @@ No torch here: this module must import fast and stand alone.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field, fields
@@ -98,6 +99,22 @@ class DetectConfig:
     """Evaluations in the running median used for the slow-rise test and the untrained-level test, so
     one noisy point can trigger neither (statistics.md smooths over the last 3 evaluations)."""
 
+    false_alarm_rate: float = 0.005
+    """Per curve and run, the chance that noise alone passes the single-evaluation test, and the same
+    for the held test (median of min_sustained): each test of a curve with m tested evaluations uses
+    false_alarm_rate / m (Bonferroni), so a curve logged at every step (20,000 points) needs a larger
+    excursion than one evaluated 100 times: the false-alarm rate is per run, not per point. Both are
+    floors on top of z_threshold. Validated on healthy runs the thresholds were not fitted to
+    (benchmarks/collapse_calibration.py: normal, t3 and every-step noise models)."""
+
+    tail_dof: float = 3.0
+    """Noise model for those per-run thresholds: Student t with this many degrees of freedom, heavy
+    tailed (validation batches with hard examples; a t3 validation noise flagged 10% of healthy runs
+    under a normal model). Robust to tails heavier than the noise seen, at the cost of single-point
+    spikes: on a 3%-noise curve of 100 evaluations one evaluation must sit about 15 robust SDs high
+    to be a spike; a jump that holds is tested on the median of min_sustained evaluations, whose tails
+    are much lighter, so collapses keep their sensitivity."""
+
     drift_z_threshold: float = 5.0
     """Robust z for the slow-rise test: (smoothed loss - best smoothed loss so far) / noise, held for
     min_sustained evaluations in a row. Lower than z_threshold because the smoothing and the
@@ -120,7 +137,9 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         positive = {"z_threshold": self.z_threshold, "drift_z_threshold": self.drift_z_threshold,
-                    "recovery_tolerance": self.recovery_tolerance}
+                    "recovery_tolerance": self.recovery_tolerance, "tail_dof": self.tail_dof}
+        if not 0 < self.false_alarm_rate < 1:
+            raise ValueError(f"DetectConfig.false_alarm_rate must be in (0, 1), got {self.false_alarm_rate}")
         if not self.onset_noise >= 0:
             raise ValueError(f"DetectConfig.onset_noise must be >= 0, got {self.onset_noise}")
         for name, value in positive.items():
@@ -206,6 +225,66 @@ class _Curve:
         return (len(self.x) if s.end is None else s.end) - s.trigger
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (Lentz; Numerical Recipes)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1, a - 1
+    c, d = 1.0, 1 - qab * x / qap
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1 + aa * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-14:
+            break
+    return h
+
+
+def _t_sf(t: float, dof: float) -> float:
+    """P(T > t) for Student's t (t >= 0), in pure Python: scipy would slow the detector's import."""
+    x = dof / (dof + t * t)
+    a, b = dof / 2, 0.5
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    ibeta = front * _betacf(a, b, x) / a if x < (a + 1) / (a + b + 2) else 1 - front * _betacf(b, a, 1 - x) / b
+    return 0.5 * ibeta
+
+
+def _t_isf(p: float, dof: float) -> float:
+    """The t with P(T > t) = p (0 < p < 0.5), by bisection on the log scale."""
+    lo, hi = 0.0, 1.0
+    while _t_sf(hi, dof) > p:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_sf(mid, dof) > p else (lo, mid)
+    return hi
+
+
+@functools.lru_cache(maxsize=256)
+def tail_thresholds(m: int, rate: float, dof: float, k: int) -> tuple[float, float]:
+    """Robust-z thresholds (single evaluation, median of k) that t(dof) noise passes with chance
+    rate / m each: per run, over m tested evaluations. The robust SD of t(dof) noise, which the
+    detector's MAD measures, is MAD_TO_SD * its quartile, so the thresholds are in those units."""
+    p = rate / max(m, 1)
+    robust_sd = MAD_TO_SD * _t_isf(0.25, dof)
+    single = _t_isf(p, dof) / robust_sd
+    need = k // 2 + 1  # the median of k exceeds c when more than half of them do
+
+    def med_sf(c: float) -> float:
+        q = _t_sf(c, dof)
+        return sum(math.comb(k, j) * q ** j * (1 - q) ** (k - j) for j in range(need, k + 1))
+
+    lo, hi = 0.0, _t_isf(p, dof)
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if med_sf(mid) > p else (lo, mid)
+    return single, hi / robust_sd
+
+
 def _windows(v: np.ndarray, size: int) -> np.ndarray:
     """Row p holds v[p - size : p] (NaN where that runs off the start): trailing windows, vectorised."""
     padded = np.concatenate([np.full(size, np.nan), v])
@@ -217,7 +296,16 @@ def _median_variance(count: np.ndarray) -> np.ndarray:
     return np.where(count >= 3, np.pi / (2 * np.maximum(count, 1)), 1 / np.maximum(count, 1))
 
 
-def _trailing_stats(v: np.ndarray, cfg: DetectConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def smoothing_window(n: int, cfg: DetectConfig) -> int:
+    """Evaluations in the running median of the slow-rise test for a curve of n points: the
+    configured ``smoothing``, widened on long curves (about n / 200, odd) so that the best level,
+    a minimum over the curve, is a minimum over about 200 independent values whatever the logging
+    density: the minimum of 20,000 noisy per-step losses sits far in the noise's lower tail, and
+    every later point would then look like a rise."""
+    return max(cfg.smoothing, 2 * (n // 400) + 1)
+
+
+def _trailing_stats(v: np.ndarray, cfg: DetectConfig, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For every position p of the curve v (evaluations at the pre-event level, then the ones to
     test): the trailing level (median of the last level_window before p) and its variance in units
     of the noise, the noise (robust SD of the second differences among the last noise_window before
@@ -232,9 +320,18 @@ def _trailing_stats(v: np.ndarray, cfg: DetectConfig) -> tuple[np.ndarray, np.nd
         d = _windows(np.diff(v, 2), cfg.noise_window - 2)
         d = np.concatenate([np.full((2, d.shape[1]), np.nan), d])[:len(v)]
         sigma = MAD_TO_SD * np.nanmedian(np.abs(d - np.nanmedian(d, axis=1, keepdims=True)), axis=1) / math.sqrt(6)
-        smoothed = np.nanmedian(np.concatenate([_windows(v, cfg.smoothing - 1), v[:, None]], axis=1), axis=1) \
-            if cfg.smoothing > 1 else v.copy()
+        smoothed = np.nanmedian(np.concatenate([_windows(v, k - 1), v[:, None]], axis=1), axis=1) \
+            if k > 1 else v.copy()
     return level, level_variance, np.maximum(np.nan_to_num(sigma), 1e-12), smoothed
+
+
+def _centred_median(x: np.ndarray, k: int) -> np.ndarray:
+    """Median of the k values centred on each position (fewer at the ends), vectorised."""
+    half = k // 2
+    padded = np.concatenate([np.full(half, np.nan), x, np.full(half, np.nan)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1), axis=1)
 
 
 def _find_end(x: np.ndarray, start: int, stop: int, ceiling: float) -> int | None:
@@ -250,6 +347,11 @@ def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
     and testing resumes after it with the event's evaluations left out of the history.
     """
     n = len(x)
+    m_tests = max(1, n - cfg.min_history)  # evaluations the curve tests: the per-run thresholds' m
+    k_smooth = smoothing_window(n, cfg)
+    # where an event ends: the curve itself, or on a long dense curve its centred running median
+    # (one noisy per-step loss back within the tolerance does not end a collapse)
+    back = x if k_smooth <= cfg.smoothing else _centred_median(x, k_smooth)
     lift, tol = math.log(cfg.min_ratio), math.log1p(cfg.recovery_tolerance)
     clean = np.empty(0, dtype=np.int64)
     fresh = 0  # position from which the best level is measured (it restarts after an event)
@@ -258,22 +360,35 @@ def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
     while start < n:
         index = np.concatenate([clean, np.arange(start, n)])  # clean history, then the untested rest
         v = x[index]
-        level, level_variance, sigma, smoothed = _trailing_stats(v, cfg)
-        known = np.where(np.arange(len(v)) >= max(fresh, cfg.smoothing - 1), smoothed, np.inf)
+        level, level_variance, sigma, smoothed = _trailing_stats(v, cfg, k_smooth)
+        known = np.where(np.arange(len(v)) >= max(fresh, k_smooth - 1), smoothed, np.inf)
         best = np.concatenate([[np.inf], np.minimum.accumulate(known)[:-1]])  # before p
         tested = np.arange(len(v)) >= max(len(clean), cfg.min_history)
         # the level is itself a median of noisy points: its variance adds to the tested one's
-        z = (v - level) / (sigma * np.sqrt(1 + level_variance))
+        spread = sigma * np.sqrt(1 + level_variance)
+        z = (v - level) / spread
         # a jump that holds: the median of this and the next evaluations, less noisy than one point
         ahead = np.lib.stride_tricks.sliding_window_view(
             np.concatenate([v, np.full(cfg.min_sustained - 1, np.nan)]), cfg.min_sustained)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             held = np.nanmedian(ahead, axis=1)
-        held_z = (held - level) / (sigma * np.sqrt(_median_variance(np.sum(~np.isnan(ahead), axis=1))
-                                                    + level_variance))
-        z = np.where(held - level > lift, np.maximum(z, held_z), z)
-        point = tested & (v - level > lift) & (z > cfg.z_threshold)
+        count = np.sum(~np.isnan(ahead), axis=1)
+        held_z = (held - level) / spread  # in the same units as z, so one threshold column compares
+        # thresholds per run: z_threshold (normal noise, one test), raised to what t(tail_dof) noise
+        # passes with chance false_alarm_rate over the curve's m tested evaluations; for the held
+        # median, z_threshold applies to its own (smaller) spread, rescaled here to the point's
+        single_limit, held_limit = tail_thresholds(m_tests, cfg.false_alarm_rate, cfg.tail_dof, cfg.min_sustained)
+        single_threshold = max(cfg.z_threshold, single_limit)
+        held_threshold = np.where(
+            count >= cfg.min_sustained,
+            np.maximum(cfg.z_threshold * np.sqrt((_median_variance(count) + level_variance) / (1 + level_variance)),
+                       held_limit),
+            np.inf)  # a median of fewer than min_sustained (the end of the curve) is no held jump
+        use_held = (held - level > lift) & (held_z - held_threshold > z - single_threshold)
+        z = np.where(use_held, held_z, z)
+        threshold = np.where(use_held, held_threshold, single_threshold)
+        point = tested & (v - level > lift) & (z > threshold)
         with np.errstate(invalid="ignore"):
             drift_z = (smoothed - best) / sigma
         rising = tested & (smoothed - best > lift) & (drift_z > cfg.drift_z_threshold)
@@ -296,12 +411,12 @@ def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
             pre = float(np.clip(v[first_out - 1], level[first_out],
                                 level[first_out] + cfg.onset_noise * sigma[first_out]))
             span = _Span(int(index[first_out - 1]), int(index[first_out]),
-                         _find_end(x, int(index[p]) + 1, n, pre + tol), pre, float(z[p]), cfg.z_threshold)
+                         _find_end(back, int(index[p]) + 1, n, pre + tol), pre, float(z[p]), float(threshold[p]))
         else:
             p = int(p_drift)
             first_out = p - cfg.min_sustained + 1  # the rise began at the first of the sustained points
             pre = float(best[p])
-            end = _find_end(x, int(index[p]) + 1, n, pre + tol)
+            end = _find_end(back, int(index[p]) + 1, n, pre + tol)
             # a gradual rise leaves the level where the smoothed curve was at its best, the bottom of
             # the U (calibrated: a changepoint fit or a noise band around the best date it later)
             onset = int(index[np.flatnonzero(smoothed[:first_out] <= pre)[-1]])
@@ -555,9 +670,25 @@ def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int
     return events.sort_values(["onset_step", "peak_step"], ignore_index=True, kind="stable")
 
 
+def _train_rise(train: _Curve, curve: _Curve, s: _Span, cfg: DetectConfig) -> float:
+    """Median train loss over the event's first min_sustained validation intervals (up to its peak)
+    minus the median over the level_window intervals before its onset: did training jump too?"""
+    onset = s.onset if s.onset is not None else s.trigger
+    if onset is None or len(curve.steps) < 2:
+        return math.nan
+    interval = float(np.median(np.diff(curve.steps)))
+    at, peak = curve.step(onset), curve.step(curve.peak(s))
+    steps, x = train.steps[:train.n_finite], train.x[:train.n_finite]
+    before = x[(steps > at - cfg.level_window * interval) & (steps <= at)]
+    after = x[(steps > at) & (steps <= max(at + interval, min(peak, at + cfg.min_sustained * interval)))]
+    if len(before) == 0 or len(after) == 0:
+        return math.nan
+    return float(np.median(after) - np.median(before))
+
+
 def _classify(curve: _Curve, s: _Span, train: _Curve | None, cfg: DetectConfig) -> list[dict]:
     """Type one span of the defining curve, using the train curve to tell collapse from overfitting."""
-    train_onset, train_jumped, train_seen, train_confirms = math.nan, [], False, False
+    train_onset, train_jumped, train_seen, train_confirms, train_rose = math.nan, [], False, False, False
     if train is not None:
         back = max(0, (s.onset if s.onset is not None else s.trigger) - cfg.train_lookback)
         start = curve.step(back)
@@ -569,6 +700,10 @@ def _classify(curve: _Curve, s: _Span, train: _Curve | None, cfg: DetectConfig) 
         onset_step = curve.step(s.onset if s.onset is not None else s.trigger)
         train_jumped = [t for t in s.absorbed if _overlaps(train, t, onset_step, peak_step)]
         train_seen = bool(np.any((train.steps >= start) & (train.steps <= peak_step)))
+        # a train curve too noisy for its own tests (every step logged) still shows the jump in the
+        # median of its many points: the same event, without a span to date its onset
+        train_rose = train_seen and not train_jumped and \
+            _train_rise(train, curve, s, cfg) > math.log1p(cfg.recovery_tolerance)
         train_confirms = any(t.end is None and train.duration(t) >= cfg.min_sustained for t in s.absorbed)
     if s.slow and train_jumped:
         # a slow test dates a jump loosely; the train curve saw it: the onset is the last
@@ -585,7 +720,7 @@ def _classify(curve: _Curve, s: _Span, train: _Curve | None, cfg: DetectConfig) 
         return []
     if s.end is not None and not sustained:
         return [_row("spike", curve, s, cfg, train_onset)]
-    kind = "overfit_divergence" if train_seen and not train_jumped else "collapse"
+    kind = "overfit_divergence" if train_seen and not (train_jumped or train_rose) else "collapse"
     return [_row(kind, curve, s, cfg, train_onset)]
 
 
