@@ -350,3 +350,43 @@ def test_detect_file_reads_every_spelling_of_non_finite(tmp_path, layout):
     assert (events["type"] == "nonfinite").sum() == len(spellings)
     from harness.cli import main
     assert main(["detect", str(path)]) == 0
+
+
+def test_a_level_divergence_reports_the_statistic_that_decided_it():
+    ln_vocab = math.log(256)
+    val = list(np.linspace(ln_vocab + 0.5, 2.0, 10)) + _flat(20, 2.0) + _flat(10, ln_vocab + 0.2, seed=1)
+    e = detect(_run(val), vocab_size=256).iloc[0]
+    assert e["type"] == "divergence"
+    assert e["threshold"] == pytest.approx(ln_vocab)  # not the z test's threshold
+    assert e["score"] == pytest.approx(ln_vocab + 0.2, abs=0.05)  # the smoothed loss that reached it
+
+
+def _exponential_run(n_steps: int, train_noise: float, val_every: int, val_noise: float, dof: float | None,
+                     seed: int) -> pd.DataFrame:
+    """Not the generator's power law: an exponential decay to a floor, train logged every step."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n_steps + 1)
+    law = 1.2 + 3.5 * np.exp(-steps / (n_steps / 8))
+    train = law * np.exp(train_noise * rng.standard_normal(n_steps))
+    val_steps = steps[steps % val_every == 0]
+    noise = rng.standard_t(dof, len(val_steps)) / math.sqrt(dof / (dof - 2)) if dof else rng.standard_normal(len(val_steps))
+    val = (law[val_steps - 1] + 0.05) * np.exp(val_noise * noise)
+    return pd.concat([pd.DataFrame({"step": steps, "split": "train", "metric": "loss", "value": train}),
+                      pd.DataFrame({"step": val_steps, "split": "val", "metric": "loss", "value": val})],
+                     ignore_index=True)
+
+
+def test_a_healthy_run_logged_every_step_is_not_flagged():
+    """20,000 train points with 5% noise once gave ~20 false train spikes; t3 validation noise 10%."""
+    for seed in range(3):
+        events = detect(_exponential_run(20_000, 0.05, 200, 0.02, 3.0, seed), vocab_size=256)
+        assert events.empty, events.drop(columns="note").to_dict("records")
+
+
+def test_a_collapse_in_a_run_logged_every_step_is_found():
+    frame = _exponential_run(20_000, 0.05, 200, 0.02, 3.0, 7)
+    jump = frame["step"] > 14_000
+    frame.loc[jump, "value"] = frame.loc[jump, "value"] + math.log(1.5)
+    events = detect(frame, vocab_size=256)
+    collapse = events[events["type"] == "collapse"]
+    assert len(collapse) == 1 and abs(collapse.iloc[0]["onset_step"] - 14_000) <= 400, events.drop(columns="note")
