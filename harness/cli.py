@@ -21,8 +21,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from harness import collapse
     from harness.files import write_atomic
 
@@ -30,7 +28,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     path = Path(args.log)
     if path.is_dir():  # a run folder: identity and vocabulary from its run.json
         manifest = json.loads((path / "run.json").read_text())
-        metrics = pd.read_csv(path / "metrics.csv")
+        metrics, _ = collapse.read_log(path / "metrics.csv")  # every spelling of nan and inf
         vocab = manifest.get("data", {}).get("vocab_size")
         events = collapse.detect(metrics, config, vocab_size=vocab)
         for i, key in enumerate(("study", "arch", "seed")):

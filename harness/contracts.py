@@ -18,7 +18,9 @@ METRIC_COLUMNS = ["step", "split", "metric", "value", "wall_time"]
 """metrics.csv, long format: split in SPLITS; losses in nats per token; wall_time in seconds."""
 SPLITS = ("train", "val", "test")
 
-EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence")
+EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence", "nonfinite")
+"""nonfinite: a non-finite loss the run went on after (finite values follow it); a run that ENDS
+non-finite is a divergence. Statistics count collapse and divergence as collapses, nothing else."""
 EVENT_COLUMNS = ["type", "split", "onset_step", "train_onset_step", "peak_step", "end_step", "recovered",
                  "peak_value", "magnitude", "score", "threshold", "note"]
 """events.csv of one run (the detector's output); study-level tables put ID_COLUMNS first."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.collapse import EVENT_TYPES
+from harness.contracts import EVENT_TYPES
 
 KINDS = ("healthy",) + EVENT_TYPES
 VAL_BATCHES = 16
@@ -45,15 +45,19 @@ class Truth:
 def make_run(kind: str = "healthy", rng: np.random.Generator | int | None = None, *, n_evals: int = 100,
              magnitude: float = 2.0, onset: int | None = None, val_noise: float = 0.02,
              train_noise: float = 0.006, recovers: bool = False, eval_every: int = 500,
-             logs_per_eval: int = 5, vocab_size: int = 256, nan: bool = True) -> tuple[pd.DataFrame, Truth]:
+             logs_per_eval: int = 5, vocab_size: int = 256, nan: bool = True,
+             val_dof: float | None = None) -> tuple[pd.DataFrame, Truth]:
     """One run in the long format (step, split, metric, value) and its ground truth.
 
-    kind: healthy | spike (back within one or two evaluations) | collapse (train jumps too; with
+    kind: healthy | nonfinite (one NaN train log after the onset, then the run goes on) | spike (back within one or two evaluations) | collapse (train jumps too; with
     ``recovers`` it decays back after a plateau, else it only partly recovers) | overfit_divergence
     (validation rises toward ``magnitude`` at the end while train keeps falling) | divergence (the
     loss becomes NaN and the run stops; with ``nan=False`` it climbs back to ln(vocab_size) instead).
     onset: index of the last evaluation before the event (default: random, with room on both sides).
     val_noise / train_noise: relative standard deviation of one validation evaluation / train log.
+    val_dof: heavy-tailed validation noise: each evaluation's relative error is Student t with this
+    many degrees of freedom, scaled to the standard deviation val_noise (None: the mean of 16 batches).
+    logs_per_eval = eval_every logs the train loss at every step (give it a per-step train_noise).
     """
     if kind not in KINDS:
         raise ValueError(f"make_run: unknown kind {kind!r}; one of {KINDS}")
@@ -103,7 +107,8 @@ def make_run(kind: str = "healthy", rng: np.random.Generator | int | None = None
     def excess(t: np.ndarray, split: str) -> np.ndarray:
         """The injected excess loss (nats) at steps t."""
         after = t > t_on
-        if kind == "healthy" or (kind == "divergence" and nan) or (kind == "overfit_divergence" and split == "train"):
+        if kind in ("healthy", "nonfinite") or (kind == "divergence" and nan) or (
+                kind == "overfit_divergence" and split == "train"):
             return np.zeros(len(t))
         if kind == "spike":
             return np.where(after & (t <= t_on + spike_len), lift, 0.0)
@@ -117,9 +122,14 @@ def make_run(kind: str = "healthy", rng: np.random.Generator | int | None = None
     batches = np.exp(s * rng.standard_normal((n_evals, VAL_BATCHES)) - s * s / 2)
     hard = rng.random((n_evals, VAL_BATCHES)) < HARD_BATCH_RATE  # heavier tails than a normal mean
     batches = np.where(hard, batches * rng.uniform(*HARD_BATCH_FACTOR, size=batches.shape), batches)
-    val = (law(val_steps) + gap * val_steps / total + excess(val_steps, "val")) * batches.mean(axis=1)
+    factor = batches.mean(axis=1)
+    if val_dof is not None:  # heavy tails: t noise of the same standard deviation
+        factor = np.exp(val_noise * rng.standard_t(val_dof, n_evals) / math.sqrt(val_dof / (val_dof - 2)))
+    val = (law(val_steps) + gap * val_steps / total + excess(val_steps, "val")) * factor
     train = (law(train_steps) + excess(train_steps, "train")) * np.exp(
         train_noise * rng.standard_normal(len(train_steps)))
+    if kind == "nonfinite":  # one non-finite train log after the onset; the run goes on
+        train = np.where(train_steps == train_steps[train_steps > t_on][0], np.nan, train)
     if math.isfinite(stop):  # NaN from the first log after the event, then the trainer stops
         val, train = np.where(val_steps > t_on, np.nan, val), np.where(train_steps > t_on, np.nan, train)
         val, val_steps = val[val_steps <= stop], val_steps[val_steps <= stop]
@@ -140,13 +150,28 @@ def make_run(kind: str = "healthy", rng: np.random.Generator | int | None = None
     return frame, Truth(kind, int(val_steps[o]), magnitude, recovered, eval_every)
 
 
-def random_settings(rng: np.random.Generator, min_evals: int = 20, max_evals: int = 200) -> dict:
+NOISE_MODELS = ("normal", "t3", "every step")
+
+
+def random_settings(rng: np.random.Generator, min_evals: int = 20, max_evals: int = 200,
+                    noise: str = "normal") -> dict:
     """Run settings drawn over the range the detector must handle (lengths, noise, logging rate):
-    validation noise 0.5-3.5% log-uniform (the published runs: 1.7% and 3%), train noise 0.3-1.2%."""
-    return {"n_evals": int(rng.integers(min_evals, max_evals + 1)),
-            "val_noise": float(np.exp(rng.uniform(math.log(0.005), math.log(0.035)))),
-            "train_noise": float(rng.uniform(0.003, 0.012)),
-            "logs_per_eval": int(rng.choice([1, 2, 5, 10]))}
+    validation noise 0.5-3.5% log-uniform (the published runs: 1.7% and 3%), train noise 0.3-1.2%.
+    noise: "normal" (validation as the mean of 16 batches, train as a window mean 1-10 times per
+    evaluation), "t3" (validation noise Student t with 3 degrees of freedom, heavy tails), or
+    "every step" (the train loss of every step, 2-5% noise, evaluations every 100 steps: 2,000 to
+    20,000 train points)."""
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"random_settings: noise must be one of {NOISE_MODELS}, got {noise!r}")
+    settings = {"n_evals": int(rng.integers(min_evals, max_evals + 1)),
+                "val_noise": float(np.exp(rng.uniform(math.log(0.005), math.log(0.035)))),
+                "train_noise": float(rng.uniform(0.003, 0.012)),
+                "logs_per_eval": int(rng.choice([1, 2, 5, 10]))}
+    if noise == "t3":
+        settings["val_dof"] = 3.0
+    elif noise == "every step":
+        settings |= {"eval_every": 100, "logs_per_eval": 100, "train_noise": float(rng.uniform(0.02, 0.05))}
+    return settings
 
 
 def match(events: pd.DataFrame, truth: Truth) -> tuple[bool, float]:
@@ -161,12 +186,13 @@ def match(events: pd.DataFrame, truth: Truth) -> tuple[bool, float]:
     return True, float(error)
 
 
-def draw_run(kind: str, rng: np.random.Generator, magnitude: float = 2.0, **kwargs) -> tuple[pd.DataFrame, Truth]:
-    """A run with random settings (``kwargs`` override them) and ``kind`` injected ("healthy": none),
-    redrawn while the event would reach the untrained level (it is then a divergence by
-    definition, not an instance of ``kind``)."""
+def draw_run(kind: str, rng: np.random.Generator, magnitude: float = 2.0, noise: str = "normal",
+             **kwargs) -> tuple[pd.DataFrame, Truth]:
+    """A run with random settings of a noise model (``kwargs`` override them) and ``kind`` injected
+    ("healthy": none), redrawn while the event would reach the untrained level (it is then a
+    divergence by definition, not an instance of ``kind``)."""
     for _ in range(100):
-        frame, truth = make_run(kind, rng, magnitude=magnitude, **(random_settings(rng) | kwargs))
+        frame, truth = make_run(kind, rng, magnitude=magnitude, **(random_settings(rng, noise=noise) | kwargs))
         if truth.type == (None if kind == "healthy" else kind):
             return frame, truth
     raise ValueError(f"draw_run: could not draw a {kind} of {magnitude}x below the untrained level")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.collapse import EVENT_COLUMNS, EVENT_TYPES, DetectConfig, detect, detect_file
+from harness.collapse import DetectConfig, detect, detect_file
+from harness.contracts import EVENT_COLUMNS, EVENT_TYPES
 from harness.synthetic import make_run, match
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mnsm-enwik8-70m.csv"
@@ -106,7 +107,7 @@ def test_a_ramp_before_the_jump_belongs_to_the_event():
 def test_a_jump_that_holds_is_tested_on_its_median():
     val = _flat(30, 2.0, seed=5, noise=0.07) + [2.0 + math.log(1.55)] * 8
     e = detect(_run(val)).iloc[0]  # the first high point alone has a robust z of 5.4 < 6
-    assert e["type"] == "collapse" and e["onset_step"] == 3000 and e["score"] > 6
+    assert e["type"] == "collapse" and e["onset_step"] == 3000 and e["score"] > e["threshold"]
 
 
 def test_collapse_needs_the_train_jump_else_it_is_overfitting():
@@ -241,3 +242,152 @@ def test_detect_file_names_the_file_in_its_errors(tmp_path):
         detect_file(no_loss)
     with pytest.raises(FileNotFoundError, match="absent.csv"):
         detect_file(tmp_path / "absent.csv")
+
+
+# --- issue #11: shapes the synthetic generator does not draw -------------------------------------
+
+
+def _overfit_run(vocab: int) -> pd.DataFrame:
+    """The real case at vocab 65: train falls to 0.2 while validation climbs from 1.5 past ln V over
+    45k steps; at vocab 256 the same shape climbs past ln 256 = 5.55."""
+    ln_vocab = math.log(vocab)
+    steps = np.arange(1, 181) * 250  # 45k steps, evaluated every 250
+    rng = np.random.default_rng(vocab)
+    fall = 4.0 * np.exp(-steps / 4000)
+    val = 1.5 + fall + np.clip(steps - 8000, 0, None) / 37000 * (ln_vocab + 1.0 - 1.5)
+    val = val * np.exp(0.01 * rng.standard_normal(len(steps)))
+    train = (0.2 + 4.0 * np.exp(-steps / 4000) + 0.3 * np.exp(-steps / 20000)) * np.exp(
+        0.01 * rng.standard_normal(len(steps)))
+    return pd.concat([pd.DataFrame({"step": steps, "split": "val", "metric": "loss", "value": val}),
+                      pd.DataFrame({"step": steps, "split": "train", "metric": "loss", "value": train})],
+                     ignore_index=True)
+
+
+@pytest.mark.parametrize("vocab", [65, 256])
+def test_validation_past_ln_vocab_with_falling_train_loss_is_overfitting(vocab):
+    events = detect(_overfit_run(vocab), vocab_size=vocab)
+    assert events["type"].tolist() == ["overfit_divergence"], events.drop(columns="note").to_dict("records")
+    assert "ln(vocab)" in events.iloc[0]["note"] and "train loss kept falling" in events.iloc[0]["note"]
+
+
+@pytest.mark.parametrize("vocab", [65, 256])
+def test_train_loss_back_at_ln_vocab_is_a_divergence(vocab):
+    frame = _overfit_run(vocab)
+    ln_vocab = math.log(vocab)
+    late = frame["step"] > 30_000
+    frame.loc[late, "value"] = ln_vocab + 0.3  # both curves back above the untrained level
+    events = detect(frame, vocab_size=vocab)
+    assert "divergence" in events["type"].tolist()
+    e = events[events["type"] == "divergence"].iloc[0]
+    assert e["score"] >= e["threshold"]  # the statistic that decided it: the smoothed loss vs ln V
+
+
+def test_an_isolated_nan_is_its_own_event_and_the_scan_goes_on():
+    val = _flat(60, 2.0)
+    train = _flat(60, 1.9, seed=2)
+    train[20] = math.nan  # one bad log in the middle of a healthy run
+    val[45:] = list(np.array(val[45:]) + math.log(2.0))  # a real collapse after it
+    train[44:] = list(np.array(train[44:]) + math.log(2.0))
+    events = detect(_run(val, train))
+    assert "nonfinite" in EVENT_TYPES
+    assert sorted(events["type"]) == ["collapse", "nonfinite"], events.drop(columns="note").to_dict("records")
+    nan_event = events[events["type"] == "nonfinite"].iloc[0]
+    assert nan_event["split"] == "train" and nan_event["peak_step"] == 2100 and nan_event["recovered"]
+    assert events[events["type"] == "collapse"].iloc[0]["onset_step"] == 4500
+
+
+def test_a_run_that_ends_non_finite_is_still_a_divergence():
+    val = _flat(30, 2.0) + [math.nan, 2.0] + _flat(10, 2.0, seed=3) + [math.nan, math.nan]
+    events = detect(_run(val))
+    assert events["type"].tolist() == ["nonfinite", "divergence"]
+    assert events.iloc[1]["peak_step"] == 4300
+
+
+def test_an_early_divergence_does_not_erase_a_later_collapse():
+    """Logged every step: the first steps sit at ln V with noise, then training falls, then collapses."""
+    ln_vocab = math.log(256)
+    rng = np.random.default_rng(4)  # noise at ln V in steps 1-3 once made a divergence that erased the rest
+    steps = np.arange(1, 3001)
+    val_steps = steps[steps % 50 == 0]
+
+    def law(t):
+        return 1.5 + (ln_vocab - 1.5) * np.exp(-np.maximum(t - 8, 0) / 150)
+
+    excess = np.where(np.arange(1, 3001) > 2000, math.log(3.0), 0.0)
+    train = (law(steps) + excess) * np.exp(0.03 * rng.standard_normal(len(steps)))
+    val = (law(val_steps) + excess[val_steps - 1]) * np.exp(0.01 * rng.standard_normal(len(val_steps)))
+    frame = pd.concat([pd.DataFrame({"step": steps, "split": "train", "metric": "loss", "value": train}),
+                       pd.DataFrame({"step": val_steps, "split": "val", "metric": "loss", "value": val})],
+                      ignore_index=True)
+    events = detect(frame, vocab_size=256)
+    assert "divergence" not in events["type"].tolist(), events.drop(columns="note").to_dict("records")
+    collapse = events[events["type"] == "collapse"]
+    assert len(collapse) == 1 and collapse.iloc[0]["onset_step"] == 2000
+
+
+def test_perplexity_instead_of_loss_is_refused():
+    ppl = np.exp(np.array(_flat(40, 2.0)))  # ~7.4 cannot be a loss of a 4-token vocabulary (ln 4 = 1.39)
+    frame = _run(list(np.exp(np.linspace(7.5, 2.5, 40))))
+    with pytest.raises(ValueError, match="perplexity"):
+        detect(frame, vocab_size=256)
+    with pytest.raises(ValueError, match="perplexity"):
+        detect(_run(list(ppl)), vocab_size=4)
+    assert detect(_run(list(np.linspace(5.6, 2.0, 40))), vocab_size=256).empty  # starts near ln V: a loss
+
+
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_detect_file_reads_every_spelling_of_non_finite(tmp_path, layout):
+    spellings = ["nan", "NaN", "inf", "-inf", "Infinity", "-Infinity", ""]
+    values = [f"{v:.4f}" for v in _flat(40, 2.0)]
+    for i, s in enumerate(spellings):
+        values[10 + 3 * i] = s
+    if layout == "wide":
+        text = "step,loss\n" + "".join(f"{100 * (i + 1)},{v}\n" for i, v in enumerate(values))
+    else:
+        text = "step,split,metric,value\n" + "".join(f"{100 * (i + 1)},val,loss,{v}\n" for i, v in enumerate(values))
+    path = tmp_path / "log.csv"
+    path.write_text(text)
+    events = detect_file(path)
+    assert (events["type"] == "nonfinite").sum() == len(spellings)
+    from harness.cli import main
+    assert main(["detect", str(path)]) == 0
+
+
+def test_a_level_divergence_reports_the_statistic_that_decided_it():
+    ln_vocab = math.log(256)
+    val = list(np.linspace(ln_vocab + 0.5, 2.0, 10)) + _flat(20, 2.0) + _flat(10, ln_vocab + 0.2, seed=1)
+    e = detect(_run(val), vocab_size=256).iloc[0]
+    assert e["type"] == "divergence"
+    assert e["threshold"] == pytest.approx(ln_vocab)  # not the z test's threshold
+    assert e["score"] == pytest.approx(ln_vocab + 0.2, abs=0.05)  # the smoothed loss that reached it
+
+
+def _exponential_run(n_steps: int, train_noise: float, val_every: int, val_noise: float, dof: float | None,
+                     seed: int) -> pd.DataFrame:
+    """Not the generator's power law: an exponential decay to a floor, train logged every step."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(1, n_steps + 1)
+    law = 1.2 + 3.5 * np.exp(-steps / (n_steps / 8))
+    train = law * np.exp(train_noise * rng.standard_normal(n_steps))
+    val_steps = steps[steps % val_every == 0]
+    noise = rng.standard_t(dof, len(val_steps)) / math.sqrt(dof / (dof - 2)) if dof else rng.standard_normal(len(val_steps))
+    val = (law[val_steps - 1] + 0.05) * np.exp(val_noise * noise)
+    return pd.concat([pd.DataFrame({"step": steps, "split": "train", "metric": "loss", "value": train}),
+                      pd.DataFrame({"step": val_steps, "split": "val", "metric": "loss", "value": val})],
+                     ignore_index=True)
+
+
+def test_a_healthy_run_logged_every_step_is_not_flagged():
+    """20,000 train points with 5% noise once gave ~20 false train spikes; t3 validation noise 10%."""
+    for seed in range(3):
+        events = detect(_exponential_run(20_000, 0.05, 200, 0.02, 3.0, seed), vocab_size=256)
+        assert events.empty, events.drop(columns="note").to_dict("records")
+
+
+def test_a_collapse_in_a_run_logged_every_step_is_found():
+    frame = _exponential_run(20_000, 0.05, 200, 0.02, 3.0, 7)
+    jump = frame["step"] > 14_000
+    frame.loc[jump, "value"] = frame.loc[jump, "value"] + math.log(1.5)
+    events = detect(frame, vocab_size=256)
+    collapse = events[events["type"] == "collapse"]
+    assert len(collapse) == 1 and abs(collapse.iloc[0]["onset_step"] - 14_000) <= 400, events.drop(columns="note")

@@ -19,9 +19,8 @@ CAPTIONS = {
         "interval; k/n above."),
     "pairs": (
         "Probability that the row architecture ends with a lower final perplexity than the column one "
-        "(Mann-Whitney U / (n_a n_b), ties 1/2), with its 95% interval: a seeded bootstrap from 5 seeds each, below "
-        "that Newcombe's score interval (a bootstrap of 3 perfectly separated seeds would claim [1, 1]); 0.5 = no "
-        "difference. Greyed, hatched cells are pairs the seed counts cannot decide, however far apart they look."),
+        "(Mann-Whitney U / (n_a n_b), ties 1/2), with Newcombe's 95% score interval, which keeps its coverage at "
+        "every seed count (a bootstrap of perfectly separated seeds would claim [1, 1]); 0.5 = no difference. Greyed, hatched cells are pairs the seed counts cannot decide, however far apart they look."),
     "grad_norm": (
         "Pre-clip global gradient norm against training step (log scale), with the events the detector found on "
         "the loss curves (it does not read gradient norms)."),

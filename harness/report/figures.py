@@ -25,7 +25,8 @@ from harness.text import missing
 DPI = 100
 PANEL_INCHES = (5.0, 3.5)
 NCOLS = 3  # panels per row in the per-architecture figures
-EVENT_COLOURS = {"spike": "#e69f00", "collapse": "#d62728", "overfit_divergence": "#7b4fa6", "divergence": "#222222"}
+EVENT_COLOURS = {"spike": "#e69f00", "collapse": "#d62728", "overfit_divergence": "#7b4fa6", "divergence": "#222222",
+                 "nonfinite": "#0072b2"}
 # one style for every figure, applied per figure so the caller's matplotlib state is untouched
 STYLE = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85),
          "font.family": "DejaVu Sans", "axes.titleweight": "bold", "legend.frameon": False}

@@ -91,7 +91,7 @@ def summary_section(agg: Aggregate) -> str:
     header = ["arch", "completed/diverged/failed", "final ppl median", "final ppl IQM", "final ppl interval",
               f"final bits/{agg.unit}", "best ppl median", "best ppl interval", "interval kind"]
     header += [f"median steps to ppl {target:g}"] if target else []
-    header += ["collapsed or diverged", "collapse rate [95% Wilson]"]
+    header += ["collapsed or diverged", "collapse rate [95% Wilson]", "seeds without a score"]
     rows = []
     for s in agg.summary.sort_values("arch").to_dict("records"):
         k, n = collapse_k_n(s)
@@ -106,6 +106,8 @@ def summary_section(agg: Aggregate) -> str:
             row += [f"{k}/{n}", f"{num(s['collapse_rate'])} [{num(s['collapse_rate_lo'])}, {num(s['collapse_rate_hi'])}]"]
         else:
             row += ["not measurable", "evaluated too rarely for the detector"]
+        dropped = int(s.get("n_dropped") or 0)
+        row.append(f"{dropped}: {s['dropped']}" if dropped and not missing(s.get("dropped")) else str(dropped))
         rows.append(row)
     published = "; the last evaluation alone is in the published comparison above" if agg.study.get("published") else ""
     note = p(f"Perplexity is per {agg.unit} on the validation split. Final = exp(mean validation loss of the "
@@ -138,10 +140,24 @@ def not_completed_section(agg: Aggregate) -> str:
     return section("not-completed", "Runs that did not complete", parts)
 
 
+def _untested(agg: Aggregate) -> str:
+    """The runs the detector could not test: too few evaluations past its history (collapse.testable)."""
+    if "testable" not in agg.runs:
+        return ""
+    runs = agg.runs[(agg.runs["testable"].astype(str).str.lower() == "false") & (agg.runs["status"] != "failed")]
+    if runs.empty:
+        return ""
+    listed = ", ".join(f"{r.arch} seed {int(r.seed)} ({step(getattr(r, 'n_evals', None)) or '?'} evaluations)"
+                       for r in runs.sort_values(["arch", "seed"]).itertuples(index=False))
+    return p("Runs the detector could not test (no evaluation past its history window), so their collapse "
+             f"rate is not measured: {listed}.", "warn")
+
+
 def events_section(agg: Aggregate) -> str:
     ev = agg.events.sort_values(["arch", "seed", "onset_step"])
     if ev.empty:
-        return section("events", "Events", [p("The detector found no event in any run."), p(DETECTOR_READS, "note")])
+        return section("events", "Events", [p("The detector found no event in any run."), _untested(agg),
+                                            p(DETECTOR_READS, "note")])
     notes = "note" in ev.columns
     rows = [[e["arch"], int(e["seed"]), e["type"], e["split"], step(e["onset_step"]), step(e["train_onset_step"]),
              step(e["peak_step"]), num(e["peak_value"]), f"{num(e['magnitude'])}x",
@@ -153,6 +169,7 @@ def events_section(agg: Aggregate) -> str:
         _table(["arch", "seed", "type", "split", "onset step", "train onset step", "peak step",
                 f"peak ppl (per {agg.unit})", "magnitude", "end step", "recovered", "score", "threshold"]
                + (["note"] if notes else []), rows, numeric={4, 5, 6, 7, 8, 9, 11, 12}),
+        _untested(agg),
         p(DETECTOR_READS, "note"),
         p("Onset: the last evaluation still at the pre-event level, on the curve that defines the event; "
            "train onset: the same on the training curve. Magnitude: peak / pre-event perplexity. End: the first "
@@ -259,7 +276,7 @@ def pairs_table(agg: Aggregate) -> str:
     undecidable = ~pairs["decidable"].astype(bool)
     rows = [[r.arch_a, r.arch_b, f"{r.n_a} vs {r.n_b}", num(r.prob_improvement),
              f"[{num(r.pi_lo)}, {num(r.pi_hi)}]" + ("" if missing(r.pi_interval) else f" {r.pi_interval}"),
-             num(r.mannwhitney_p, 3), num(r.holm_p, 3), num(r.fisher_p, 3), num(r.min_possible_p, 4),
+             num(r.mannwhitney_p, 3), num(r.holm_p, 3), num(r.fisher_holm_p, 3), num(r.min_possible_p, 4),
              "cannot be decided with these seeds" if not r.decidable else r.verdict,
              "" if missing(r.unmatched) else f"not parameter-matched: {r.unmatched}"]
             for r in pairs.itertuples(index=False)]
@@ -273,7 +290,7 @@ def pairs_table(agg: Aggregate) -> str:
         parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
                        "there is partly a difference of budget.", "warn"))
     parts.append(_table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p",
-                         "Fisher p (collapse)", "smallest possible p", "verdict", "shape"], rows,
+                         "Fisher p (collapse rates, Holm)", "smallest possible p", "verdict", "shape"], rows,
                         numeric={3, 5, 6, 7, 8}))
     return "".join(parts)
 
