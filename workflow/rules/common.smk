@@ -12,9 +12,9 @@ sys.path.insert(0, os.getcwd())
 
 # Command-line values are typed (`seeds=[0,1]` arrives as strings), then checked: a mistake stops
 # here with one line, before any job runs; then the schema fills every default.
-SCHEMA = "../schemas/config.schema.yaml"
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 try:
-    check_config(coerce_overrides(config), os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    check_config(coerce_overrides(config), SCHEMA)
     validate(config, SCHEMA)
     STUDIES = resolve(config)
 except ValueError as e:
