@@ -1,8 +1,11 @@
 """Studies: the validated workflow config -> resolved studies -> one run spec per (arch, seed).
 
-The config is validated (and its defaults filled) against workflow/schemas/config.schema.yaml
-before it gets here; this module only applies the command-line overrides and normalises the
-architecture entries, so that the workflow itself holds no logic. No torch here.
+Before Snakemake validates the config (and fills its defaults) against
+workflow/schemas/config.schema.yaml, coerce_overrides types the command-line values and
+check_config says the first mistake in one line. resolve then applies the overrides, names the
+study folder after them (study_folder) and normalises the architecture entries, so that the
+workflow itself holds no logic. No torch here (a builder named by dotted path is imported, though,
+to check that it exists).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from harness import archs as registry
 
 OVERRIDES = ("archs", "seeds", "steps")  # top-level keys that change every study's results
 LIST_OVERRIDES = ("archs", "seeds")
-MAX_FOLDER = 120  # longest study folder name spelled out in full
+MAX_VALUE = 40  # an override value longer than this is named by a hash in the folder name
 
 
 class ConfigError(ValueError):
@@ -125,12 +128,12 @@ def _check_build(build: str, study: str) -> None:
             raise ConfigError(f"study {study!r}: architecture {build!r}: importing {module!r} failed: "
                               f"{type(e).__name__}: {e}") from e
         if not callable(getattr(imported, function, None)):
-            found = sorted(n for n, v in vars(imported).items() if callable(v) and not n.startswith("_")
-                           and getattr(v, "__module__", None) == imported.__name__)
-            close = difflib.get_close_matches(function, found, n=1)
+            defined = sorted(n for n, v in vars(imported).items() if callable(v) and not n.startswith("_")
+                             and getattr(v, "__module__", None) == imported.__name__)
+            close = difflib.get_close_matches(function, defined, n=1)
             hint = f" (did you mean {module}:{close[0]}?)" if close else ""
             raise ConfigError(f"study {study!r}: architecture {build!r}: module {module!r} has no callable "
-                              f"{function!r}{hint}; it defines {found}")
+                              f"{function!r}{hint}; it defines {defined}")
     elif build not in registry.available():
         raise ConfigError(
             f"study {study!r}: unknown architecture {build!r}; choose one of {registry.available()} "
@@ -169,7 +172,7 @@ def study_folder(base: str, overrides: dict[str, Any]) -> str:
             text = _seeds_text(value)
         else:
             text = str(value)
-        if len(text) > 40:
+        if len(text) > MAX_VALUE:
             text = f"{len(value) if isinstance(value, list) else ''}@{_short_hash(value)}"
         parts.append(f"{key}={text}")
     return "+".join(parts)
