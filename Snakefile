@@ -3,6 +3,8 @@
     snakemake --cores 1 reports/collapse.html                    # the study named in config/config.yaml
     snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4]
 
+Overrides that change a study's results (archs, seeds, steps) give it a folder of its own,
+results/<study>+<overrides>/ (e.g. tiny+seeds=0-4+steps=2000), so no run overwrites another's.
 Rules only wire files to `python -m harness ...`; every computation lives in the harness package.
 """
 

@@ -21,7 +21,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from harness import collapse
+    from harness.contracts import EVENT_COLUMNS
     from harness.files import write_atomic
 
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
@@ -33,13 +36,106 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         events = collapse.detect(metrics, config, vocab_size=vocab)
         for i, key in enumerate(("study", "arch", "seed")):
             events.insert(i, key, manifest.get(key))
+        runs = [tuple(manifest.get(k) for k in ("study", "arch", "seed"))]
     else:
         events = collapse.detect_file(path, config)
+        runs = None
     if args.out:
         write_atomic(Path(args.out), events.to_csv(index=False))
+    elif args.format == "csv":
+        sys.stdout.write(events.to_csv(index=False))
+    elif args.format == "json":
+        print(json.dumps(_event_records(events), indent=1))
     else:
-        print(events.to_string(index=False) if len(events) else "no events")
+        identity = [c for c in events.columns if c not in EVENT_COLUMNS]
+        if runs is None and identity:  # every run of the file, those without events too
+            try:
+                runs = list(pd.read_csv(path, usecols=identity).drop_duplicates().itertuples(index=False, name=None))
+            except ValueError:
+                runs = None
+        print(events_table(events, identity, runs))
     return 0
+
+
+def _event_records(events) -> list[dict]:
+    """Events as JSON-able records: missing values null, step columns integers."""
+    import math
+
+    records = []
+    for row in events.to_dict("records"):
+        record = {}
+        for key, value in row.items():
+            value = value.item() if hasattr(value, "item") else value
+            if isinstance(value, float) and math.isnan(value):
+                value = None
+            elif isinstance(value, float) and key.endswith("step") and value.is_integer():
+                value = int(value)
+            record[key] = value
+        records.append(record)
+    return records
+
+
+# (header, event column, format) of the table `detect` prints; a column is as wide as its widest cell
+TABLE_COLUMNS = [
+    ("type", "type", str),
+    ("split", "split", str),
+    ("onset", "onset_step", "{:,.0f}".format),
+    ("train", "train_onset_step", "{:,.0f}".format),
+    ("peak", "peak_step", "{:,.0f}".format),
+    ("loss", "peak_value", "{:.2f}".format),
+    ("end", "end_step", "{:,.0f}".format),
+    ("rec", "recovered", lambda v: "yes" if v else "no"),
+    ("mag", "magnitude", "{:.2f}x".format),
+    ("score", "score", "{:.1f}".format),
+    ("thr", "threshold", "{:.1f}".format),
+]
+TABLE_LEGEND = ("onset, train, peak, end: steps (train: where the train curve's rise began, for a validation "
+                "event); loss: the loss at the peak; rec: recovered; mag: the peak over the level before it; "
+                "score: robust z-score of log loss against a trailing window, an event above thr (its threshold)")
+
+
+def events_table(events, identity: list[str], runs: list[tuple] | None = None) -> str:
+    """The detected events as a table that fits 100 columns: one line per event, its note on an
+    indented line below; with identity columns (arch, seed, ...) one heading per run."""
+    import pandas as pd
+
+    def cell(value, fmt) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "-"
+        return fmt(value)
+
+    rows = [[cell(row[column], fmt) for _, column, fmt in TABLE_COLUMNS] for row in events.to_dict("records")]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, (h, _, _) in enumerate(TABLE_COLUMNS)]
+
+    def line(cells: list[str]) -> str:
+        return "  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    header = line([h for h, _, _ in TABLE_COLUMNS])
+    notes = events["note"].fillna("").tolist() if "note" in events else [""] * len(rows)
+    keys = [tuple(row) for row in events[identity].itertuples(index=False, name=None)] if identity else [()] * len(rows)
+    groups = list(dict.fromkeys([*(runs or []), *keys]))  # the file's order, runs without events too
+    out = []
+    for group in groups:
+        members = [i for i, k in enumerate(keys) if k == group]
+        if identity:
+            name = " ".join(f"{k}={v}" for k, v in zip(identity, group))
+            out.append(f"{name}: {len(members)} event{'s' if len(members) != 1 else ''}" if members else f"{name}: no events")
+        if members:
+            out.append(header)
+        for i in members:
+            out.append(line(rows[i]).rstrip())
+            if notes[i]:
+                out += _wrap(notes[i], indent=6, width=100)
+    if not out:
+        return "no events"
+    return "\n".join(out + [""] + _wrap(TABLE_LEGEND, indent=0, width=100)) if rows else "\n".join(out)
+
+
+def _wrap(text: str, indent: int, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=width, initial_indent=" " * indent, subsequent_indent=" " * (indent + 2),
+                         break_on_hyphens=False)
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
@@ -73,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("log", help="a run folder, or a CSV: long (step,split,metric,value,...) or wide (step + loss columns)")
     p.add_argument("--config", help="detector thresholds as JSON (harness.collapse.DetectConfig fields)")
     p.add_argument("--out", help="write the events as CSV here instead of printing them")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="what to print: a readable table (default), the events CSV, or a JSON list of records")
     p.set_defaults(func=_cmd_detect)
 
     p = sub.add_parser("aggregate", help="all runs of a study -> tidy tables")

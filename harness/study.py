@@ -1,23 +1,98 @@
 """Studies: the validated workflow config -> resolved studies -> one run spec per (arch, seed).
 
-The config is validated (and its defaults filled) against workflow/schemas/config.schema.yaml
-before it gets here; this module only applies the command-line overrides and normalises the
-architecture entries, so that the workflow itself holds no logic. No torch here.
+Before Snakemake validates the config (and fills its defaults) against
+workflow/schemas/config.schema.yaml, coerce_overrides types the command-line values and
+check_config says the first mistake in one line. resolve then applies the overrides, names the
+study folder after them (study_folder) and normalises the architecture entries, so that the
+workflow itself holds no logic. No torch here (a builder named by dotted path is imported, though,
+to check that it exists).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
+import importlib
 import importlib.util
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from harness import archs as registry
 
-OVERRIDES = ("archs", "seeds", "steps")
+OVERRIDES = ("archs", "seeds", "steps")  # top-level keys that change every study's results
+LIST_OVERRIDES = ("archs", "seeds")
+MAX_VALUE = 40  # an override value longer than this is named by a hash in the folder name
+
+
+class ConfigError(ValueError):
+    """A config mistake, said in one line."""
+
+
+def coerce_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """The typed values of the top-level overrides, in place (and returned).
+
+    Snakemake reads `--config seeds=[0,1]` with YAML's BaseLoader, so list items and mapping values
+    arrive as strings ('0', '1'); a scalar (`seeds=0`) arrives as an int. This is the one place
+    that turns them into what the schema describes: integer seeds and steps, a list for a scalar
+    archs/seeds, and YAML-typed hyperparameters of an architecture entry.
+    """
+
+    def integer(value):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        return value
+
+    def typed(value):  # hparams: '5' -> 5, '0.05' -> 0.05, 'true' -> True, 'standard' stays
+        if isinstance(value, dict):
+            return {k: typed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [typed(v) for v in value]
+        if isinstance(value, str):
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+        return value
+
+    for key in LIST_OVERRIDES:
+        if config.get(key) is not None and not isinstance(config[key], list):
+            config[key] = [config[key]]
+    if isinstance(config.get("seeds"), list):
+        config["seeds"] = [integer(s) for s in config["seeds"]]
+    if config.get("steps") is not None:
+        config["steps"] = integer(config["steps"])
+    if isinstance(config.get("archs"), list):
+        config["archs"] = [
+            {**entry, "hparams": typed(entry["hparams"])} if isinstance(entry, dict) and "hparams" in entry else entry
+            for entry in config["archs"]
+        ]
+    if config.get("study") is not None and not isinstance(config["study"], str):
+        config["study"] = str(config["study"])
+    return config
+
+
+def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Raise ConfigError with one readable line for the first config mistake, before Snakemake's
+    validate (whose message repeats the whole schema). Call after coerce_overrides."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    keys = list(schema["properties"])
+    for key in config:
+        if key not in schema["properties"]:
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"config: unknown key {key!r}; {hint}The keys are: {', '.join(keys)}")
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+        raise ConfigError(f"config {where or '(top level)'}: {error.message}")
 
 
 def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
@@ -37,26 +112,95 @@ def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
 
 
 def _check_build(build: str, study: str) -> None:
-    """Unknown architectures fail here, before any job runs (without importing torch)."""
+    """Unknown architectures fail here, before any job runs. A dotted path 'pkg.module:function' is
+    imported (the user's module, from the working directory or PYTHONPATH) and its function must exist
+    and be callable; registry names are checked without importing torch."""
     if ":" in build:
-        module = build.partition(":")[0]
+        module, _, function = build.partition(":")
         try:
             found = importlib.util.find_spec(module) is not None
         except ImportError:
             found = False
         if not found:
-            raise ValueError(f"study {study!r}: architecture {build!r}: module {module!r} is not importable")
+            raise ConfigError(f"study {study!r}: architecture {build!r}: module {module!r} is not importable")
+        try:
+            imported = importlib.import_module(module)
+        except Exception as e:  # the user's module raised while importing
+            raise ConfigError(f"study {study!r}: architecture {build!r}: importing {module!r} failed: "
+                              f"{type(e).__name__}: {e}") from e
+        if not callable(getattr(imported, function, None)):
+            defined = sorted(n for n, v in vars(imported).items() if callable(v) and not n.startswith("_")
+                             and getattr(v, "__module__", None) == imported.__name__)
+            close = difflib.get_close_matches(function, defined, n=1)
+            hint = f" (did you mean {module}:{close[0]}?)" if close else ""
+            raise ConfigError(f"study {study!r}: architecture {build!r}: module {module!r} has no callable "
+                              f"{function!r}{hint}; it defines {defined}")
     elif build not in registry.available():
-        raise ValueError(
+        raise ConfigError(
             f"study {study!r}: unknown architecture {build!r}; choose one of {registry.available()} "
             "or name a builder by dotted path 'package.module:function'"
         )
 
 
+def _seeds_text(seeds: list[int]) -> str:
+    """0,1,2,3,5 -> '0-3,5': runs of three or more consecutive seeds as a range."""
+    parts, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts += [f"{seeds[i]}-{seeds[j]}"] if j - i >= 2 else [str(s) for s in seeds[i:j + 1]]
+        i = j + 1
+    return ",".join(parts)
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def study_folder(base: str, overrides: dict[str, Any]) -> str:
+    """The folder name of a study under overrides: readable, filesystem-safe, the same for the same
+    overrides, e.g. 'tiny+seeds=0-4+steps=2000'; no overrides = the study's own name."""
+    parts = [base]
+    for key in OVERRIDES:
+        if key not in overrides:
+            continue
+        value = overrides[key]
+        if key == "archs":
+            text = ",".join(e.replace(":", ".") if isinstance(e, str) else f"{e['name']}@{_short_hash(e)}"
+                            for e in value)
+        elif key == "seeds":
+            text = _seeds_text(value)
+        else:
+            text = str(value)
+        if len(text) > MAX_VALUE:
+            text = f"{len(value) if isinstance(value, list) else ''}@{_short_hash(value)}"
+        parts.append(f"{key}={text}")
+    return "+".join(parts)
+
+
+def _override_text(overrides: dict[str, Any]) -> str:
+    """The overrides as they are typed on the command line: seeds=[0,1] steps=50."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + ",".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return yaml.safe_dump(v, default_flow_style=True, width=10_000).strip()
+        return str(v)
+
+    return " ".join(f"{k}={fmt(overrides[k])}" for k in OVERRIDES if k in overrides)
+
+
 def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """All studies of a validated config, with the top-level overrides applied to each."""
+    """All studies of a validated config, with the top-level overrides applied to each.
+
+    Keyed by study folder name: a study whose results an override changes is named after the
+    overrides (study_folder), so results made under one configuration never overwrite another's.
+    Each resolved study keeps its `base` study name and the `overrides` that changed it.
+    """
     studies = {}
-    for name, raw in config["studies"].items():
+    for base, raw in config["studies"].items():
         study = copy.deepcopy(raw)
         defined = {}
         for entry in study["archs"]:
@@ -66,21 +210,28 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         archs = [_arch_entry(entry, defined) for entry in chosen]
         names = [a["name"] for a in archs]
         if len(set(names)) != len(names):
-            raise ValueError(f"study {name!r}: architecture names repeat: {names}")
+            raise ConfigError(f"study {base!r}: architecture names repeat: {names}")
         for a in archs:
-            _check_build(a["build"], name)
+            _check_build(a["build"], base)
+        overrides = {}
+        if config.get("archs") and archs != list(defined.values()):
+            overrides["archs"] = list(config["archs"])
+        if config.get("seeds") and list(config["seeds"]) != study["seeds"]:
+            overrides["seeds"] = study["seeds"] = list(config["seeds"])
+        if config.get("steps") and config["steps"] != study["recipe"]["steps"]:
+            overrides["steps"] = study["recipe"]["steps"] = config["steps"]
+        name = study_folder(base, overrides)
         study["archs"] = {a["name"]: {"build": a["build"], "hparams": a["hparams"]} for a in archs}
-        study["name"] = name
+        study["name"], study["base"], study["overrides"] = name, base, overrides
+        if overrides:
+            study["description"] = (f"{study.get('description') or base} "
+                                    f"(study {base} with overrides {_override_text(overrides)})")
         for arch in study["archs"]:
             pipeline_inputs(study, arch)  # a pipeline without its inputs fails here, before any job
-        if config.get("seeds"):
-            study["seeds"] = list(config["seeds"])
-        if config.get("steps"):
-            study["recipe"]["steps"] = config["steps"]
         recipe = study["recipe"]
         if recipe["checkpoint_every"] % recipe["log_every"]:
-            raise ValueError(
-                f"study {name!r}: recipe.checkpoint_every ({recipe['checkpoint_every']}) must be a "
+            raise ConfigError(
+                f"study {base!r}: recipe.checkpoint_every ({recipe['checkpoint_every']}) must be a "
                 f"multiple of recipe.log_every ({recipe['log_every']}) so a resumed run logs the same windows"
             )
         # the parameter budget's architecture, even when an override left it out of the runs
@@ -88,8 +239,8 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         published_curves_file(study)  # a missing curves file fails here, before any job
         _check_claims(study)
         studies[name] = study
-    if config["study"] not in studies:
-        raise ValueError(f"config 'study': {config['study']!r} is not one of the studies {sorted(studies)}")
+    if config["study"] not in config["studies"]:
+        raise ConfigError(f"config 'study': {config['study']!r} is not one of the studies {sorted(config['studies'])}")
     return studies
 
 
@@ -98,10 +249,10 @@ def _check_claims(study: dict) -> None:
     from harness import claims  # statistics and YAML schemas: only when a study is resolved
 
     if study.get("claims") and not Path(study["claims"]).is_file():
-        raise ValueError(f"study {study['name']!r}: claims file {study['claims']!r} does not exist")
+        raise ConfigError(f"study {study['name']!r}: claims file {study['claims']!r} does not exist")
     publications, _ = claims.load(study.get("claims"))
     if study.get("published") and study["published"] not in publications:
-        raise ValueError(f"study {study['name']!r}: published {study['published']!r} is not one of the "
+        raise ConfigError(f"study {study['name']!r}: published {study['published']!r} is not one of the "
                          f"publications {sorted(publications)}")
 
 
@@ -115,8 +266,14 @@ def published_curves_file(study: dict) -> str | None:
     for candidate in (Path(given), Path(str(shipped))):
         if candidate.is_file():
             return str(candidate.resolve())
-    raise ValueError(f"study {study['name']!r}: published_curves {given!r} is neither a file nor one of the "
+    raise ConfigError(f"study {study['name']!r}: published_curves {given!r} is neither a file nor one of the "
                      f"shipped curves {sorted(p.name for p in (resources.files('harness') / 'published').iterdir())}")
+
+
+def default_study(studies: dict[str, dict[str, Any]], config: dict[str, Any]) -> str:
+    """The folder name of the study config['study'] names, under the config's overrides: the study
+    whose report is reports/collapse.html."""
+    return next(name for name, s in studies.items() if s["base"] == config["study"])
 
 
 def run_dir(study: str, arch: str, seed: int) -> str:
@@ -133,7 +290,7 @@ def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
     for key in pipeline.inputs if pipeline else ():
         named = entry["hparams"].get(key)
         if named not in study["archs"] or named == arch:
-            raise ValueError(
+            raise ConfigError(
                 f"study {study['name']!r}: {arch!r} needs hparams.{key} naming another architecture of the "
                 f"study whose same-seed run it consumes (one of {sorted(set(study['archs']) - {arch})}), "
                 f"got {named!r}")
@@ -144,7 +301,7 @@ def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
 def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
     """Everything one training run needs, as plain JSON-able data."""
     if arch not in study["archs"]:
-        raise ValueError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
+        raise ConfigError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
     spec = {
         "study": study["name"],
         "arch": arch,

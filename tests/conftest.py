@@ -1,9 +1,11 @@
-"""Shared test helpers: a micro study validated against the real schema, and the CI data folder."""
+"""Shared test helpers: a micro study validated against the real schema, the test data, and
+temporary copies of the workflow (tests never read or write the working tree's results/)."""
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,38 @@ from snakemake.utils import validate
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The published 70M curves ship with the package; ../shared/reference holds the same file in CI.
+PUBLISHED = REPO / "harness" / "published" / "mnsm-enwik8-70m.csv"
 
-# Tests read TinyShakespeare from ../shared/data (no network); a user's HARNESS_DATA_DIR wins.
-if SHARED_DATA.is_dir():
+# HARNESS_TEST_NO_SHARED=1 simulates a user's clone, which has no ../shared beside it.
+SHARED = None if os.environ.get("HARNESS_TEST_NO_SHARED") else REPO.parent / "shared"
+SHARED_DATA = SHARED / "data" if SHARED else None
+SHARED_REFERENCE = SHARED / "reference" / "mnsm-enwik8-70m.csv" if SHARED else None
+
+# Tests read TinyShakespeare from HARNESS_DATA_DIR, else from ../shared/data (no network).
+if SHARED_DATA is not None and SHARED_DATA.is_dir():
     os.environ.setdefault("HARNESS_DATA_DIR", str(SHARED_DATA))
+DATA_DIR = Path(os.environ["HARNESS_DATA_DIR"]) if os.environ.get("HARNESS_DATA_DIR") else None
+TINYSHAKESPEARE = next((DATA_DIR / n for n in ("tinyshakespeare.txt", "input.txt")
+                        if DATA_DIR and (DATA_DIR / n).is_file()), None)
+NEEDS_DATA = ("needs TinyShakespeare: set HARNESS_DATA_DIR to a folder holding tinyshakespeare.txt "
+              "(README, Tests)")
+
+# What a user's checkout holds of the workflow: a temporary copy of these is a fresh working tree.
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "examples")
+
+
+def workflow_copy(dest: Path) -> Path:
+    """Copy the workflow (never results/, logs/, reports/ or .snakemake/) into dest; return dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    return dest
+
 
 MICRO_STUDY = {
     "description": "micro study for tests",
@@ -71,6 +100,7 @@ def dropout_calls(model, vocab_size: int) -> list[str]:
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
-        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
-    return SHARED_DATA
+    """The folder holding TinyShakespeare (HARNESS_DATA_DIR); skips, saying so, where there is none."""
+    if TINYSHAKESPEARE is None:
+        pytest.skip(NEEDS_DATA)
+    return TINYSHAKESPEARE.parent

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from harness import data
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.conftest import NEEDS_DATA, TINYSHAKESPEARE
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TEXT = b"To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
@@ -83,18 +82,18 @@ def closed_port_url():
     return f"http://127.0.0.1:{port}/gone.txt"
 
 
-# --- the real TinyShakespeare, from the shared local copy ---------------------------------------
+# --- the real TinyShakespeare, from HARNESS_DATA_DIR (or ../shared/data) -------------------------
 
 @pytest.mark.parametrize("tokens, vocab_size, dtype", [("chars", 65, torch.int16), ("bytes", 256, torch.uint8)])
 def test_tinyshakespeare_from_data_dir(monkeypatch, tmp_path, tokens, vocab_size, dtype):
-    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
-        pytest.skip(f"no local TinyShakespeare copy in {SHARED_DATA}")
-    monkeypatch.setenv("HARNESS_DATA_DIR", str(SHARED_DATA))
+    if TINYSHAKESPEARE is None:
+        pytest.skip(NEEDS_DATA)
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(TINYSHAKESPEARE.parent))
     cache = tmp_path / "cache"
     corpus = data.load_corpus("tinyshakespeare", tokens=tokens, cache_dir=cache)
     assert corpus.vocab_size == vocab_size
     assert corpus.sha256 == TINYSHAKESPEARE_SHA256
-    assert corpus.source == (SHARED_DATA / "tinyshakespeare.txt").resolve()
+    assert corpus.source == TINYSHAKESPEARE.resolve()
     assert set(corpus.splits) == {"train", "val"}
     assert len(corpus.splits["train"]) == 1_115_394 * 9 // 10 == 1_003_854
     assert len(corpus.splits["val"]) == 1_115_394 - 1_003_854

@@ -27,10 +27,10 @@ def micro_eam_study(**stages):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import NEEDS_DATA, TINYSHAKESPEARE
 
-    if not (SHARED_DATA / "tinyshakespeare.txt").is_file():
-        pytest.skip("needs ../shared/data/tinyshakespeare.txt")
+    if TINYSHAKESPEARE is None:
+        pytest.skip(NEEDS_DATA)
     out = tmp_path_factory.mktemp("micro") / "transformer" / "seed0"
     assert execute(run_spec(micro_eam_study(), "transformer", 0), out) == "completed"
     return out

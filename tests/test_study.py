@@ -6,7 +6,10 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from harness.study import config_hash, published_curves_file, resolve, run_spec
+from harness.study import (
+    ConfigError, check_config, coerce_overrides, config_hash, default_study, published_curves_file, resolve, run_spec,
+    study_folder,
+)
 from tests.conftest import MICRO_STUDY, REPO, SCHEMA, micro_config
 
 
@@ -24,19 +27,79 @@ def test_shipped_config_resolves_with_its_presets():
     assert enwik8["recipe"]["warmup_steps"] == 500 and enwik8["recipe"]["eval_batches"] == 16
 
 
-def test_overrides_apply_to_every_study():
+def test_overrides_apply_to_every_study_in_a_folder_of_their_own():
     config = micro_config(archs=["memnls"], seeds=[3, 4], steps=7)
-    study = resolve(config)["micro"]
+    studies = resolve(config)
+    assert list(studies) == ["micro+archs=memnls+seeds=3,4+steps=7"] == [default_study(studies, config)]
+    study = studies["micro+archs=memnls+seeds=3,4+steps=7"]
+    assert study["name"] == "micro+archs=memnls+seeds=3,4+steps=7" and study["base"] == "micro"
+    assert study["overrides"] == {"archs": ["memnls"], "seeds": [3, 4], "steps": 7}
+    assert study["description"] == "micro study for tests (study micro with overrides archs=[memnls] seeds=[3,4] steps=7)"
     assert list(study["archs"]) == ["memnls"]
     assert study["archs"]["memnls"]["hparams"] == {"ffn_mult": 5}  # keeps the study's definition
     assert study["seeds"] == [3, 4] and study["recipe"]["steps"] == 7
     # the budget's reference stays known though the override dropped it from the runs
     assert study["reference_arch"]["build"] == "transformer"
+    assert run_spec(study, "memnls", 3)["study"] == study["name"]
+
+
+def test_no_override_and_an_override_that_changes_nothing_keep_the_study_name():
+    plain = resolve(micro_config())["micro"]
+    assert plain["base"] == "micro" and plain["overrides"] == {}
+    assert plain["description"] == "micro study for tests"
+    same = resolve(micro_config(seeds=[0], steps=40, archs=["transformer", "memnls"], data_dir="/elsewhere"))
+    assert list(same) == ["micro"] and same["micro"]["overrides"] == {}  # data_dir changes no result
+
+
+def test_study_folder_is_readable_safe_and_stable():
+    assert study_folder("tiny", {}) == "tiny"
+    assert study_folder("tiny", {"seeds": [0, 1, 2, 3, 4], "steps": 2000}) == "tiny+seeds=0-4+steps=2000"
+    assert study_folder("tiny", {"steps": 2000, "seeds": [0, 1, 2, 3, 4]}) == "tiny+seeds=0-4+steps=2000"
+    assert study_folder("tiny", {"seeds": [0, 1, 5, 6, 7, 9]}) == "tiny+seeds=0,1,5-7,9"
+    assert (study_folder("tiny", {"archs": ["transformer", "examples.gru:build"]})
+            == "tiny+archs=transformer,examples.gru.build")
+    entry = {"name": "memnls", "hparams": {"ffn_mult": 4}}
+    named = study_folder("tiny", {"archs": [entry]})
+    assert named.startswith("tiny+archs=memnls@") and named == study_folder("tiny", {"archs": [dict(entry)]})
+    assert named != study_folder("tiny", {"archs": [{"name": "memnls", "hparams": {"ffn_mult": 5}}]})
+    many = study_folder("tiny", {"seeds": list(range(0, 200, 2))})
+    assert len(many) < 40 and many.startswith("tiny+seeds=100@")
+    for name in (named, many):
+        assert all(c.isalnum() or c in "_.-+=,@" for c in name)
+
+
+def test_command_line_values_are_typed_before_validation():
+    # what Snakemake's --config hands over: YAML BaseLoader strings inside lists and mappings
+    config = micro_config()
+    config.update(seeds=["0", "1"], steps=50, archs=["transformer", {"name": "memnls", "hparams": {"ffn_mult": "4", "dt": "0.05", "residual": "standard"}}])
+    coerce_overrides(config)
+    assert config["seeds"] == [0, 1] and config["steps"] == 50
+    assert config["archs"][1]["hparams"] == {"ffn_mult": 4, "dt": 0.05, "residual": "standard"}
+    check_config(config, SCHEMA)
+    scalar = coerce_overrides({"seeds": 3, "archs": "transformer", "steps": "20"})
+    assert scalar == {"seeds": [3], "archs": ["transformer"], "steps": 20}
+
+
+@pytest.mark.parametrize(
+    "top, message",
+    [
+        ({"step": 100}, "config: unknown key 'step'; did you mean steps?"),
+        ({"seeds": [0, 0]}, "config seeds: [0, 0] has non-unique elements"),
+        ({"seeds": ["x"]}, "config seeds[0]: 'x' is not of type 'integer'"),
+    ],
+)
+def test_check_config_says_the_first_mistake_in_one_line(top, message):
+    config = micro_config()
+    config.update(top)
+    with pytest.raises(ConfigError) as e:
+        check_config(config, SCHEMA)
+    assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_dotted_path_arch_is_named_after_its_module():
-    study = resolve(micro_config(archs=["examples.gru:build"]))["micro"]
-    assert study["archs"] == {"gru": {"build": "examples.gru:build", "hparams": {}}}
+    studies = resolve(micro_config(archs=["examples.gru:build"]))
+    assert list(studies) == ["micro+archs=examples.gru.build"]
+    assert studies["micro+archs=examples.gru.build"]["archs"] == {"gru": {"build": "examples.gru:build", "hparams": {}}}
 
 
 @pytest.mark.parametrize(
@@ -44,6 +107,8 @@ def test_dotted_path_arch_is_named_after_its_module():
     [
         ({"archs": ["nope"]}, "unknown architecture 'nope'"),
         ({"archs": ["not_a_module.x:build"]}, "module 'not_a_module.x' is not importable"),
+        ({"archs": ["examples.gru:nobuild"]}, "module 'examples.gru' has no callable 'nobuild'"),
+        ({"archs": ["examples.gru:MATCH_KNOB"]}, "module 'examples.gru' has no callable 'MATCH_KNOB'"),
         ({"study": "absent"}, "'absent' is not one of the studies"),
     ],
 )

@@ -1,4 +1,8 @@
-"""The Snakemake workflow itself: dry run, lint, early config errors, a whole DAG, kill and resume."""
+"""The Snakemake workflow itself: dry run, lint, early config errors, a whole DAG, kill and resume.
+
+Every run happens in a temporary copy of the workflow (conftest.workflow_copy), never in the
+working tree, so no test depends on (or touches) the results/ a user's own runs left there.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ import pandas as pd
 import pytest
 
 from harness.study import resolve, run_spec
-from tests.conftest import MICRO_STUDY, REPO, micro_config, write_config
+from tests.conftest import MICRO_STUDY, REPO, micro_config, workflow_copy, write_config
 
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Snakemake's own notices, printed before the workflow is read
+NOTICES = ("Using workflow specific profile", "Config file config/config.yaml is extended")
 
 
 def env() -> dict[str, str]:
@@ -29,24 +35,35 @@ def env() -> dict[str, str]:
 
 
 def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], env=env(),
-                          capture_output=True, text=True, timeout=timeout)
+    """Snakemake's CLI in a workflow copy, as a user runs it from the checkout's root."""
+    return subprocess.run([*SNAKEMAKE, *args], cwd=workdir, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def job_counts(output: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, re.M)}
 
 
-def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed():
-    done = snakemake(REPO, "-n", "--cores", "1", "reports/collapse.html")
+def own_lines(done: subprocess.CompletedProcess) -> list[str]:
+    """The output lines that are not Snakemake's start-up notices."""
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.strip() and not line.startswith(NOTICES)]
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return workflow_copy(tmp_path / "workflow")
+
+
+def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed(workdir):
+    done = snakemake(workdir, "-n", "--cores", "1", "reports/collapse.html")
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
     assert counts["train"] == counts["detect"] == 18  # tiny: 6 archs x 3 seeds
     assert counts["aggregate"] == counts["report"] == 1
 
 
-def test_lint_finds_nothing_but_the_pip_installed_environment():
-    done = snakemake(REPO, "--lint")
+def test_lint_finds_nothing_but_the_pip_installed_environment(workdir):
+    done = snakemake(workdir, "--lint")
     findings = set(re.findall(r"^\s+\* (.+?):?$", done.stdout + done.stderr, re.M))
     assert findings == {"Specify a conda environment or container for each rule."}, findings
 
@@ -54,20 +71,27 @@ def test_lint_finds_nothing_but_the_pip_installed_environment():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("steps=-1", "-1 is less than the minimum of 1"),
-        ("seeds=[0,0]", "has non-unique elements"),
+        ("steps=-1", "config steps: -1 is less than the minimum of 1"),
+        ("seeds=[0,0]", "config seeds: [0, 0] has non-unique elements"),
+        ("seeds=[a]", "config seeds[0]: 'a' is not of type 'integer'"),
         ("archs=[transformer,nope]", "unknown architecture 'nope'"),
         ("study=nope", "'nope' is not one of the studies"),
+        ("archs=[examples.gru:nobuild]", "module 'examples.gru' has no callable 'nobuild' (did you mean examples.gru:build?)"),
+        ("archs=[examples.nothere:build]", "module 'examples.nothere' is not importable"),
+        ("step=100", "config: unknown key 'step'; did you mean steps?"),
+        ("seed=[0]", "config: unknown key 'seed'; did you mean seeds?"),
     ],
 )
-def test_bad_config_stops_before_any_job(tmp_path, override, message):
-    done = snakemake(REPO, "-n", "--cores", "1", "--config", override)
+def test_bad_config_stops_before_any_job_in_one_line(workdir, override, message):
+    done = snakemake(workdir, "-n", "--cores", "1", "reports/collapse.html", "--config", override)
     assert done.returncode != 0
-    assert message in done.stdout + done.stderr
+    lines = own_lines(done)
+    assert len(lines) == 1 and message in lines[0], done.stdout + done.stderr  # no schema dump, no traceback
+    assert len((done.stdout + done.stderr).splitlines()) <= 3
 
 
 @pytest.mark.slow
-def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(tmp_path, shared_data):
+def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(workdir, shared_data):
     study = {
         **MICRO_STUDY,
         "archs": [
@@ -80,46 +104,46 @@ def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(tmp_pat
         "seeds": [0, 1],
         "shape": {"mode": "matched", "reference": "transformer"},
     }
-    write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
-    done = snakemake(tmp_path, "--cores", "2", "reports/collapse.html")
+    write_config(workdir, {"study": "micro", "studies": {"micro": study}})
+    done = snakemake(workdir, "--cores", "2", "reports/collapse.html")
     assert done.returncode == 0, done.stderr[-3000:]
 
-    runs = pd.read_csv(tmp_path / "results" / "micro" / "runs.csv")
+    runs = pd.read_csv(workdir / "results" / "micro" / "runs.csv")
     assert len(runs) == 10
     status = dict(zip(runs.arch + "/" + runs.seed.astype(str), runs.status))
     assert status["diverging/0"] == status["diverging/1"] == "diverged"  # recorded, not hidden
     assert status["crashing/0"] == status["crashing/1"] == "failed"
     assert {status[f"{a}/{s}"] for a in ("transformer", "memnls", "gru") for s in (0, 1)} == {"completed"}
     assert (runs.deviation.abs() <= 0.01).all()  # every run, the failing ones too, was built at the budget
-    html = (tmp_path / "reports" / "collapse.html").read_text()
-    assert html == (tmp_path / "reports" / "micro" / "collapse.html").read_text()
+    html = (workdir / "reports" / "collapse.html").read_text()
+    assert html == (workdir / "reports" / "micro" / "collapse.html").read_text()
     not_completed = html[html.index('<section id="not-completed">'):html.index('<section id="trajectories">')]
     assert not_completed.count("<td>diverging</td>") == not_completed.count("<td>crashing</td>") == 2
     assert "injected failure" in not_completed and "gru" in html
-    again = snakemake(tmp_path, "-n", "--cores", "1", "reports/collapse.html")
+    again = snakemake(workdir, "-n", "--cores", "1", "reports/collapse.html")
     assert "Nothing to be done" in again.stdout + again.stderr
 
     # the figures are registered for Snakemake's own report, with their captions
-    made = snakemake(tmp_path, "--report", "smk_report.html")
+    made = snakemake(workdir, "--report", "reports/report.html")
     assert made.returncode == 0, made.stderr[-3000:]
-    page = (tmp_path / "smk_report.html").read_text()
+    page = (workdir / "reports" / "report.html").read_text()
     for name in ("trajectories", "distributions", "collapse_rate", "pairs", "grad_norm"):
-        assert (tmp_path / "reports" / "micro" / "figures" / f"{name}.png").is_file()
+        assert (workdir / "reports" / "micro" / "figures" / f"{name}.png").is_file()
         assert f"{name}.png" in page
     assert "Share of trained seeds with a collapse or a divergence" in page
 
 
 @pytest.mark.slow
-def test_killed_workflow_resumes_from_its_checkpoint(tmp_path, shared_data):
+def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_data):
     study = {**MICRO_STUDY, "archs": ["transformer"],
              "recipe": {**MICRO_STUDY["recipe"], "steps": 400, "checkpoint_every": 10}}
-    write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
-    checkpoint = tmp_path / "results" / "micro" / ".state" / "transformer" / "seed0" / "checkpoint.safetensors"
-    run = tmp_path / "results" / "micro" / "transformer" / "seed0"
-    target = str(run.relative_to(tmp_path) / "run.json")
+    write_config(workdir, {"study": "micro", "studies": {"micro": study}})
+    checkpoint = workdir / "results" / "micro" / ".state" / "transformer" / "seed0" / "checkpoint.safetensors"
+    run = workdir / "results" / "micro" / "transformer" / "seed0"
+    target = str(run.relative_to(workdir) / "run.json")
 
     # a whole process group, as a crash or a scheduler kill would take it down
-    proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", target],
+    proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target], cwd=workdir,
                             env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -130,10 +154,10 @@ def test_killed_workflow_resumes_from_its_checkpoint(tmp_path, shared_data):
     assert checkpoint.exists(), "no checkpoint before the kill"
     assert not (run / "run.json").exists(), "the run finished before the kill"
 
-    assert snakemake(tmp_path, "--unlock").returncode == 0
-    done = snakemake(tmp_path, "--cores", "1", target)
+    assert snakemake(workdir, "--unlock").returncode == 0
+    done = snakemake(workdir, "--cores", "1", target)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (tmp_path / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
+    log = (workdir / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
     assert "resumed from" in log
 
     spec = run_spec(resolve(micro_config(study))["micro"], "transformer", 0)

@@ -1,22 +1,39 @@
 import json
 import os
+import re
 import shlex
-
 import sys
 
 from snakemake.utils import validate
 
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
+from harness.study import (
+    check_config,
+    coerce_overrides,
+    default_study,
+    pipeline_inputs,
+    published_curves_file,
+    resolve,
+    run_dir,
+    run_spec,
+)
 from harness.text import UNITS
-from harness.study import pipeline_inputs, published_curves_file, resolve, run_dir, run_spec
 
 # Architectures named by dotted path ('pkg.module:function') are imported from the working directory.
 sys.path.insert(0, os.getcwd())
 
-# Validate before any job runs; the schema fills every default.
-validate(config, "../schemas/config.schema.yaml")
-STUDIES = resolve(config)
+# Command-line values are typed (`seeds=[0,1]` arrives as strings), then checked: a mistake stops
+# here with one line, before any job runs; then the schema fills every default.
+SCHEMA = os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+try:
+    check_config(coerce_overrides(config), SCHEMA)
+    validate(config, SCHEMA)
+    STUDIES = resolve(config)
+except ValueError as e:
+    sys.exit(f"error: {e}")
+# the study whose report is reports/collapse.html, under the overrides (results/tiny+steps=50, ...)
+DEFAULT_STUDY = default_study(STUDIES, config)
 
 # config data_dir reaches the jobs (local or cluster) as HARNESS_DATA_DIR, so it is no run
 # parameter: pointing at another copy of the same files reruns nothing.
@@ -25,7 +42,7 @@ if config["data_dir"]:
 
 
 wildcard_constraints:
-    study=r"[A-Za-z0-9_.-]+",
+    study="|".join(re.escape(name) for name in STUDIES),
     arch=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
     seed=r"\d+",
 

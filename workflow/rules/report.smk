@@ -33,8 +33,8 @@ rule report:
 
 rule report_default:
     input:
-        html=f"reports/{config['study']}/collapse.html",
-        figures=f"reports/{config['study']}/figures",
+        html=f"reports/{DEFAULT_STUDY}/collapse.html",
+        figures=f"reports/{DEFAULT_STUDY}/figures",
     output:
         "reports/collapse.html",
     log:

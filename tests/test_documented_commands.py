@@ -1,0 +1,260 @@
+"""Every command line the README, the Snakefile and the config files document, run as documented.
+
+The commands are read from the documents themselves, so a new or changed command without a test here
+fails `test_every_documented_command_is_tested`. Each runs through Snakemake's command line, as a
+subprocess, in a temporary copy of the workflow (never in the working tree): a dry run (`--dry-run`
+appended) of the shipped config, where a full run would take minutes to days, and for real on a micro
+config, where it shows what a user sees: a default run and an override run side by side.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import MICRO_STUDY, REPO, workflow_copy, write_config
+
+SNAKEFILE_DOC = re.compile(r'^"""(.*?)"""', re.S)
+COMMAND = re.compile(r"^(snakemake|python) ")
+
+
+def _strip(line: str) -> str:
+    """One command as written, without the shell comment after it."""
+    return re.sub(r"\s+#.*$", "", line.strip())
+
+
+def documented_commands() -> dict[str, set[str]]:
+    """command line -> the files that document it (README code blocks and `inline` commands, the
+    Snakefile's docstring, comments in config/config.yaml and profiles/*/config.yaml)."""
+    found: dict[str, set[str]] = {}
+
+    def add(line: str, where: str) -> None:
+        for part in _strip(line).split(" && "):
+            if COMMAND.match(part.strip()) and "..." not in part:  # not a placeholder like `python -m harness ...`
+                found.setdefault(part.strip(), set()).add(where)
+
+    readme = (REPO / "README.md").read_text()
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.splitlines():
+            add(line, "README.md")
+    for span in re.findall(r"`([^`\n]+)`", readme):
+        if COMMAND.match(span):
+            add(span, "README.md")
+    for line in SNAKEFILE_DOC.match((REPO / "Snakefile").read_text()).group(1).splitlines():
+        add(line, "Snakefile")
+    for config in [REPO / "config" / "config.yaml", *sorted((REPO / "profiles").glob("*/config.yaml"))]:
+        for line in config.read_text().splitlines():
+            if line.lstrip().startswith("#"):
+                add(line.lstrip().lstrip("#"), str(config.relative_to(REPO)))
+    return found
+
+
+MAIN = "snakemake --cores 1 reports/collapse.html"
+
+# command -> (study folder it plans, training jobs), checked by a dry run of the shipped config
+DRY_RUNS = {
+    MAIN: ("tiny", 18),
+    "snakemake --cores 2 reports/collapse.html": ("tiny", 18),
+    "snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare": ("seed-tinyshakespeare", 10),
+    # the study's own seeds: no override, the same folder
+    "snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4]":
+        ("seed-tinyshakespeare", 10),
+    "snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4] steps=2000":
+        ("seed-tinyshakespeare+steps=2000", 10),
+    "snakemake --cores 1 reports/collapse.html --config seeds=[0,1,2,3,4] steps=2000": ("tiny+seeds=0-4+steps=2000", 30),
+    "snakemake --cores 6 reports/collapse.html --config seeds=[0,1,2,3,4,5] steps=3000": ("tiny+seeds=0-5+steps=3000", 36),
+    "snakemake --cores 1 reports/collapse.html --config archs=[transformer,memnls,diag_ssm]":
+        ("tiny+archs=transformer,memnls,diag_ssm", 9),
+    # data_dir says where the files are, not what is computed: the same folder
+    "snakemake --cores 1 reports/collapse.html --config data_dir=/data/corpora": ("tiny", 18),
+    "snakemake --cores 1 reports/collapse.html --config archs=[transformer] data_dir=/data/corpora":
+        ("tiny+archs=transformer", 3),
+    """snakemake --cores 1 reports/collapse.html --config 'archs=[transformer,"examples.gru:build"]'""":
+        ("tiny+archs=transformer,examples.gru.build", 6),
+    "snakemake --cores 4 reports/collapse.html --config study=seed-enwik8-70m": ("seed-enwik8-70m", 10),
+}
+SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
+# run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
+REAL_RUNS = {
+    "snakemake --unlock",
+    "snakemake --report reports/report.html",
+    "python -m harness detect my_run/metrics.csv",
+}
+OTHER = {
+    'python -c "import harness.archs as a; print(a.available())"',
+    "python -m harness detect harness/published/mnsm-enwik8-70m.csv",
+}
+NOT_RUN = {  # installs, and commands other tests run
+    'pip install -e ".[test]"': "installs",
+    "pip install torch==2.13.0": "installs",
+    "pip install snakemake-executor-plugin-slurm": "installs",
+    "python -m pytest": "runs these tests",
+    "python -m pytest -m 'not slow'": "runs these tests",
+    "python benchmarks/collapse_calibration.py": "tests/test_collapse_calibration.py holds its numbers to the targets",
+}
+
+
+def env() -> dict[str, str]:
+    """The user's shell: this interpreter's `snakemake` and `python` first on PATH."""
+    e = dict(os.environ)
+    e["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{e['PATH']}"
+    e["PYTHONPATH"] = str(REPO)
+    return e
+
+
+def run(workdir: Path, command: str, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """A documented command line, split as the shell splits it, run from the workflow copy's root."""
+    return subprocess.run([*shlex.split(command), *extra], cwd=workdir, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", output, re.M)}
+
+
+def planned_folders(output: str) -> set[str]:
+    return set(re.findall(r"results/([^/\s]+)/", output))
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory) -> Path:
+    """A fresh checkout of the workflow with the shipped config."""
+    return workflow_copy(tmp_path_factory.mktemp("shipped") / "repo")
+
+
+def test_every_documented_command_is_tested():
+    documented = documented_commands()
+    tested = {*DRY_RUNS, SLURM, *REAL_RUNS, *OTHER, *NOT_RUN}
+    assert set(documented) <= tested, {c: sorted(documented[c]) for c in set(documented) - tested}
+    stale = tested - set(documented) - set(NOT_RUN)
+    assert not stale, f"tested but no longer documented: {stale}"
+    assert documented[MAIN] >= {"README.md", "Snakefile"}
+
+
+@pytest.mark.parametrize("command", list(DRY_RUNS))
+def test_documented_command_plans_its_study(shipped, command):
+    folder, trains = DRY_RUNS[command]
+    done = run(shipped, command, "--dry-run")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    counts = job_counts(done.stdout)
+    assert counts["train"] == counts["detect"] == trains
+    assert counts["aggregate"] == counts["report"] == counts["report_default"] == 1
+    assert planned_folders(done.stdout) == {folder}
+    # reports/collapse.html is the report of the effective study
+    assert re.search(rf"input: reports/{re.escape(folder)}/collapse\.html", done.stdout)
+    assert not (shipped / "results").exists()
+
+
+def test_documented_slurm_command(shipped):
+    """With the executor plugin it plans the study; without, it stops naming the missing executor
+    (the README's `pip install snakemake-executor-plugin-slurm` first), and the rest of the profile plans."""
+    done = run(shipped, SLURM, "--dry-run")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        assert done.returncode != 0 and "invalid choice: 'slurm'" in done.stderr
+        done = run(shipped, SLURM, "--dry-run", "--executor", "local")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert job_counts(done.stdout)["train"] == 10 and planned_folders(done.stdout) == {"seed-enwik8-70m"}
+
+
+def test_documented_python_commands(shipped):
+    done = run(REPO, 'python -c "import harness.archs as a; print(a.available())"')
+    assert done.returncode == 0 and "transformer" in done.stdout and "memnls" in done.stdout
+    done = run(REPO, "python -m harness detect harness/published/mnsm-enwik8-70m.csv")
+    assert done.returncode == 0 and "arch=transformer: 4 events" in done.stdout
+    assert re.search(r"collapse\s+val\s+27,500\s+27,100\s+33,500\s+27\.17", done.stdout)
+
+
+def _micro_checkout(root: Path) -> Path:
+    workdir = workflow_copy(root)
+    study = {**MICRO_STUDY, "archs": ["transformer"], "seeds": [0, 1]}
+    write_config(workdir, {"study": "micro", "archs": None, "seeds": None, "steps": None, "data_dir": None,
+                           "studies": {"micro": study}})
+    return workdir
+
+
+@pytest.mark.slow
+def test_a_default_and_an_override_run_keep_their_own_results(tmp_path, shared_data):
+    """The README's main command, then an override, for real on a micro config: both result
+    folders stay intact and reports/collapse.html is the report of the study last asked for."""
+    workdir = _micro_checkout(tmp_path / "repo")
+    done = run(workdir, MAIN)
+    assert done.returncode == 0, done.stderr[-3000:]
+    default = workdir / "results" / "micro" / "transformer" / "seed0"
+    before = {name: (default / name).read_bytes() for name in ("run.json", "metrics.csv", "model.safetensors")}
+
+    override = MAIN + " --config seeds=[0] steps=20"
+    done = run(workdir, override)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = "micro+seeds=0+steps=20"
+    assert sorted(p.name for p in (workdir / "results").iterdir() if not p.name.startswith(".")) == ["micro", folder]
+    assert {name: (default / name).read_bytes() for name in before} == before  # untouched
+    assert sorted(p.name for p in (workdir / "results" / "micro" / "transformer").iterdir()) == ["seed0", "seed1"]
+    manifest = json.loads((workdir / "results" / folder / "transformer" / "seed0" / "run.json").read_text())
+    assert manifest["study"] == folder and manifest["recipe"]["steps"] == 20 and manifest["status"] == "completed"
+    assert json.loads(before["run.json"])["recipe"]["steps"] == 40
+    study = json.loads((workdir / "results" / folder / "study.json").read_text())
+    assert study["name"] == folder and study["base"] == "micro" and study["overrides"] == {"seeds": [0], "steps": 20}
+    html = (workdir / "reports" / "collapse.html").read_text()
+    assert html == (workdir / "reports" / folder / "collapse.html").read_text()
+    assert f"<h1>{folder}: " in html and "(study micro with overrides seeds=[0] steps=20)" in html
+    assert len(pd.read_csv(workdir / "results" / folder / "runs.csv")) == 1
+    assert len(pd.read_csv(workdir / "results" / "micro" / "runs.csv")) == 2
+
+    # the same override again: nothing to do; the default again: only its report is copied back
+    again = run(workdir, override, "--dry-run")
+    assert "Nothing to be done" in again.stdout + again.stderr
+    back = run(workdir, MAIN, "--dry-run")
+    assert job_counts(back.stdout) == {"report_default": 1, "total": 1}, back.stdout[-2000:]
+    # data_dir names where the data is: the same study, nothing to rerun
+    same = run(workdir, MAIN, "--config", f"data_dir={shared_data}", "--dry-run")
+    assert job_counts(same.stdout) == {"report_default": 1, "total": 1}, same.stdout[-2000:]
+
+    # Snakemake's own report, into reports/ (which git ignores)
+    done = run(workdir, "snakemake --report reports/report.html")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trajectories.png" in (workdir / "reports" / "report.html").read_text()
+    if (REPO / ".git").exists() and shutil.which("git"):
+        ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "-q", "reports/report.html"])
+        assert ignored.returncode == 0, "reports/report.html is not ignored by git"
+    assert run(workdir, "snakemake --unlock").returncode == 0
+
+    # detect on a run's own log, as the README shows for my_run/metrics.csv
+    (workdir / "my_run").mkdir()
+    shutil.copy(default / "metrics.csv", workdir / "my_run" / "metrics.csv")
+    done = run(workdir, "python -m harness detect my_run/metrics.csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no events" or "onset" in done.stdout
+    assert max(len(line) for line in done.stdout.splitlines()) <= 100
+
+
+def test_readme_quotes_the_gru_example_as_it_is():
+    """The worked example's size: its lines, and its parameter count in the `tiny` study."""
+    import yaml
+    from snakemake.utils import validate
+
+    from harness.shape import for_spec
+    from harness.study import coerce_overrides, default_study, resolve, run_spec
+    from tests.conftest import SCHEMA
+
+    readme = " ".join((REPO / "README.md").read_text().split())
+    lines = len((REPO / "examples" / "gru.py").read_text().splitlines())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["archs"] = ["transformer", "examples.gru:build"]
+    validate(coerce_overrides(config), str(SCHEMA))
+    studies = resolve(config)
+    study = studies[default_study(studies, config)]
+    gru, transformer = (for_spec(run_spec(study, a, 0), 256) for a in ("gru", "transformer"))
+    quoted = (f"a GRU language model, {lines} lines; in the `tiny` study the shape solver sets its `ffn_hidden` to "
+              f"{gru.hparams['ffn_hidden']}, for {gru.n_params:,} parameters against the transformer's "
+              f"{transformer.n_params:,})")
+    assert quoted in readme
