@@ -104,3 +104,15 @@ def shared_data() -> Path:
     if TINYSHAKESPEARE is None:
         pytest.skip(NEEDS_DATA)
     return TINYSHAKESPEARE.parent
+
+
+def hand_built_memory(memory_class, *addresses, weights=None, counters=None, max_locations=8, **kw):
+    """An eam memory of ``memory_class`` whose live rows are the given addresses (and W, C), value width 2."""
+    m = memory_class(key_dim=len(addresses[0]), value_dim=2, max_locations=max_locations,
+                     initial_locations=len(addresses), **kw)
+    m.addresses[: len(addresses)] = torch.stack(addresses)
+    if weights is not None:
+        m.write_weights[: len(weights)] = torch.tensor(weights)
+    if counters is not None:
+        m.counters[: len(counters)] = torch.tensor(counters)
+    return m

@@ -11,6 +11,7 @@ from safetensors.torch import load_model, save_model
 from harness.archs import build, info
 from harness.archs.eam import (Decoder, ElasticMemory, Encoder, Config, EntryTransformer, ProseElasticMemory,
                                key_projection)
+from tests.conftest import hand_built_memory
 
 D = 8  # key width of the hand-built memories
 
@@ -24,19 +25,12 @@ def e(*coefficients):
     return F.normalize(torch.tensor(coefficients + (0.0,) * (D - len(coefficients))), dim=0)
 
 
-def memory(*addresses, weights=None, counters=None, max_locations=8, **kw):
+def memory(*addresses, **kw):
     """A prose-rules memory whose live rows are the given addresses (and W, C), value width 2.
 
     The published (code) rules are pinned in tests/test_eam_memory.py.
     """
-    m = ProseElasticMemory(key_dim=D, value_dim=2, max_locations=max_locations,
-                           initial_locations=len(addresses), **kw)
-    m.addresses[: len(addresses)] = torch.stack(addresses)
-    if weights is not None:
-        m.write_weights[: len(weights)] = torch.tensor(weights)
-    if counters is not None:
-        m.counters[: len(counters)] = torch.tensor(counters)
-    return m
+    return hand_built_memory(ProseElasticMemory, *addresses, **kw)
 
 
 def test_entry_sizes_on_the_meta_device():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from harness.archs import build
 from harness.archs.eam import (KEY_SEED, Config, Decoder, ElasticMemory, Encoder, ProseElasticMemory,
                                fp16_similarities, key_projection)
+from tests.conftest import hand_built_memory
 
 D = 8  # key width of the hand-built memories
 
@@ -21,16 +22,9 @@ def e(*coefficients, dim=D):
     return F.normalize(torch.tensor(coefficients + (0.0,) * (dim - len(coefficients))), dim=0)
 
 
-def memory(*addresses, weights=None, counters=None, max_locations=8, **kw):
+def memory(*addresses, **kw):
     """A published-rules memory whose live rows are the given addresses (and W, C), value width 2."""
-    m = ElasticMemory(key_dim=len(addresses[0]), value_dim=2, max_locations=max_locations,
-                      initial_locations=len(addresses), **kw)
-    m.addresses[: len(addresses)] = torch.stack(addresses)
-    if weights is not None:
-        m.write_weights[: len(weights)] = torch.tensor(weights)
-    if counters is not None:
-        m.counters[: len(counters)] = torch.tensor(counters)
-    return m
+    return hand_built_memory(ElasticMemory, *addresses, **kw)
 
 
 def h(x: torch.Tensor) -> torch.Tensor:
