@@ -31,9 +31,13 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     path = Path(args.log)
     if path.is_dir():  # a run folder: identity and vocabulary from its run.json
         manifest = json.loads((path / "run.json").read_text())
-        metrics, _ = collapse.read_log(path / "metrics.csv")  # every spelling of nan and inf
         vocab = manifest.get("data", {}).get("vocab_size")
-        events = collapse.detect(metrics, config, vocab_size=vocab)
+        if pd.read_csv(path / "metrics.csv").empty:  # a run that crashed before its first evaluation
+            events = pd.DataFrame(columns=EVENT_COLUMNS)
+        else:
+            metrics, _ = collapse.read_log(path / "metrics.csv")  # every spelling of nan and inf
+            # the trainer logs nats per token: a badly initialised model may start above ln(vocab)
+            events = collapse.detect(metrics, config, vocab_size=vocab, nats=True)
         for i, key in enumerate(("study", "arch", "seed")):
             events.insert(i, key, manifest.get(key))
         runs = [tuple(manifest.get(k) for k in ("study", "arch", "seed"))]

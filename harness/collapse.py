@@ -617,11 +617,14 @@ def _refuse_perplexity(curves: dict[str, _Curve], ln_vocab: float, vocab_size: i
                 f"per token (ln of the perplexity).")
 
 
-def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
+def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int | None = None,
+           nats: bool = False) -> pd.DataFrame:
     """Events of ONE run given in the long format (step, split, metric, value; other columns ignored).
 
     ``vocab_size`` enables the untrained-level test (divergence when the smoothed loss climbs back to
-    ln(vocab_size)); without it only non-finite losses count as divergence.
+    ln(vocab_size)); without it only non-finite losses count as divergence. A curve that starts far above
+    ln(vocab_size) is refused as perplexity unless ``nats`` says the loss is known to be in nats (the
+    harness's own runs: a badly initialised model can start there).
     """
     cfg = DetectConfig() if config is None else config
     if not isinstance(cfg, DetectConfig):
@@ -630,7 +633,7 @@ def detect(df: pd.DataFrame, config: DetectConfig | None = None, vocab_size: int
         raise ValueError(f"detect: vocab_size must be an integer >= 2, got {vocab_size!r}")
     ln_vocab = math.log(vocab_size) if vocab_size is not None else None
     curves = _loss_curves(df)
-    if ln_vocab is not None:
+    if ln_vocab is not None and not nats:
         _refuse_perplexity(curves, ln_vocab, vocab_size)
     for curve in curves.values():
         curve.spans = _scan(curve.x[:curve.n_finite], cfg) if curve.split in ("train", "val") else []

@@ -67,3 +67,19 @@ def test_a_log_without_events_says_so(tmp_path):
     empty = pd.DataFrame(columns=["arch", *EVENT_COLUMNS])
     assert events_table(empty, ["arch"], [("gru",)]) == "arch=gru: no events"
     assert events_table(pd.DataFrame(columns=EVENT_COLUMNS), []) == "no events"
+
+
+def test_a_run_folder_that_crashed_or_starts_high_still_gets_its_events_file(tmp_path):
+    """The detect rule runs on every run of a study: a crash before the first evaluation (no rows), and a
+    badly initialised model whose loss starts far above ln(vocab) (the trainer logs nats, so it is no
+    perplexity), both give an events table instead of failing the job."""
+    from harness.cli import main
+
+    run = {"study": "s", "arch": "a", "seed": 0, "status": "failed", "data": {"vocab_size": 256}}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    (tmp_path / "metrics.csv").write_text("step,split,metric,value,wall_time\n")
+    assert main(["detect", str(tmp_path), "--out", str(tmp_path / "events.csv")]) == 0
+    assert pd.read_csv(tmp_path / "events.csv").empty
+    rows = [f"{s},val,loss,{15.9 - 0.01 * s},0" for s in range(0, 200, 10)]
+    (tmp_path / "metrics.csv").write_text("step,split,metric,value,wall_time\n" + "\n".join(rows) + "\n")
+    assert main(["detect", str(tmp_path), "--out", str(tmp_path / "events.csv")]) == 0

@@ -12,7 +12,7 @@ import pytest
 
 from harness.archs import info
 from harness.study import resolve, run_spec
-from tests.conftest import MICRO_STUDY, micro_config, write_config
+from tests.conftest import MICRO_STUDY, micro_config, workflow_copy, write_config
 from tests.test_workflow import snakemake
 
 TOY = {"name": "toy", "build": "tests.toy_pipeline:build", "hparams": {"source": "transformer"}}
@@ -29,6 +29,7 @@ def test_the_declaration_names_the_runner_and_the_input_runs():
 
 @pytest.mark.slow
 def test_a_second_pipeline_architecture_is_one_module_and_one_config_entry(tmp_path, shared_data):
+    tmp_path = workflow_copy(tmp_path / "workflow")
     study = {**MICRO_STUDY, "archs": ["transformer", TOY], "seeds": [0, 1]}
     write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
 
