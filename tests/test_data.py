@@ -207,6 +207,34 @@ def test_wrong_local_checksum_names_the_file(monkeypatch, tmp_path, place):
     assert hashlib.sha256(TEXT[:-1]).hexdigest() in message and "replace it" in message
 
 
+def test_a_damaged_cached_copy_is_downloaded_again(monkeypatch, tmp_path, server, capsys):
+    server.files["/toy.txt"] = TEXT
+    register(monkeypatch, "toy", f"{server.url}/toy.txt", TEXT)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "toy.txt").write_bytes(TEXT[:-1] + b"?")  # a bit flip, a half-synced copy, ...
+    corpus = data.load_corpus("toy", cache_dir=cache)
+    assert corpus.sha256 == hashlib.sha256(TEXT).hexdigest()
+    assert (cache / "toy.txt").read_bytes() == TEXT and [p.name for p in cache.iterdir()] == ["toy.txt"]
+    assert server.requests == ["/toy.txt"]
+    assert f"{cache / 'toy.txt'} does not match the published sha256: downloading it again" in capsys.readouterr().err
+
+
+def test_a_damaged_cached_copy_is_refused_offline_naming_it(monkeypatch, tmp_path):
+    dataset = register(monkeypatch, "toy", closed_port_url(), TEXT)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    damaged = TEXT[:-1] + b"?"
+    (cache / "toy.txt").write_bytes(damaged)
+    with pytest.raises(ValueError) as error:
+        data.load_corpus("toy", cache_dir=cache)
+    message = str(error.value)
+    assert f"{cache / 'toy.txt'} is not the published toy" in message
+    assert dataset.digest in message and hashlib.sha256(damaged).hexdigest() in message
+    assert f"downloading it again failed: could not download {dataset.url}" in message and "HARNESS_DATA_DIR" in message
+    assert (cache / "toy.txt").read_bytes() == damaged and [p.name for p in cache.iterdir()] == ["toy.txt"]
+
+
 # --- local text files, names and token kinds ----------------------------------------------------
 
 def test_local_text_file_splits_90_5_5(tmp_path):
