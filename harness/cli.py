@@ -25,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads)
     except Interrupted as e:
         print(f"run {e} (not failed): it wrote no outputs; run the same command again (Snakemake: "
-              "the same target) to continue it from its checkpoint", file=sys.stderr)
+              "the same target) to continue it", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
 

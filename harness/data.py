@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.files import disk_full
+
 TOKEN_KINDS = ("bytes", "chars")
 # a local text file has no published split: hold out a validation and a test tail
 LOCAL_FILE_SPLITS = (("train", 0.9), ("val", 0.05), ("test", 0.05))
@@ -215,6 +217,8 @@ def _download(dataset: Dataset, dest: Path, looked: list[Path]) -> None:
                     urllib.request.urlopen(dataset.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 shutil.copyfileobj(response, out, 1 << 20)
         except (OSError, http.client.HTTPException) as e:
+            if full := disk_full(dest, e):
+                raise full from e
             searched = ", ".join(str(p) for p in [*looked, dest])
             raise FileNotFoundError(
                 f"could not download {dataset.url} ({e}) to get {dataset.filename!r}; looked for it in: "
@@ -230,6 +234,8 @@ def _download(dataset: Dataset, dest: Path, looked: list[Path]) -> None:
             except (zipfile.BadZipFile, KeyError) as e:
                 raise ValueError(f"{dataset.url} is not a zip holding {dataset.zip_member!r} ({e}); "
                                  f"nothing was kept. Put a verified {dataset.filename} in HARNESS_DATA_DIR") from e
+            except OSError as e:
+                raise disk_full(dest, e) or e
             verified = member
         with open(verified, "rb") as f:
             digest = hashlib.file_digest(f, dataset.algorithm).hexdigest()

@@ -18,12 +18,12 @@ class DiskFull(OSError):
     """No space (or quota) left where an output was being written."""
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def disk_full(path: Path, error: BaseException) -> DiskFull | None:
+    """``error`` as a DiskFull naming ``path`` and the space left, or None when it is another error."""
     # a library writing in Rust (safetensors) reports the OS error only in its message: "(os error 28)"
-    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(error)
-
-
-def _disk_full(path: Path, error: BaseException) -> DiskFull:
+    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or f"(os error {errno.ENOSPC})" in str(error)
+    if not full or isinstance(error, DiskFull):
+        return None
     try:
         usage = shutil.disk_usage(path.parent)
         space = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB"
@@ -47,8 +47,8 @@ def atomic(path: Path, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result should be as readable as any file
         os.replace(tmp, path)
     except Exception as e:
-        if _is_disk_full(e) and not isinstance(e, DiskFull):
-            raise _disk_full(path, e) from e
+        if full := disk_full(path, e):
+            raise full from e
         raise
     finally:
         if tmp is not None and os.path.exists(tmp):

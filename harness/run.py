@@ -128,7 +128,8 @@ class RunRecord:
 
 @contextlib.contextmanager
 def recorded(spec: dict[str, Any], out_dir: Path, threads: int) -> Iterator[RunRecord]:
-    """Yield a fresh record; on exit (normal or by an exception) write the run's files."""
+    """Yield a fresh record; on exit (normal or by an exception) write the run's files, unless the run
+    was interrupted or the disk is full: those leave no outputs, so that the job counts as unfinished."""
     record = RunRecord(spec, threads)
     try:
         yield record

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from harness import data
+from harness.files import DiskFull
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -233,6 +234,15 @@ def test_a_damaged_cached_copy_is_refused_offline_naming_it(monkeypatch, tmp_pat
     assert dataset.digest in message and hashlib.sha256(damaged).hexdigest() in message
     assert f"downloading it again failed: could not download {dataset.url}" in message and "HARNESS_DATA_DIR" in message
     assert (cache / "toy.txt").read_bytes() == damaged and [p.name for p in cache.iterdir()] == ["toy.txt"]
+
+
+def test_a_download_onto_a_full_disk_names_the_file_and_leaves_nothing(monkeypatch, server, small_fs):
+    big = TEXT * 1000  # 1.7 MB into a 1 MiB cache
+    server.files["/big.txt"] = big
+    register(monkeypatch, "big", f"{server.url}/big.txt", big)
+    with pytest.raises(DiskFull, match=rf"no space left on the device to write {small_fs / 'big.txt'} \(0.0 MiB free"):
+        data.load_corpus("big", cache_dir=small_fs)
+    assert list(small_fs.iterdir()) == []
 
 
 # --- local text files, names and token kinds ----------------------------------------------------

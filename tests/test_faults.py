@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from harness import checkpoint, cli
 from harness import train as common_loop
 from harness.files import DiskFull
 from harness.run import Interrupted, execute
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, fill
 from tests.test_train import metrics, spec_for
 
 LATEST, PREVIOUS = checkpoint.SLOTS
@@ -58,27 +57,6 @@ def interrupted_at(monkeypatch, call: int, state: Path, out: Path, signum=signal
         with pytest.raises(Interrupted, match=f"interrupted by {signum.name} at step"):
             execute(SPEC, out, state_dir=state)
     assert not out.exists()  # no outputs: the workflow sees an unfinished job
-
-
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 1 MiB tmpfs of the test's own (the tests run as root here); skipped where it cannot mount."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs for a full disk: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def fill(mount: Path, leave: int) -> Path:
-    """Fill ``mount`` up to ``leave`` bytes free."""
-    filler = mount / "filler"
-    filler.write_bytes(b"\0" * (shutil.disk_usage(mount).free - leave))
-    return filler
 
 
 # --- a stop signal: finish the step, checkpoint, exit unfinished; the rerun resumes --------------
