@@ -11,12 +11,22 @@ import json
 import sys
 from pathlib import Path
 
+from harness.files import DiskFull
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: unfinished on request (SIGTERM, Ctrl-C); running it again continues it
+EXIT_DISK_FULL = 74  # EX_IOERR
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from harness.run import execute
+    from harness.run import Interrupted, execute
 
     spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
-    execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads)
+    try:
+        execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads)
+    except Interrupted as e:
+        print(f"run {e} (not failed): it wrote no outputs; run the same command again (Snakemake: "
+              "the same target) to continue it", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -193,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except DiskFull as e:  # any command's outputs: the message names the file and the space left
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return EXIT_DISK_FULL
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ EVENT_COLUMNS = ["type", "split", "onset_step", "train_onset_step", "peak_step",
 
 RUN_STATUSES = ("completed", "diverged", "failed")
 RUN_KEYS = ["arch", "build", "seed", "study", "config_hash", "versions", "threads", "status", "reason",
-            "steps_done", "wall_time_s"]
+            "steps_done", "wall_time_s", "warnings"]
 """run.json keys every run has, whatever happened to it; a run that got far enough adds data, recipe,
 device, dtype, hparams, n_params and shape."""
 PIPELINE_KEY = "pipeline"

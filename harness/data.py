@@ -5,7 +5,8 @@ local text file. A named dataset's file is taken from, in order: a local data di
 (``data_dir``, else $HARNESS_DATA_DIR), the cache (``cache_dir``, else $HARNESS_CACHE_DIR, else
 ~/.cache/harness), or a download into the cache. Every copy is checked against the published
 digest wherever it came from, so two runs that name the same dataset train on the same bytes;
-the sha256 of the file actually read goes into run.json.
+the sha256 of the file actually read goes into run.json. A cached copy that no longer matches is
+downloaded again; offline it is refused, never used.
 
 Errors: a file that cannot be found nor downloaded -> FileNotFoundError; a wrong checksum, an
 unreadable or undecodable file, an unknown dataset or token kind -> ValueError. Each names the file
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from harness.files import disk_full
 
 TOKEN_KINDS = ("bytes", "chars")
 # a local text file has no published split: hold out a validation and a test tail
@@ -124,12 +127,18 @@ def load_corpus(name: str, tokens: str = "bytes", data_dir: str | Path | None = 
         raise ValueError(f"unknown token kind {tokens!r}: choose one of {list(TOKEN_KINDS)}")
     if name in DATASETS:
         dataset = DATASETS[name]
-        path = _locate(dataset, data_dir, cache_dir)
+        path, cached = _locate(dataset, data_dir, cache_dir)
         raw = _read(path)
+        fix = f"replace it with a copy of {dataset.url}"
+        if cached and hashlib.new(dataset.algorithm, raw).hexdigest() != dataset.digest.lower():
+            print(f"{path} does not match the published {dataset.algorithm}: downloading it again", file=sys.stderr)
+            try:
+                _download(dataset, path, [])  # lands only once verified
+                raw = _read(path)
+            except FileNotFoundError as e:  # offline: the damaged copy stays unused
+                fix += f" (downloading it again failed: {e})"
         _check(dataset, hashlib.new(dataset.algorithm, raw).hexdigest(), len(raw),
-               f"{path} is not the published {dataset.name}",
-               f"replace it with a copy of {dataset.url} (a file in the cache can simply be deleted: "
-               "it is downloaded again)")
+               f"{path} is not the published {dataset.name}", fix)
         splits = dataset.splits
     else:
         path = Path(name).expanduser()
@@ -172,21 +181,22 @@ def fixed_batches(data: torch.Tensor, n_batches: int, batch_size: int, seq_len: 
     return [get_batch(data, batch_size, seq_len, generator) for _ in range(n_batches)]
 
 
-def _locate(dataset: Dataset, data_dir, cache_dir) -> Path:
-    """The dataset's file: local data dir, else cache, else downloaded into the cache."""
+def _locate(dataset: Dataset, data_dir, cache_dir) -> tuple[Path, bool]:
+    """The dataset's file (local data dir, else cache, else downloaded into the cache) and whether
+    it is the cache's."""
     data_dir = data_dir or os.environ.get("HARNESS_DATA_DIR")
     looked = []
     if data_dir:
         for filename in (dataset.filename, *dataset.local_names):
             path = Path(data_dir).expanduser() / filename
             if path.is_file():
-                return path
+                return path, False
             looked.append(path)
     cache_dir = cache_dir or os.environ.get("HARNESS_CACHE_DIR") or Path.home() / ".cache" / "harness"
     cached = Path(cache_dir).expanduser() / dataset.filename
     if not cached.is_file():
         _download(dataset, cached, looked)
-    return cached
+    return cached, True
 
 
 def _download(dataset: Dataset, dest: Path, looked: list[Path]) -> None:
@@ -207,6 +217,8 @@ def _download(dataset: Dataset, dest: Path, looked: list[Path]) -> None:
                     urllib.request.urlopen(dataset.url, timeout=DOWNLOAD_TIMEOUT_S) as response:
                 shutil.copyfileobj(response, out, 1 << 20)
         except (OSError, http.client.HTTPException) as e:
+            if full := disk_full(dest, e):
+                raise full from e
             searched = ", ".join(str(p) for p in [*looked, dest])
             raise FileNotFoundError(
                 f"could not download {dataset.url} ({e}) to get {dataset.filename!r}; looked for it in: "
@@ -222,6 +234,8 @@ def _download(dataset: Dataset, dest: Path, looked: list[Path]) -> None:
             except (zipfile.BadZipFile, KeyError) as e:
                 raise ValueError(f"{dataset.url} is not a zip holding {dataset.zip_member!r} ({e}); "
                                  f"nothing was kept. Put a verified {dataset.filename} in HARNESS_DATA_DIR") from e
+            except OSError as e:
+                raise disk_full(dest, e) or e
             verified = member
         with open(verified, "rb") as f:
             digest = hashlib.file_digest(f, dataset.algorithm).hexdigest()

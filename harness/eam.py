@@ -14,7 +14,8 @@ passes as ``spec["inputs"]["teacher"]``, from the PIPELINE declaration in harnes
 Budgets left out of the spec's hparams scale with the study's recipe (see ``Stages``); stages (b)
 and (c) use the recipe's AdamW settings, grad clip and precision, its warmup + cosine schedule
 stretched over the stage, through the same training step as the common loop (harness.recipe).
-harness.run writes the run's files. There is no resume: a killed eam run starts over (its stages are short next to the teacher's).
+harness.run writes the run's files. There is no resume: a killed eam run starts over (its stages are
+short next to the teacher's), and a SIGTERM or SIGINT stops it after its current step as interrupted.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int,
         if (i + 1) % recipe.log_every == 0 or i + 1 == steps:
             record.log(record.step, "train", metric, sum(window) / len(window))
             window = []
+        record.stop_if_requested()
     return None
 
 

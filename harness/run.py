@@ -6,6 +6,11 @@ config hash, versions, threads), the metric rows, the device, the pipeline's own
 failure capture. Whatever the runner does, ``recorded`` writes the run's three declared outputs
 atomically, run.json last, so its presence says the other two are whole; an exception becomes status
 ``failed`` with its reason, never a missing file.
+
+Two things end a run without outputs, because they say nothing about the run and a rerun should
+continue it: a stop asked for by SIGTERM (a scheduler's time limit or preemption) or SIGINT (Ctrl-C),
+which the runner honours after its current step (``Interrupted``, raised by ``stop_if_requested``;
+the common loop writes a checkpoint first), and a full disk (harness.files.DiskFull).
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import importlib
 import json
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,10 +34,15 @@ from safetensors.torch import save_file, save_model
 
 from harness import __version__, archs
 from harness.contracts import METRIC_COLUMNS, PIPELINE_KEY
-from harness.files import atomic, write_atomic
+from harness.files import DiskFull, atomic, write_atomic
 from harness.study import config_hash
 
 COMMON_RUNNER = "harness.train:train"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """A run stopped on request (SIGTERM, SIGINT) before its end: unfinished, not failed."""
 
 
 def versions() -> dict[str, str]:
@@ -57,6 +69,8 @@ class RunRecord:
         self.model: torch.nn.Module | None = None
         self.status, self.reason = "completed", None
         self.step = 0
+        self.warnings: list[str] = []  # what went wrong without stopping the run (run.json "warnings")
+        self.stop_signal: int | None = None  # set by a SIGTERM or SIGINT (see stop_on_signals)
         self.elapsed_before = 0.0  # wall time of the process(es) before a resume
         self._t0 = time.time()
 
@@ -66,6 +80,15 @@ class RunRecord:
     def log(self, step: int, split: str, metric: str, value: float) -> None:
         self.rows.append({"step": step, "split": split, "metric": metric, "value": repr(float(value)),
                           "wall_time": f"{self.elapsed():.3f}"})
+
+    def warn(self, message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+        self.warnings.append(message)
+
+    def stop_if_requested(self) -> None:
+        """Raise Interrupted if a stop signal arrived; runners call it between steps."""
+        if self.stop_signal is not None:
+            raise Interrupted(f"interrupted by {signal.Signals(self.stop_signal).name} at step {self.step}")
 
     def set_device(self, device: torch.device, dtype: torch.dtype | None) -> None:
         self.manifest["device"] = device_name(device)
@@ -86,7 +109,7 @@ class RunRecord:
         """The run's three declared outputs, run.json last."""
         out_dir = Path(out_dir)
         self.manifest.update(status=self.status, reason=self.reason, steps_done=self.step,
-                             wall_time_s=round(self.elapsed(), 3))
+                             wall_time_s=round(self.elapsed(), 3), warnings=self.warnings)
 
         def write_metrics(tmp):
             with open(tmp, "w", newline="") as f:
@@ -105,14 +128,43 @@ class RunRecord:
 
 @contextlib.contextmanager
 def recorded(spec: dict[str, Any], out_dir: Path, threads: int) -> Iterator[RunRecord]:
-    """Yield a fresh record; on exit (normal or by an exception) write the run's files."""
+    """Yield a fresh record; on exit (normal or by an exception) write the run's files, unless the run
+    was interrupted or the disk is full: those leave no outputs, so that the job counts as unfinished."""
     record = RunRecord(spec, threads)
     try:
         yield record
+    except (Interrupted, DiskFull):
+        raise  # unfinished: no outputs, so the workflow runs the job again and it resumes
     except Exception as e:  # recorded, not hidden: the DAG and the report go on and show it
         traceback.print_exc()
         record.fail(e)
     record.write(out_dir)
+
+
+@contextlib.contextmanager
+def stop_on_signals(record: RunRecord) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT ask ``record``'s runner to stop after its current step.
+
+    A second SIGINT (Ctrl-C twice) stops at once; a second SIGTERM (SLURM sends one at the time limit
+    after an early --signal) changes nothing. Outside the main thread signals cannot be caught: no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, _frame):
+        if record.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if record.stop_signal is None:
+            print(f"{signal.Signals(signum).name} received: stopping after the current step", file=sys.stderr)
+            record.stop_signal = signum
+
+    previous = {signum: signal.signal(signum, request_stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def runner_of(build: str):
@@ -127,11 +179,12 @@ def execute(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, 
 
     Status is 'completed', 'diverged' (a non-finite loss ended it) or 'failed' (an exception,
     recorded with its reason). ``state_dir`` holds the resume checkpoint (default OUT/../.state/NAME).
+    Raises, writing no outputs, Interrupted on SIGTERM/SIGINT and DiskFull on a full disk.
     """
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.parent / ".state" / out_dir.name
     torch.set_num_threads(threads)
-    with recorded(spec, out_dir, threads) as record:
+    with recorded(spec, out_dir, threads) as record, stop_on_signals(record):
         runner_of(spec["build"])(spec, record, state_dir)
     if record.status != "failed" and state_dir.exists():
         shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried

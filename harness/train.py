@@ -5,14 +5,14 @@ harness.recipe: AdamW, warmup + cosine, gradient clipping, bf16 autocast on CUDA
 evaluation on validation batches shared by every run), so a difference between architectures is
 the architecture's. A resume checkpoint (harness.checkpoint) is written every ``checkpoint_every``
 steps to a state folder OUTSIDE the run folder, because Snakemake deletes a job's declared outputs
-before running it. The run's files are written by harness.run, whatever happens here.
+before running it, and after the step during which a SIGTERM or SIGINT arrived, before the run stops
+as interrupted. The run's files are written by harness.run, whatever happens here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ from harness.run import RunRecord
 
 
 def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
-    """Train ``spec``'s network into ``record``; resumes from ``state_dir/checkpoint.safetensors`` when
-    one of the same config and seed exists. A non-finite loss ends the run as diverged."""
-    ckpt = Path(state_dir) / "checkpoint.safetensors"
+    """Train ``spec``'s network into ``record``; resumes from the newest checkpoint in ``state_dir`` of
+    the same config and seed that loads. A non-finite loss ends the run as diverged."""
     manifest = record.manifest
     recipe = Recipe.from_dict(spec["recipe"])
     device, dtype = resolve_device(recipe)
@@ -59,22 +58,17 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             logits = forward(x)
         return next_token_loss(logits, y)
 
-    if ckpt.exists():
-        written = checkpoint.checkpoint_meta(ckpt)
-        if (written["config_hash"], written["seed"]) != (manifest["config_hash"], spec["seed"]):
-            # a run killed before the config changed: its state cannot continue this run
-            print(f"discarding {ckpt}: written by config {written['config_hash']} seed {written['seed']}, "
-                  f"this run is config {manifest['config_hash']} seed {spec['seed']}", file=sys.stderr)
-            ckpt.unlink()
-    if ckpt.exists():
-        meta = checkpoint.load_checkpoint(ckpt, model, optimizer, gens)
+    identity = {"config_hash": manifest["config_hash"], "seed": spec["seed"]}
+    meta = checkpoint.resume(state_dir, model, optimizer, gens, identity, record.warn)
+    if meta:
         record.step, record.rows, record.elapsed_before = meta["step"], meta["rows"], meta["elapsed"]
-        print(f"resumed from {ckpt} at step {record.step}", file=sys.stderr)
+        record.warnings[:0] = meta.get("warnings", [])  # those of the processes before, first
+        window_loss, window_gn = meta.get("window", ([], []))  # a stop between two log steps: a partial window
     else:
         record.log(0, "val", "loss", evaluate(forward, val_batches(), device, dtype))
+        window_loss, window_gn = [], []
 
     model.train()
-    window_loss, window_gn = [], []
     while record.step < recipe.steps:
         step = record.step
         lr = lr_at(step, recipe)
@@ -99,10 +93,11 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             if not math.isfinite(val_loss):
                 record.diverge(f"non-finite validation loss at step {step}")
                 return
-        if step % recipe.checkpoint_every == 0 and step < recipe.steps:
-            checkpoint.save_checkpoint(ckpt, model, optimizer, gens, {
-                "step": step, "rows": record.rows, "seed": spec["seed"],
-                "config_hash": manifest["config_hash"], "elapsed": record.elapsed()})
+        if record.stop_signal is not None or (step % recipe.checkpoint_every == 0 and step < recipe.steps):
+            checkpoint.save_checkpoint(state_dir, model, optimizer, gens, {
+                **identity, "step": step, "rows": record.rows, "window": [window_loss, window_gn],
+                "warnings": record.warnings, "elapsed": record.elapsed()})
+        record.stop_if_requested()
     if "test" in corpus.splits:
         test = data.fixed_batches(corpus.splits["test"], recipe.eval_batches, recipe.batch_size, recipe.seq_len,
                                   recipe.eval_seed + 1)

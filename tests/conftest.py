@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,28 @@ def dropout_calls(model, vocab_size: int) -> list[str]:
             module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
     model.train()(torch.randint(0, vocab_size, (2, 8)))
     return called
+
+
+@pytest.fixture
+def small_fs(tmp_path) -> Path:
+    """A 1 MiB tmpfs of the test's own, for a full disk (tests run as root in CI); skipped where it
+    cannot be mounted."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs for a full disk: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(mount: Path, leave: int) -> Path:
+    """Fill ``mount`` up to ``leave`` bytes free."""
+    filler = mount / "filler"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(mount).free - leave))
+    return filler
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import torch
 
 from harness import data
 from tests.conftest import NEEDS_DATA, TINYSHAKESPEARE
+from harness.files import DiskFull
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TEXT = b"To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
@@ -204,6 +205,43 @@ def test_wrong_local_checksum_names_the_file(monkeypatch, tmp_path, place):
     message = str(error.value)
     assert str(bad) in message and dataset.digest in message
     assert hashlib.sha256(TEXT[:-1]).hexdigest() in message and "replace it" in message
+
+
+def test_a_damaged_cached_copy_is_downloaded_again(monkeypatch, tmp_path, server, capsys):
+    server.files["/toy.txt"] = TEXT
+    register(monkeypatch, "toy", f"{server.url}/toy.txt", TEXT)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "toy.txt").write_bytes(TEXT[:-1] + b"?")  # a bit flip, a half-synced copy, ...
+    corpus = data.load_corpus("toy", cache_dir=cache)
+    assert corpus.sha256 == hashlib.sha256(TEXT).hexdigest()
+    assert (cache / "toy.txt").read_bytes() == TEXT and [p.name for p in cache.iterdir()] == ["toy.txt"]
+    assert server.requests == ["/toy.txt"]
+    assert f"{cache / 'toy.txt'} does not match the published sha256: downloading it again" in capsys.readouterr().err
+
+
+def test_a_damaged_cached_copy_is_refused_offline_naming_it(monkeypatch, tmp_path):
+    dataset = register(monkeypatch, "toy", closed_port_url(), TEXT)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    damaged = TEXT[:-1] + b"?"
+    (cache / "toy.txt").write_bytes(damaged)
+    with pytest.raises(ValueError) as error:
+        data.load_corpus("toy", cache_dir=cache)
+    message = str(error.value)
+    assert f"{cache / 'toy.txt'} is not the published toy" in message
+    assert dataset.digest in message and hashlib.sha256(damaged).hexdigest() in message
+    assert f"downloading it again failed: could not download {dataset.url}" in message and "HARNESS_DATA_DIR" in message
+    assert (cache / "toy.txt").read_bytes() == damaged and [p.name for p in cache.iterdir()] == ["toy.txt"]
+
+
+def test_a_download_onto_a_full_disk_names_the_file_and_leaves_nothing(monkeypatch, server, small_fs):
+    big = TEXT * 1000  # 1.7 MB into a 1 MiB cache
+    server.files["/big.txt"] = big
+    register(monkeypatch, "big", f"{server.url}/big.txt", big)
+    with pytest.raises(DiskFull, match=rf"no space left on the device to write {small_fs / 'big.txt'} \(0.0 MiB free"):
+        data.load_corpus("big", cache_dir=small_fs)
+    assert list(small_fs.iterdir()) == []
 
 
 # --- local text files, names and token kinds ----------------------------------------------------

@@ -108,3 +108,22 @@ def test_a_non_finite_stage_loss_ends_the_run_as_diverged(teacher, tmp_path):
     assert run["reason"] == "non-finite encoder_loss at step 1" and run["steps_done"] == 1
     m = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert m[m.metric == "encoder_loss"].step.tolist() == [1] and not (m.split == "val").any()
+
+
+def test_a_stop_signal_ends_the_pipeline_unfinished_without_outputs(teacher, tmp_path, monkeypatch):
+    import signal
+
+    from harness import eam
+    from harness.run import Interrupted
+
+    real, calls = eam.train_step, iter(range(1, 100))
+
+    def step(*args):
+        if next(calls) == 13:  # in the decoder stage
+            signal.raise_signal(signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(eam, "train_step", step)
+    with pytest.raises(Interrupted, match="interrupted by SIGTERM at step 13"):
+        execute(eam_spec(teacher), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

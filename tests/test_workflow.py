@@ -134,7 +134,8 @@ def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(workdir
 
 
 @pytest.mark.slow
-def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_data):
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_data, signum):
     study = {**MICRO_STUDY, "archs": ["transformer"],
              "recipe": {**MICRO_STUDY["recipe"], "steps": 400, "checkpoint_every": 10}}
     write_config(workdir, {"study": "micro", "studies": {"micro": study}})
@@ -142,17 +143,20 @@ def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_d
     run = workdir / "results" / "micro" / "transformer" / "seed0"
     target = str(run.relative_to(workdir) / "run.json")
 
-    # a whole process group, as a crash or a scheduler kill would take it down
+    # a whole process group, as a crash, a scheduler or a Ctrl-C in a terminal would signal it
     proc = subprocess.Popen([*SNAKEMAKE, "--cores", "1", target], cwd=workdir,
                             env=env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not checkpoint.exists() and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.killpg(proc.pid, signum)
+    assert proc.wait(timeout=120) != 0  # SIGTERM: the job checkpoints its step and ends unfinished
     assert checkpoint.exists(), "no checkpoint before the kill"
     assert not (run / "run.json").exists(), "the run finished before the kill"
+    if signum == signal.SIGTERM:
+        log = (workdir / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
+        assert "run interrupted by SIGTERM at step" in log and "(not failed)" in log
 
     assert snakemake(workdir, "--unlock").returncode == 0
     done = snakemake(workdir, "--cores", "1", target)
