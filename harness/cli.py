@@ -168,6 +168,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from harness.evaluate import describe, evaluate_weights, load_weights
+
+    folder = Path(args.model_dir) if args.model_dir else None
+    config = Path(args.config) if args.config else folder / "config.json" if folder else None
+    weights = Path(args.weights) if args.weights else folder / "model.safetensors" if folder else None
+    if config is None or weights is None:
+        raise ValueError("evaluate: give a model folder (--model-dir) or both --config and --weights")
+    arch, model = load_weights(args.arch, config, weights)
+    result = evaluate_weights(model, arch, args.data, args.tokens, args.split, args.batches, args.batch_size,
+                              args.seq_len)
+    print(describe(result, args.tokens))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -199,6 +214,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", help="also write each figure as PNG here")
     p.add_argument("--published-curves", help="a long CSV (arch,step,split,metric,value) of published curves to overlay")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("evaluate", help="a model folder's (or config + weights') loss on a dataset's test split")
+    p.add_argument("--model-dir", help="folder with config.json and model.safetensors (a published model card)")
+    p.add_argument("--config", help="config.json: the builder's hyperparameters (an 'arch' key may name the arch)")
+    p.add_argument("--weights", help="model.safetensors with the published tensor names")
+    p.add_argument("--arch", help="registry name or dotted path; default: config.json's 'arch'")
+    p.add_argument("--data", required=True, help="enwik8, tinyshakespeare, or a path to a text file")
+    p.add_argument("--tokens", default="bytes", choices=["bytes", "chars"])
+    p.add_argument("--split", default="test")
+    p.add_argument("--batches", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.set_defaults(func=_cmd_evaluate)
 
     args = parser.parse_args(argv)
     try:

@@ -95,6 +95,8 @@ OTHER = {
     "python -m harness detect harness/published/mnsm-enwik8-70m.csv",
 }
 NOT_RUN = {  # installs, and commands other tests run
+    "python -m harness evaluate --model-dir my_card --arch transformer --data enwik8":
+        "tests/test_evaluate.py runs it on a model folder it writes (enwik8 cannot be downloaded here)",
     'pip install -e ".[test]"': "installs",
     "pip install torch==2.13.0": "installs",
     "pip install snakemake-executor-plugin-slurm": "installs",
