@@ -162,9 +162,10 @@ def cluster(tmp_path_factory):
     processes: list[subprocess.Popen] = []
 
     def start(*command: str) -> None:
-        log = open(logs / f"{Path(command[0]).name}.out.log", "w")
-        processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          start_new_session=True, cwd=root))
+        """A daemon in the foreground, in a session of its own (setsid), its output in logs/."""
+        with open(logs / f"{Path(command[0]).name}.out.log", "w") as log:
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              start_new_session=True, cwd=root))
 
     subprocess.run([program("mungekey"), "--create", f"--keyfile={root}/munge/munge.key"], check=True)
     SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
