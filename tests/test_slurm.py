@@ -180,7 +180,7 @@ def cluster(tmp_path_factory):
         start(program("slurmd"), "-D", "-f", str(conf))
 
         def idle() -> bool:
-            done = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True)
+            done = subprocess.run([program("sinfo"), "-h", "-o", "%T"], env=env, capture_output=True, text=True)
             return done.returncode == 0 and done.stdout.strip() == "idle"
 
         wait_for(idle, "an idle node", logs)
@@ -200,7 +200,7 @@ def minutes(limit: str) -> int:
 
 def scontrol_jobs(env: dict[str, str]) -> dict[str, dict[str, str]]:
     """Every job the controller still knows (MinJobAge keeps finished ones), by id."""
-    done = subprocess.run(["scontrol", "-o", "show", "job"], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([program("scontrol"), "-o", "show", "job"], env=env, capture_output=True, text=True, check=True)
     jobs = {}
     for line in done.stdout.splitlines():
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
