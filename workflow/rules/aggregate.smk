@@ -1,6 +1,7 @@
 localrules:
     aggregate,
 
+
 rule aggregate:
     input:
         runs=lambda wildcards: [
@@ -12,11 +13,11 @@ rule aggregate:
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
     output:
         expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
+    log:
+        "logs/{study}/aggregate.log",
     params:
         study=study_json,
         runs=lambda wildcards: run_dirs(wildcards.study),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-    log:
-        "logs/{study}/aggregate.log",
     shell:
         "python -m harness aggregate --study {params.study:q} --out {params.out} {params.runs} > {log} 2>&1"

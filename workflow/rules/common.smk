@@ -63,7 +63,10 @@ def pipeline_input_files(wildcards):
 
 
 def spec_json(wildcards):
-    return json.dumps(run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed)), sort_keys=True)
+    return json.dumps(
+        run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed)),
+        sort_keys=True,
+    )
 
 
 def study_json(wildcards):
@@ -73,4 +76,6 @@ def study_json(wildcards):
 def figure_captions(wildcards):
     """The figures' captions for Snakemake's report (workflow/report/figure.rst), from harness.report.captions."""
     study = STUDIES[wildcards.study]
-    return captions(UNITS.get(study["data"]["tokens"], "token"), bool(study.get("published_curves")))
+    return captions(
+        UNITS.get(study["data"]["tokens"], "token"), bool(study.get("published_curves"))
+    )

@@ -8,10 +8,12 @@ rule detect:
         manifest="results/{study}/{arch}/seed{seed}/run.json",
     output:
         "results/{study}/{arch}/seed{seed}/events.csv",
-    params:
-        config=lambda wildcards: json.dumps(STUDIES[wildcards.study]["detect"], sort_keys=True),
-        run=lambda wildcards, input: os.path.dirname(input.manifest),
     log:
         "logs/{study}/{arch}/seed{seed}/detect.log",
+    params:
+        config=lambda wildcards: json.dumps(
+            STUDIES[wildcards.study]["detect"], sort_keys=True
+        ),
+        run=lambda wildcards, input: os.path.dirname(input.manifest),
     shell:
         "python -m harness detect {params.run} --config {params.config:q} --out {output} > {log} 2>&1"

@@ -6,7 +6,9 @@ localrules:
 rule report:
     input:
         tables=expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
-        published_curves=lambda wildcards: published_curves_file(STUDIES[wildcards.study]) or [],
+        published_curves=lambda wildcards: (
+            published_curves_file(STUDIES[wildcards.study]) or []
+        ),
     output:
         html="reports/{study}/collapse.html",
         # each figure once more as a PNG, for `snakemake --report report.html`
@@ -18,14 +20,16 @@ rule report:
             subcategory="{study}",
             labels={"figure": "{figure}"},
         ),
+    log:
+        "logs/{study}/report.log",
     params:
         aggregate=lambda wildcards, input: os.path.dirname(input.tables[0]),
         curves=lambda wildcards, input: (
-            f"--published-curves {shlex.quote(input.published_curves)}" if input.published_curves else ""
+            f"--published-curves {shlex.quote(input.published_curves)}"
+            if input.published_curves
+            else ""
         ),
         captions=figure_captions,
-    log:
-        "logs/{study}/report.log",
     shell:
         "python -m harness report --aggregate {params.aggregate} --out {output.html} --figures {output.figures} {params.curves}"
         " > {log} 2>&1"

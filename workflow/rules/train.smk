@@ -9,15 +9,15 @@ rule train:
         metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
         manifest="results/{study}/{arch}/seed{seed}/run.json",
         weights="results/{study}/{arch}/seed{seed}/model.safetensors",
-    params:
-        spec=spec_json,
-        out=lambda wildcards, output: os.path.dirname(output.manifest),
-        state="results/{study}/.state/{arch}/seed{seed}",
     log:
         "logs/{study}/{arch}/seed{seed}/train.log",
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+    params:
+        spec=spec_json,
+        out=lambda wildcards, output: os.path.dirname(output.manifest),
+        state="results/{study}/.state/{arch}/seed{seed}",
     shell:
         "python -m harness train --spec {params.spec:q} --out {params.out} --state {params.state}"
         " --threads {threads} > {log} 2>&1"
