@@ -21,15 +21,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from harness import collapse
     from harness.contracts import EVENT_COLUMNS
     from harness.files import write_atomic
 
+    from harness import logs
+
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
+    keys = logs.LossKeys.from_options(args.train_key, args.val_key, args.key)
     path = Path(args.log)
-    if path.is_dir():  # a run folder: identity and vocabulary from its run.json
+    if path.is_dir() and (path / "run.json").is_file():  # a run folder: identity and vocabulary from its run.json
         manifest = json.loads((path / "run.json").read_text())
         metrics, _ = collapse.read_log(path / "metrics.csv")  # every spelling of nan and inf
         vocab = manifest.get("data", {}).get("vocab_size")
@@ -37,9 +38,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         for i, key in enumerate(("study", "arch", "seed")):
             events.insert(i, key, manifest.get(key))
         runs = [tuple(manifest.get(k) for k in ("study", "arch", "seed"))]
-    else:
-        events = collapse.detect_file(path, config)
-        runs = None
+    else:  # any log harness.logs reads: CSV, W&B history (CSV or JSON), JSON lines, TensorBoard
+        long, identity = logs.read(path, keys)
+        events = collapse.detect_runs(long, identity, config)
+        runs = list(long[identity].drop_duplicates().itertuples(index=False, name=None)) if identity else None
     if args.out:
         write_atomic(Path(args.out), events.to_csv(index=False))
     elif args.format == "csv":
@@ -48,12 +50,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps(_event_records(events), indent=1))
     else:
         identity = [c for c in events.columns if c not in EVENT_COLUMNS]
-        if runs is None and identity:  # every run of the file, those without events too
-            try:
-                runs = list(pd.read_csv(path, usecols=identity).drop_duplicates().itertuples(index=False, name=None))
-            except ValueError:
-                runs = None
-        print(events_table(events, identity, runs))
+        print(events_table(events, identity, runs))  # every run of the file, those without events too
     return 0
 
 
@@ -166,7 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("detect", help="print the collapse events of a training log")
-    p.add_argument("log", help="a run folder, or a CSV: long (step,split,metric,value,...) or wide (step + loss columns)")
+    p.add_argument("log", help="a run folder; a CSV, long (step,split,metric,value,...) or wide (step + loss columns); "
+                   "a W&B run history exported as CSV or JSON; JSON lines; a TensorBoard event file or folder")
+    p.add_argument("--train-key", help="the column or tag of the training loss (default: the first of "
+                   "train/loss, train_loss, loss, ... the log has)")
+    p.add_argument("--val-key", help="the column or tag of the validation loss (default: the first of "
+                   "val/loss, val_loss, validation/loss, eval/loss, ... the log has)")
+    p.add_argument("--key", action="append", metavar="TAG=SPLIT",
+                   help="read column or tag TAG as the loss of SPLIT (train, val or test); repeatable")
     p.add_argument("--config", help="detector thresholds as JSON (harness.collapse.DetectConfig fields)")
     p.add_argument("--out", help="write the events as CSV here instead of printing them")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",

@@ -17,7 +17,7 @@ from harness import archs
 from tests.conftest import REPO
 
 PACKAGE = REPO / "harness"
-NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.collapse", "harness.stats",
+NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.logs", "harness.collapse", "harness.stats",
             "harness.claims", "harness.aggregate", "harness.report.page", "harness.report.captions"]
 
 
