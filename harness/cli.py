@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness train|detect|aggregate|report ...``.
+"""Command line: ``harness train|detect|status|aggregate|report ...`` (or ``python -m harness ...``).
 
 Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
 ``detect`` starts without loading torch.
@@ -151,8 +151,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.status import status
+
+    print(status(Path.cwd(), args.study))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    from harness import __version__
+
+    prog = "harness" if Path(sys.argv[0]).name == "harness" else "python -m harness"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one (arch, seed) run from a run spec")
@@ -176,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="what to print: a readable table (default), the events CSV, or a JSON list of records")
     p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("status", help="what is done, running, failed and left of a study, from its files")
+    p.add_argument("study", nargs="?", help="a study folder of results/ (default: every one there, else the study "
+                   "config/config.yaml names); run from the workflow's folder")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("aggregate", help="all runs of a study -> tidy tables")
     p.add_argument("--study", required=True, help="the resolved study as JSON")

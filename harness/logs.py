@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -281,11 +282,17 @@ def _from_tensorboard(path: Path, keys: LossKeys) -> tuple[pd.DataFrame, list[st
     frames = []
     runs = _event_dirs(path)
     for run, where in runs.items():
-        acc = ea.EventAccumulator(str(where), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
-        try:
-            acc.Reload()
-        except Exception as e:  # a corrupt or foreign file: say what it is
-            raise ValueError(f"{where}: not a readable TensorBoard event file ({type(e).__name__}: {e})") from None
+        with tempfile.TemporaryDirectory() as named:
+            if where.is_file() and TENSORBOARD not in where.name:  # the reader knows event files by their name
+                (Path(named) / f"events.out.{TENSORBOARD}.0").symlink_to(where.resolve())
+                where_read = Path(named)
+            else:
+                where_read = where
+            acc = ea.EventAccumulator(str(where_read), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+            try:
+                acc.Reload()
+            except Exception as e:  # a corrupt or foreign file: say what it is
+                raise ValueError(f"{where}: not a readable TensorBoard event file ({type(e).__name__}: {e})") from None
         tags = acc.Tags()
         curves: dict[str, list[tuple[int, float]]] = {t: [(e.step, e.value) for e in acc.Scalars(t)]
                                                       for t in tags.get("scalars", [])}
