@@ -219,8 +219,8 @@ def status(root: Path, folder: str | None = None) -> str:
         studies, config = None, None
     if folder is None:
         results = root / "results"
-        folders = sorted((p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                         key=lambda p: p.stat().st_mtime) if results.is_dir() else []
+        folders = sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if results.is_dir() else []
         if folders:
             names = [p.name for p in folders]
         elif studies is not None:
