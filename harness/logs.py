@@ -131,7 +131,7 @@ def read(path: str | Path, keys: LossKeys | None = None) -> tuple[pd.DataFrame, 
         return _from_tensorboard(path, keys)
     if kind == "csv":
         return _long_from_file(_read_csv(path), path, keys)
-    return _long_from_file(_read_json(path, kind), path, keys)
+    return _long_from_file(_read_json(path, kind), path, keys, blank_is_nan=False)
 
 
 def format_of(path: Path) -> str:
@@ -208,9 +208,16 @@ def _step_column(raw: pd.DataFrame, chosen: list[str], path: Path) -> str:
                      f"found columns: {_listing(list(raw.columns))}")
 
 
-def _long_from_file(raw: pd.DataFrame, path: Path, keys: LossKeys | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """A long or wide table (all cells as text) -> long rows with numeric values, and the identity columns."""
+def _long_from_file(raw: pd.DataFrame, path: Path, keys: LossKeys | None = None,
+                    blank_is_nan: bool | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """A long or wide table (all cells as text) -> long rows with numeric values, and the identity columns.
+
+    ``blank_is_nan``: whether an empty cell of a wide table's only loss column is a logged NaN (a CSV
+    pandas wrote) rather than a step that logged other things (JSON, where a NaN is spelled out, and a
+    W&B history, whose rows often hold other keys only); default: True unless the table has W&B's _step.
+    """
     keys = keys or LossKeys()
+    blank_is_nan = "_step" not in raw.columns if blank_is_nan is None else blank_is_nan
     if "step" in raw.columns and {"split", "value"} <= set(raw.columns):  # long: an empty value is NaN
         if keys.given:
             raise ValueError(f"{path}: --train-key/--val-key/--key name a column of a wide log; this log is in "
@@ -234,9 +241,9 @@ def _long_from_file(raw: pd.DataFrame, path: Path, keys: LossKeys | None = None)
                     and (c == "seed" or (raw[c].notna().all() and pd.to_numeric(raw[c], errors="coerce").isna().all()
                                          and not raw[c].astype(str).str.startswith(("{", "[")).any()))]
         long = raw.melt(id_vars=[step] + identity, value_vars=losses, var_name="column", value_name="value")
-        if len(losses) > 1:  # interleaved curves: an empty cell is a curve not logged at that step
+        if len(losses) > 1 or not blank_is_nan:  # interleaved curves: an empty cell is a curve not logged then
             long = long[long["value"].notna()]
-        # with one loss column an empty cell is a logged NaN (pandas writes NaN as an empty cell)
+        # else (one loss column of a CSV) an empty cell is a logged NaN (pandas writes NaN as an empty cell)
         long = long.assign(split=long["column"].map(chosen), metric="loss",
                            value=_numbers(long["value"], path)).drop(columns="column")
         long = long.rename(columns={step: "step"})

@@ -196,3 +196,16 @@ def test_a_logged_nan_stays_a_nan_in_json(tmp_path):
     long, _ = read(path)
     assert long["value"].tolist()[0] == 3.0 and np.isnan(long["value"].tolist()[1])
     assert long["value"].tolist()[2:] == [float("inf"), 2.5]
+
+
+def test_rows_of_a_wandb_history_without_the_loss_are_not_nans(tmp_path):
+    """W&B rows that logged other keys only (an lr, a sample) leave the loss cell empty: not a NaN."""
+    rows = [{"_step": s, "train/loss": 3.0 - 0.01 * s} if s % 2 else {"_step": s, "lr": 1e-3} for s in range(1, 60)]
+    pd.DataFrame(rows).to_csv(tmp_path / "history.csv", index=False)
+    (tmp_path / "history.json").write_text(json.dumps(rows))
+    for name in ("history.csv", "history.json"):
+        long, _ = read(tmp_path / name)
+        assert len(long) == 30 and np.isfinite(long["value"]).all()
+    # a CSV of one loss column that pandas wrote: its empty cell is the NaN it logged
+    (tmp_path / "plain.csv").write_text("step,loss\n1,3.0\n2,\n3,2.9\n")
+    assert np.isnan(read(tmp_path / "plain.csv")[0]["value"].tolist()[1])
