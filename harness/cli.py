@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("detect", help="print the collapse events of a training log")
     p.add_argument("log", help="a run folder; a CSV, long (step,split,metric,value,...) or wide (step + loss columns); "
                    "a W&B run history exported as CSV or JSON; JSON lines; a TensorBoard event file or folder")
-    p.add_argument("--train-key", help="the column or tag of the training loss (default: the first of "
+    p.add_argument("--train-key", metavar="TAG", help="the column or tag of the training loss (default: the first of "
                    "train/loss, train_loss, loss, ... the log has)")
-    p.add_argument("--val-key", help="the column or tag of the validation loss (default: the first of "
+    p.add_argument("--val-key", metavar="TAG", help="the column or tag of the validation loss (default: the first of "
                    "val/loss, val_loss, validation/loss, eval/loss, ... the log has)")
     p.add_argument("--key", action="append", metavar="TAG=SPLIT",
                    help="read column or tag TAG as the loss of SPLIT (train, val or test); repeatable")
