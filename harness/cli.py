@@ -21,11 +21,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from harness import collapse
+    from harness import collapse, logs
     from harness.contracts import EVENT_COLUMNS
     from harness.files import write_atomic
-
-    from harness import logs
 
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
     keys = logs.LossKeys.from_options(args.train_key, args.val_key, args.key)
