@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness train|detect|aggregate|report ...``.
+"""Command line: ``harness train|detect|status|aggregate|report ...`` (or ``python -m harness ...``).
 
 Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
 ``detect`` starts without loading torch.
@@ -31,15 +31,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from harness import collapse
+    from harness import collapse, logs
     from harness.contracts import EVENT_COLUMNS
     from harness.files import write_atomic
 
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
+    keys = logs.LossKeys.from_options(args.train_key, args.val_key, args.key)
     path = Path(args.log)
-    if path.is_dir():  # a run folder: identity and vocabulary from its run.json
+    if path.is_dir() and (path / "run.json").is_file():  # a run folder: identity and vocabulary from its run.json
         manifest = json.loads((path / "run.json").read_text())
         vocab = manifest.get("data", {}).get("vocab_size")
         if pd.read_csv(path / "metrics.csv").empty:  # a run that crashed before its first evaluation
@@ -51,9 +50,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         for i, key in enumerate(("study", "arch", "seed")):
             events.insert(i, key, manifest.get(key))
         runs = [tuple(manifest.get(k) for k in ("study", "arch", "seed"))]
-    else:
-        events = collapse.detect_file(path, config)
-        runs = None
+    else:  # any log harness.logs reads: CSV, W&B history (CSV or JSON), JSON lines, TensorBoard
+        long, identity = logs.read(path, keys)
+        events = collapse.detect_runs(long, identity, config)
+        runs = list(long[identity].drop_duplicates().itertuples(index=False, name=None)) if identity else None
     if args.out:
         write_atomic(Path(args.out), events.to_csv(index=False))
     elif args.format == "csv":
@@ -62,12 +62,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps(_event_records(events), indent=1))
     else:
         identity = [c for c in events.columns if c not in EVENT_COLUMNS]
-        if runs is None and identity:  # every run of the file, those without events too
-            try:
-                runs = list(pd.read_csv(path, usecols=identity).drop_duplicates().itertuples(index=False, name=None))
-            except ValueError:
-                runs = None
-        print(events_table(events, identity, runs))
+        print(events_table(events, identity, runs))  # every run of the file, those without events too
     return 0
 
 
@@ -183,8 +178,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from harness.status import status
+
+    print(status(Path.cwd(), args.study))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    from harness import __version__
+
+    prog = "harness" if Path(sys.argv[0]).name == "harness" else "python -m harness"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one (arch, seed) run from a run spec")
@@ -195,12 +201,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("detect", help="print the collapse events of a training log")
-    p.add_argument("log", help="a run folder, or a CSV: long (step,split,metric,value,...) or wide (step + loss columns)")
+    p.add_argument("log", help="a run folder; a CSV, long (step,split,metric,value,...) or wide (step + loss columns); "
+                   "a W&B run history exported as CSV or JSON; JSON lines; a TensorBoard event file or folder")
+    p.add_argument("--train-key", metavar="TAG", help="the column or tag of the training loss (default: the first of "
+                   "train/loss, train_loss, loss, ... the log has)")
+    p.add_argument("--val-key", metavar="TAG", help="the column or tag of the validation loss (default: the first of "
+                   "val/loss, val_loss, validation/loss, eval/loss, ... the log has)")
+    p.add_argument("--key", action="append", metavar="TAG=SPLIT",
+                   help="read column or tag TAG as the loss of SPLIT (train, val or test); repeatable")
     p.add_argument("--config", help="detector thresholds as JSON (harness.collapse.DetectConfig fields)")
     p.add_argument("--out", help="write the events as CSV here instead of printing them")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="what to print: a readable table (default), the events CSV, or a JSON list of records")
     p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("status", help="what is done, running, failed and left of a study, from its files")
+    p.add_argument("study", nargs="?", help="a study folder of results/ (default: every one there, else the study "
+                   "config/config.yaml names); run from the workflow's folder")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("aggregate", help="all runs of a study -> tidy tables")
     p.add_argument("--study", required=True, help="the resolved study as JSON")

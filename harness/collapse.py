@@ -37,20 +37,11 @@ import numpy as np
 import pandas as pd
 
 from harness.contracts import EVENT_COLUMNS, from_dict
+# the readers of training logs live in harness.logs; their names stay importable from here
+from harness.logs import LONG_COLUMNS, WIDE_LOSS_COLUMNS, LossKeys, is_loss, read, read_log, to_number  # noqa: F401
 from harness.text import perplexity
 
-LONG_COLUMNS = ("step", "split", "metric", "value", "wall_time")
-# wide CSVs: loss column name -> split
-WIDE_LOSS_COLUMNS = {"loss": "train", "train_loss": "train", "train/loss": "train",
-                     "val_loss": "val", "valid_loss": "val", "validation_loss": "val", "val/loss": "val",
-                     "test_loss": "test", "test/loss": "test"}
 MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation
-
-
-def is_loss(metric: pd.Series) -> pd.Series:
-    """Which rows of a long table's ``metric`` column are losses ("loss" or "SPLIT/loss")."""
-    metric = metric.astype(str)
-    return (metric == "loss") | metric.str.endswith("/loss")
 
 
 @dataclass(frozen=True)
@@ -760,86 +751,16 @@ def _train_only(train: _Curve, t: _Span, val: _Curve, cfg: DetectConfig) -> list
     return [row]
 
 
-_NON_FINITE = {"": math.nan, "nan": math.nan, "+nan": math.nan, "-nan": math.nan, "na": math.nan,
-               "n/a": math.nan, "null": math.nan, "none": math.nan,
-               "inf": math.inf, "+inf": math.inf, "infinity": math.inf, "+infinity": math.inf,
-               "-inf": -math.inf, "-infinity": -math.inf}
+def detect_file(path: str | Path, config: DetectConfig | None = None, vocab_size: int | None = None,
+                keys: LossKeys | None = None) -> pd.DataFrame:
+    """Events of every run in a training log of any format harness.logs reads (CSV, W&B history,
+    JSON lines, TensorBoard), grouped by its identity columns (arch, seed, ...), which lead."""
+    return detect_runs(*read(path, keys), config, vocab_size)
 
 
-def to_number(values: pd.Series, what: str = "value") -> pd.Series:
-    """Text cells -> floats, reading every spelling of a non-finite number that pandas, numpy and
-    PyTorch write (nan, NaN, inf, -inf, Infinity, an empty cell, ...); anything else that is not a
-    number is an error that names it."""
-    text = values.astype(object).where(values.notna(), "").astype(str).str.strip()
-    special = text.str.lower().map(_NON_FINITE)
-    number = pd.to_numeric(text.where(special.isna() & (text != ""), "0"), errors="coerce")
-    bad = number.isna() & special.isna() & ~text.str.lower().isin(_NON_FINITE)
-    if bad.any():
-        raise ValueError(f"non-numeric {what} {text[bad].iloc[0]!r}")
-    return special.where(text.str.lower().isin(_NON_FINITE), number).astype(float)
-
-
-def read_log(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """A training log (long or wide CSV) -> long rows with numeric values, and its identity columns."""
-    path = Path(path)
-    return _long_from_file(_read_csv(path), path)
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        # empty cells stay distinguishable from a logged "nan": keep_default_na=False
-        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=str)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a readable CSV ({e})") from e
-
-
-def _long_from_file(raw: pd.DataFrame, path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """A long or wide CSV (all cells as text) -> long rows with numeric values, and the identity columns."""
-    if "step" not in raw.columns:
-        raise ValueError(f"{path}: no 'step' column (has {list(raw.columns)}); a training log needs one")
-    if {"split", "value"} <= set(raw.columns):  # long: a row is a logged value, an empty one is NaN
-        identity = [c for c in raw.columns if c not in LONG_COLUMNS]
-        long = raw[is_loss(raw["metric"].fillna(""))] if "metric" in raw.columns else raw
-        if long.empty:
-            raise ValueError(f"{path}: no loss rows (metric 'loss' or 'SPLIT/loss')")
-        long = long.assign(value=_numbers(long["value"], path))
-    else:  # wide: an empty cell means "not logged at this step"
-        losses = [c for c in raw.columns if c in WIDE_LOSS_COLUMNS]
-        if not losses:
-            raise ValueError(f"{path}: no loss column; expected one of {sorted(WIDE_LOSS_COLUMNS)} "
-                             f"or the long format step,split,metric,value (has {list(raw.columns)})")
-        # identity: text columns (arch, run name) and a seed; other numbers (lr, grad_norm) are metrics
-        identity = [c for c in raw.columns if c not in losses and c != "step"
-                    and (c == "seed" or pd.to_numeric(raw[c], errors="coerce").isna().all())]
-        long = raw.melt(id_vars=["step"] + identity, value_vars=losses, var_name="column", value_name="value")
-        if len(losses) > 1:  # interleaved curves: an empty cell is a curve not logged at that step
-            long = long[long["value"].notna()]
-        # with one loss column an empty cell is a logged NaN (pandas writes NaN as an empty cell)
-        long = long.assign(split=long["column"].map(WIDE_LOSS_COLUMNS), metric="loss",
-                           value=_numbers(long["value"], path)).drop(columns="column")
-    bad = pd.to_numeric(long["step"], errors="coerce").isna()
-    if bad.any():
-        raise ValueError(f"{path}: non-numeric step {long.loc[bad, 'step'].iloc[0]!r}")
-    long = long.assign(step=pd.to_numeric(long["step"]).astype(np.int64))
-    for c in identity:  # a seed read as text groups and prints as a number
-        number = pd.to_numeric(long[c], errors="coerce")
-        if number.notna().all():
-            long = long.assign(**{c: number})
-    return long, identity
-
-
-def _numbers(values: pd.Series, path: Path) -> pd.Series:
-    try:
-        return to_number(values, "loss value")
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-def detect_file(path: str | Path, config: DetectConfig | None = None, vocab_size: int | None = None) -> pd.DataFrame:
-    """Events of every run in a CSV log, grouped by its identity columns (arch, seed, ...), which lead."""
-    long, identity = read_log(path)
+def detect_runs(long: pd.DataFrame, identity: list[str], config: DetectConfig | None = None,
+                vocab_size: int | None = None) -> pd.DataFrame:
+    """Events of every run of a long table, one run per value of its identity columns."""
     if not identity:
         return detect(long, config, vocab_size)
     tables = []

@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from harness import archs, data, shape
 from harness.archs import eam as eam_arch
+from harness.progress import Progress
 from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
 from harness.run import RunRecord
 
@@ -151,7 +152,8 @@ def write_memory(model: eam_arch.Model, teacher, train: torch.Tensor, stages: St
 
 
 def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int, recipe: Recipe,
-        next_batch: Callable, record: RunRecord, metric: str, device: torch.device) -> str | None:
+        next_batch: Callable, record: RunRecord, metric: str, device: torch.device,
+        total: int | None = None) -> str | None:
     """The recipe's training step on ``module``, its schedule stretched over ``steps``.
 
     Logs the window mean of the loss as train/``metric`` at global steps first_step + 1 ...; returns
@@ -162,6 +164,7 @@ def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int,
     optimizer = make_optimizer(params, recipe, device)
     module.train()
     window = []
+    progress = Progress(total or first_step + steps, start_step=first_step)  # the pipeline's steps, on stderr
     for i in range(steps):
         result = train_step(lambda batch: loss_of(*batch), params, optimizer, next_batch(), lr_at(i, schedule),
                             recipe.grad_clip)
@@ -170,6 +173,7 @@ def fit(module: torch.nn.Module, loss_of: Callable, steps: int, first_step: int,
             record.log(record.step, "train", metric, result.loss)
             return f"non-finite {metric} at step {record.step}"
         window.append(result.loss)
+        progress.update(record.step, result.loss)
         if (i + 1) % recipe.log_every == 0 or i + 1 == steps:
             record.log(record.step, "train", metric, sum(window) / len(window))
             window = []
@@ -228,8 +232,9 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             key = model.encoder(x)
         return (1 - (key.float() * target).sum(-1)).mean()
 
+    total = stages.encoder_steps + stages.decoder_steps
     diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, record,
-                   "encoder_loss", device)
+                   "encoder_loss", device, total)
 
     # (c) the decoder learns next tokens from what the memory returns for the encoder's keys
     def decoder_loss(x, y):
@@ -241,7 +246,7 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
 
     if diverged is None:
         diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
-                       next_batch, record, "decoder_loss", device)
+                       next_batch, record, "decoder_loss", device, total)
     if diverged is not None:
         record.diverge(diverged)
         return

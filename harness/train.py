@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from harness import archs, checkpoint, data, shape
+from harness.progress import Progress
 from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
 from harness.run import RunRecord
 
@@ -69,6 +70,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         window_loss, window_gn = [], []
 
     model.train()
+    progress = Progress(recipe.steps, recipe.batch_size * recipe.seq_len, start_step=record.step)  # stderr: the log
     while record.step < recipe.steps:
         step = record.step
         lr = lr_at(step, recipe)
@@ -81,6 +83,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             return
         window_loss.append(result.loss)
         window_gn.append(result.grad_norm)
+        progress.update(step, result.loss)
         if step % recipe.log_every == 0 or step == recipe.steps:
             record.log(step, "train", "loss", sum(window_loss) / len(window_loss))
             record.log(step, "train", "lr", lr)

@@ -17,7 +17,7 @@ from harness import archs
 from tests.conftest import REPO
 
 PACKAGE = REPO / "harness"
-NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.collapse", "harness.stats",
+NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.logs", "harness.progress", "harness.status", "harness.collapse", "harness.stats",
             "harness.claims", "harness.aggregate", "harness.report.page", "harness.report.captions"]
 
 
@@ -118,3 +118,6 @@ def test_a_non_editable_install_detects_on_its_packaged_published_curves(tmp_pat
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "collapse" in done.stdout and "27,500" in done.stdout.replace("27500", "27,500")
+    # the console command the wheel declares
+    version = subprocess.run([str(env_dir / "bin" / "harness"), "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("harness "), version.stderr[-2000:]

@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import MICRO_STUDY, REPO, workflow_copy, write_config
 
 SNAKEFILE_DOC = re.compile(r'^"""(.*?)"""', re.S)
-COMMAND = re.compile(r"^(snakemake|python) ")
+COMMAND = re.compile(r"^(snakemake|python|harness) ")
 
 
 def _strip(line: str) -> str:
@@ -89,10 +89,20 @@ REAL_RUNS = {
     "snakemake --unlock",
     "snakemake --report reports/report.html",
     "python -m harness detect my_run/metrics.csv",
+    "harness status",
 }
 OTHER = {
     'python -c "import harness.archs as a; print(a.available())"',
     "python -m harness detect harness/published/mnsm-enwik8-70m.csv",
+    "harness --version",
+    "harness status tiny+seeds=0-4+steps=2000",
+}
+# run on logs of each format written by test_documented_log_formats
+LOG_FORMATS = {
+    "harness detect my_logs/tensorboard",
+    "harness detect wandb_history.csv",
+    "harness detect wandb_history.json --val-key eval/loss",
+    "harness detect train_log.jsonl --key nll=train --key val_nll=val",
 }
 NOT_RUN = {  # installs, and commands other tests run
     "python -m harness evaluate --model-dir my_card --arch transformer --data enwik8":
@@ -136,7 +146,7 @@ def shipped(tmp_path_factory) -> Path:
 
 def test_every_documented_command_is_tested():
     documented = documented_commands()
-    tested = {*DRY_RUNS, SLURM, *REAL_RUNS, *OTHER, *NOT_RUN}
+    tested = {*DRY_RUNS, SLURM, *REAL_RUNS, *OTHER, *LOG_FORMATS, *NOT_RUN}
     assert set(documented) <= tested, {c: sorted(documented[c]) for c in set(documented) - tested}
     stale = tested - set(documented) - set(NOT_RUN)
     assert not stale, f"tested but no longer documented: {stale}"
@@ -174,6 +184,40 @@ def test_documented_python_commands(shipped):
     done = run(REPO, "python -m harness detect harness/published/mnsm-enwik8-70m.csv")
     assert done.returncode == 0 and "arch=transformer: 4 events" in done.stdout
     assert re.search(r"collapse\s+val\s+27,500\s+27,100\s+33,500\s+27\.17", done.stdout)
+    done = run(REPO, "harness --version")
+    assert done.returncode == 0 and re.fullmatch(r"harness \d+\.\d+\.\d+\n", done.stdout)
+    done = run(shipped, "harness status tiny+seeds=0-4+steps=2000")  # before any run: all of it left
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("tiny+seeds=0-4+steps=2000: 30 runs planned: 0 done, 0 failed, 0 running, 30 left\n")
+
+
+def test_documented_log_formats(tmp_path):
+    """The README's `harness detect` lines on a TensorBoard folder, W&B histories and JSON lines, each
+    holding the same curves with a known collapse under the names its line expects."""
+    pytest.importorskip("tensorboard", reason="the TensorBoard reader is the optional group logs")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from harness.synthetic import make_run
+    from tests.test_logs import wandb_rows
+
+    curves, _ = make_run("collapse", 2, n_evals=40, logs_per_eval=2, magnitude=3.0, onset=20)
+    writer = SummaryWriter(str(tmp_path / "my_logs" / "tensorboard"))
+    for row in curves.itertuples():
+        writer.add_scalar(f"{row.split}/loss", row.value, int(row.step))
+    writer.close()
+    rows = wandb_rows(curves)
+    pd.DataFrame(rows).to_csv(tmp_path / "wandb_history.csv")
+    renamed = [{("eval/loss" if k == "val/loss" else "loss/other" if k == "train/loss" else k): v
+                for k, v in r.items()} for r in rows]  # eval/loss is a default; said anyway, as documented
+    (tmp_path / "wandb_history.json").write_text(json.dumps(renamed))
+    with open(tmp_path / "train_log.jsonl", "w") as f:
+        for step, group in curves.groupby("step", sort=True):
+            names = {"train": "nll", "val": "val_nll"}
+            f.write(json.dumps({"step": int(step), **{names[s]: v for s, v in zip(group.split, group.value)}}) + "\n")
+    for command in sorted(LOG_FORMATS):
+        done = run(tmp_path, command)
+        assert done.returncode == 0, (command, done.stderr)
+        assert re.search(r"^  collapse\s+val\s+10,500", done.stdout, re.M), (command, done.stdout)
 
 
 def _micro_checkout(root: Path) -> Path:
@@ -192,6 +236,9 @@ def test_a_default_and_an_override_run_keep_their_own_results(tmp_path, shared_d
     done = run(workdir, MAIN)
     assert done.returncode == 0, done.stderr[-3000:]
     default = workdir / "results" / "micro" / "transformer" / "seed0"
+    done = run(workdir, "harness status")
+    assert done.returncode == 0 and done.stdout.startswith("micro: 2 runs planned: 2 done, 0 failed, 0 running, 0 left"), \
+        done.stdout + done.stderr
     before = {name: (default / name).read_bytes() for name in ("run.json", "metrics.csv", "model.safetensors")}
 
     override = MAIN + " --config seeds=[0] steps=20"
