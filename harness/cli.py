@@ -31,6 +31,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from harness import collapse, logs
     from harness.contracts import EVENT_COLUMNS
     from harness.files import write_atomic
@@ -44,7 +46,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         if pd.read_csv(path / "metrics.csv").empty:  # a run that crashed before its first evaluation
             events = pd.DataFrame(columns=EVENT_COLUMNS)
         else:
-            metrics, _ = collapse.read_log(path / "metrics.csv")  # every spelling of nan and inf
+            metrics, _ = logs.read_log(path / "metrics.csv")  # every spelling of nan and inf
             # the trainer logs nats per token: a badly initialised model may start above ln(vocab)
             events = collapse.detect(metrics, config, vocab_size=vocab, nats=True)
         for i, key in enumerate(("study", "arch", "seed")):

@@ -37,8 +37,7 @@ import numpy as np
 import pandas as pd
 
 from harness.contracts import EVENT_COLUMNS, from_dict
-# the readers of training logs live in harness.logs; their names stay importable from here
-from harness.logs import LONG_COLUMNS, WIDE_LOSS_COLUMNS, LossKeys, is_loss, read, read_log, to_number  # noqa: F401
+from harness.logs import LossKeys, is_loss, read
 from harness.text import perplexity
 
 MAD_TO_SD = 1.4826  # MAD of a normal sample times this is its standard deviation

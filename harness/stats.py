@@ -27,7 +27,8 @@ from scipy.optimize import brentq
 from scipy.stats import PermutationMethod, binomtest, fisher_exact, mannwhitneyu, norm, trim_mean
 from scipy.stats import t as student_t
 
-from harness.collapse import DetectConfig, is_loss, testable
+from harness.collapse import DetectConfig, testable
+from harness.logs import is_loss
 from harness.contracts import ID_COLUMNS
 
 SCORE_COLUMNS = ["study", "arch", "seed", "status", "final_loss", "final_smoothed_loss", "best_loss", "best_step",

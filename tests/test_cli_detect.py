@@ -62,7 +62,7 @@ def test_json_is_a_list_of_records(tmp_path):
 
 def test_a_log_without_events_says_so(tmp_path):
     from harness.cli import events_table
-    from harness.collapse import EVENT_COLUMNS
+    from harness.contracts import EVENT_COLUMNS
 
     empty = pd.DataFrame(columns=["arch", *EVENT_COLUMNS])
     assert events_table(empty, ["arch"], [("gru",)]) == "arch=gru: no events"
