@@ -47,7 +47,8 @@ QUANTIZATION_SUMMARY_COLUMNS = ["arch", "step", "final", "bits", "n", "loss_medi
                                 "bpt_increase_min", "bpt_increase_max"]
 """quantization_summary.csv of a study: per (arch, step, bits) over the seeds; final marks the trained model."""
 
-AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines")
+AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
+                    "quantization_summary")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""

@@ -7,6 +7,7 @@ rule aggregate:
             f"{run}/{name}"
             for run in run_dirs(wildcards.study)
             for name in ("metrics.csv", "run.json", "events.csv")
+            + (("quantization.csv",) if STUDIES[wildcards.study]["quantize"]["bits"] else ())
         ],
     output:
         expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
