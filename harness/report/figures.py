@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
 from harness.contracts import FULL_PRECISION_BITS
 from harness.report.captions import caption
@@ -296,7 +296,10 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
 
 
 def _symlog_bits_axis(ax, unit: str, label: bool = True) -> None:
-    ax.set_yscale("symlog", linthresh=0.01, linscale=0.5)
+    ax.set_yscale("symlog", linthresh=0.01, linscale=1.0)
+    ticks = [m * 10.0 ** e for e in range(-3, 3) for m in (1, 2, 5)]  # 0.001 .. 500, readable without exponents
+    ax.yaxis.set_major_locator(FixedLocator(sorted([-t for t in ticks] + [0.0] + ticks)))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.axhline(0, color="grey", lw=0.8)
     if label:
@@ -337,7 +340,7 @@ def fig_quantization(agg: Aggregate) -> Figure | None:
         _symlog_bits_axis(ax, agg.unit, label=False)
     handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=a) for a in archs]
     handles.append(Patch(color="grey", alpha=0.3, label="range over seeds"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(axes)), fontsize=8)
     return fig
 
 

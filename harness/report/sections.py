@@ -188,7 +188,8 @@ def quantization_section(agg: Aggregate, figure: str) -> str:
         rows.append([r["arch"], "full precision (fp32)" if full else step(r["bits"]), step(r["step"]), step(r["n"]),
                      num(r["loss_median"], 4), "" if full else num(r["loss_increase_median"], 4),
                      "" if full else f"{num(r['bpt_increase_median'], 4)} "
-                                     f"({num(r['bpt_increase_min'], 4)} to {num(r['bpt_increase_max'], 4)})"])
+                     + (f"({num(r['bpt_increase_min'], 4)} to {num(r['bpt_increase_max'], 4)})" if r["n"] > 1
+                        else "(1 seed)")])
     keep = settings.get("keep") or []
     parts = [figure] if figure else []
     if rows:
