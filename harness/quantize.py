@@ -121,6 +121,8 @@ def evaluate_bits(model: torch.nn.Module, batches: list, bits: Sequence[int], ke
 
     Rows: bits (FULL_PRECISION first), loss, loss_increase (nats per token), bpt_increase (bits per token).
     """
+    if any(not 2 <= int(b) < FULL_PRECISION for b in bits):
+        raise ValueError(f"bits {list(bits)}: each width must be from 2 to {FULL_PRECISION - 1}")
     device = device or next(model.parameters()).device
     original = {n: t.detach().clone() for n, t in model.state_dict().items()}
     base = evaluate(model, batches, device, dtype)

@@ -52,6 +52,10 @@ def test_quantizer_rejects_one_bit_and_vectors():
         quantize_rows(torch.ones(2, 2), 1)
     with pytest.raises(ValueError, match="2 or more dimensions"):
         quantize_rows(torch.ones(3), 4)
+    with pytest.raises(ValueError, match="from 2 to 31"):
+        evaluate_bits(tiny_model(), periodic_batches(n=1), [8, 32])
+    with pytest.raises(ValueError, match="PATTERN=BITS"):
+        quantize_(tiny_model(), 4, ["tok_emb.*=eight"])
 
 
 def tiny_model(seed=0):
