@@ -167,8 +167,15 @@ def snapshots(folder: Path, run: dict[str, Any]) -> list[tuple[int, Path]]:
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Strict load of a run's weights (published tensor names, a tied pair stored once)."""
-    model.load_state_dict(load_file(str(path)), strict=True)
+    """Strict load of a run's weights. ``save_model`` stores a tied tensor once, under one of its names
+    (which one depends on the model): the others are filled from it, so any model with tied weights loads."""
+    state = load_file(str(path))
+    for _, names in _tensor_names(model):
+        stored = [n for n in names if n in state]
+        for name in names:
+            if stored and name not in state:
+                state[name] = state[stored[0]]
+    model.load_state_dict(state, strict=True)
 
 
 def skip_reason(run: dict[str, Any]) -> str | None:

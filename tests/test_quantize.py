@@ -200,3 +200,20 @@ def test_runs_without_a_network_to_quantize_get_a_note(tmp_path):
         assert table.note.item().startswith("not quantized: ")
     assert "run failed (RuntimeError: boom)" in pd.read_csv(tmp_path / "failed" / "quantization.csv").note.item()
     assert "pipeline" in pd.read_csv(tmp_path / "pipeline" / "quantization.csv").note.item()
+
+
+def test_weights_of_a_model_tied_without_a_load_hook_load_strictly(tmp_path):
+    from examples.gru import build
+    from safetensors.torch import save_model
+
+    from harness.quantize import load_weights
+
+    torch.manual_seed(0)
+    model = build(vocab_size=32, d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_seq_len=16, ffn_hidden=8)
+    save_model(model, str(tmp_path / "m.safetensors"))  # stores the tied embedding and head once
+    torch.manual_seed(1)
+    again = build(vocab_size=32, d_model=8, n_layers=1, n_heads=1, dropout=0.0, max_seq_len=16, ffn_hidden=8)
+    load_weights(again, tmp_path / "m.safetensors")
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert again.lm_head.weight is again.tok_emb.weight
