@@ -1,4 +1,4 @@
-"""Train every architecture x seed of a study, detect collapse events, aggregate, report.
+"""Train every architecture x seed of a study, detect collapse events, quantize, aggregate, report.
 
     snakemake --cores 1 reports/collapse.html                    # the study named in config/config.yaml
     snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4]
@@ -22,6 +22,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/detect.smk"
+include: "workflow/rules/quantize.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

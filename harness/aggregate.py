@@ -3,8 +3,10 @@
 Writes study.json, runs.csv (one row per run: identity, status, shape, provenance, scores and a
 pipeline's own numbers as ``pipeline_*`` columns), trajectories.csv (every metric of every run),
 events.csv, summary.csv (per architecture), pairs.csv (per pair of architectures), claims.csv (the
-published claims, tested), headlines.csv (published figures beside measured ones) and notes.json
-(the sentences the report prints about the study as a whole). Every number the report shows is
+published claims, tested), headlines.csv (published figures beside measured ones), quantization.csv
+(every run's quantization rows, ``final`` marking the trained model's), quantization_summary.csv (per
+architecture, step and width over the seeds: median, min and max) and notes.json (the sentences the
+report prints about the study as a whole). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.
 """
@@ -19,7 +21,8 @@ import pandas as pd
 
 from harness import claims, stats
 from harness.collapse import DetectConfig
-from harness.contracts import AGGREGATE_TABLES, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, PIPELINE_KEY, RUN_STATUSES
+from harness.contracts import (AGGREGATE_TABLES, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, PIPELINE_KEY,
+                               QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES)
 from harness.files import write_atomic
 
 # per-architecture shape facts that summary.csv carries beside the statistics
@@ -115,6 +118,44 @@ def read_run(run_dir: Path, study_name: str, archs: set[str]) -> tuple[dict, pd.
     return _run_row(run), _with_identity(metrics, run, metrics_path), _with_identity(events, run, events_path)
 
 
+def read_quantization(run_dir: Path, run: dict[str, Any]) -> pd.DataFrame:
+    """One run's quantization.csv (written by the quantize stage), with its identity checked."""
+    path = run_dir / "quantization.csv"
+    table = read_table(path, QUANTIZATION_COLUMNS, "written by the quantize stage")
+    return _with_identity(table, run, path)
+
+
+def quantization_tables(tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Every run's rows (``final``: the trained model, not a snapshot), the summary per (arch, step, bits)
+    over the seeds, and a sentence naming the runs that were not quantized (and why)."""
+    nonempty = [t for t in tables if len(t)]
+    rows = (pd.concat(nonempty, ignore_index=True) if nonempty
+            else pd.DataFrame(columns=QUANTIZATION_COLUMNS)).astype({"note": "str"})
+    rows["note"] = rows["note"].replace("nan", "")
+    measured = rows.dropna(subset=["bits"]).astype({"step": "int64", "bits": "int64", "loss": "float64",
+                                                    "loss_increase": "float64", "bpt_increase": "float64"})
+    measured.insert(4, "final", measured["step"] == measured.groupby(["arch", "seed"])["step"].transform("max"))
+    measured = measured.sort_values(["arch", "seed", "step", "bits"], ascending=[True, True, True, False],
+                                    ignore_index=True)
+    skipped = rows[rows["bits"].isna()].sort_values(["arch", "seed"])
+    by_reason: dict[str, list[str]] = {}
+    for r in skipped.itertuples(index=False):
+        by_reason.setdefault(r.note.removeprefix("not quantized: ") or "no reason given", []).append(
+            f"{r.arch} seed {int(r.seed)}")
+    note = "; ".join(f"{', '.join(runs)}: {reason}" for reason, runs in by_reason.items())
+    note = f"Not quantized: {note}." if note else ""
+
+    grouped = measured.groupby(["arch", "step", "bits"])
+    summary = grouped.agg(final=("final", "all"), n=("seed", "nunique"), loss_median=("loss", "median"),
+                          loss_increase_median=("loss_increase", "median"),
+                          loss_increase_min=("loss_increase", "min"), loss_increase_max=("loss_increase", "max"),
+                          bpt_increase_median=("bpt_increase", "median"), bpt_increase_min=("bpt_increase", "min"),
+                          bpt_increase_max=("bpt_increase", "max")).reset_index()
+    summary = summary.sort_values(["arch", "step", "bits"], ascending=[True, True, False], ignore_index=True)
+    return measured[QUANTIZATION_COLUMNS[:4] + ["final"] + QUANTIZATION_COLUMNS[4:]], \
+        summary[QUANTIZATION_SUMMARY_COLUMNS], note
+
+
 def _per_arch_shape(runs: pd.DataFrame) -> pd.DataFrame:
     """The shape facts of each architecture, from its first run that recorded them (seeds share them)."""
     known = runs.dropna(subset=["n_params"]).sort_values(["arch", "seed"])
@@ -144,12 +185,15 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
         raise ValueError(f"study {study.get('name')!r}: no run folders to aggregate")
     if "name" not in study:
         raise ValueError("study: missing key 'name' (pass the resolved study)")
-    rows, trajectories, events = [], [], []
+    quantized = bool((study.get("quantize") or {}).get("bits"))  # bits: [] turns the stage off
+    rows, trajectories, events, quantization = [], [], [], []
     for run_dir in sorted(Path(p) for p in run_dirs):
         row, metrics, run_events = read_run(run_dir, study["name"], set(study.get("archs", {})))
         rows.append(row)
         trajectories.append(metrics)
         events.append(run_events)
+        if quantized:
+            quantization.append(read_quantization(run_dir, row))
     runs = pd.DataFrame(rows).sort_values(["arch", "seed"], ignore_index=True)
     duplicated = runs[runs.duplicated(["arch", "seed"], keep=False)]
     if len(duplicated):
@@ -173,10 +217,12 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     headlines, publication = claims.headlines(study, runs, events)
     notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
              "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"]))}
+    quantization, quantization_summary, notes["quantization"] = quantization_tables(quantization)
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
-    tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines)))
+    tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines,
+                                         quantization, quantization_summary), strict=True))
     for name, table in tables.items():
         write_atomic(out_dir / f"{name}.csv", _csv(table))
     write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")

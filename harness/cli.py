@@ -1,4 +1,4 @@
-"""Command line: ``harness train|detect|status|aggregate|report ...`` (or ``python -m harness ...``).
+"""Command line: ``harness train|detect|status|quantize|aggregate|report|evaluate ...`` (or ``python -m harness ...``).
 
 Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
 ``detect`` starts without loading torch.
@@ -149,6 +149,19 @@ def _wrap(text: str, indent: int, width: int) -> list[str]:
                          break_on_hyphens=False)
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness import quantize
+
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run)
+    rows = quantize.quantize_run(run_dir, args.bits, args.keep,
+                                 snapshot_dir=Path(args.snapshots) if args.snapshots else None)
+    quantize.write_table(Path(args.out) if args.out else run_dir / "quantization.csv", rows)
+    return 0
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     from harness.aggregate import aggregate
 
@@ -221,6 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("study", nargs="?", help="a study folder of results/ (default: every one there, else the study "
                    "config/config.yaml names); run from the workflow's folder")
     p.set_defaults(func=_cmd_status)
+
+
+    p = sub.add_parser("quantize", help="loss of a run's model with its weight matrices quantized per row")
+    p.add_argument("run", help="a run folder (run.json, model.safetensors)")
+    p.add_argument("--bits", type=int, nargs="+", required=True, help="weight widths, e.g. 8 5 4")
+    p.add_argument("--keep", nargs="*", default=[], metavar="PATTERN",
+                   help="parameter-name globs kept at full precision (PATTERN) or at BITS bits (PATTERN=BITS)")
+    p.add_argument("--snapshots", help="also evaluate the weight snapshots (stepN.safetensors) in this folder")
+    p.add_argument("--out", help="CSV to write (default RUN/quantization.csv)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("aggregate", help="all runs of a study -> tidy tables")
     p.add_argument("--study", required=True, help="the resolved study as JSON")

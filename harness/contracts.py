@@ -40,7 +40,19 @@ CLAIM_COLUMNS = ["id", "claim", "archs", "kind", "source", "note", "setting", "v
 the claim's published setting, the verdict at proxy scale (labelled with the scale), the numbers it was
 decided on (k of n runs for event kinds; an estimate with its 95% interval) and the sentence saying how."""
 
-AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines")
+QUANTIZATION_COLUMNS = ID_COLUMNS + ["step", "bits", "loss", "loss_increase", "bpt_increase", "note"]
+"""quantization.csv of one run (harness.quantize): one row per (weights at step, bits); bits 32 is the
+unquantized fp32 model; losses in nats per token on the fixed validation batches; bpt_increase =
+loss_increase / ln 2. A run not quantized (not completed, a pipeline) has one row: identity and note."""
+FULL_PRECISION_BITS = 32
+"""The ``bits`` of the unquantized row: training keeps fp32 weights (bf16 is only the autocast)."""
+QUANTIZATION_SUMMARY_COLUMNS = ["arch", "step", "final", "bits", "n", "loss_median", "loss_increase_median",
+                                "loss_increase_min", "loss_increase_max", "bpt_increase_median",
+                                "bpt_increase_min", "bpt_increase_max"]
+"""quantization_summary.csv of a study: per (arch, step, bits) over the seeds; final marks the trained model."""
+
+AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
+                    "quantization_summary")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""

@@ -316,11 +316,18 @@ def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
     }
     if inputs := pipeline_inputs(study, arch):
         spec["inputs"] = {key: run_dir(study["name"], upstream, seed) for key, upstream in inputs.items()}
+    if (study.get("quantize") or {}).get("every_checkpoint"):  # not tied to bits: another width retrains nothing
+        spec["snapshots"] = snapshot_dir(study["name"], arch, seed)
     return spec
 
 
+def snapshot_dir(study: str, arch: str, seed: int) -> str:
+    """Where the trainer keeps a run's weight snapshots for the quantization stage (quantize.every_checkpoint)."""
+    return f"{run_dir(study, arch, seed)}/snapshots"
+
+
 def config_hash(spec: dict[str, Any]) -> str:
-    """Hash of a run spec without its seed (nor its input runs' folders): the seeds of one
-    architecture in one study share it."""
-    identity = {k: v for k, v in spec.items() if k not in ("seed", "inputs")}
+    """Hash of a run spec without its seed (nor its input runs' folders, nor where it keeps weight
+    snapshots, which change nothing it computes): the seeds of one architecture in one study share it."""
+    identity = {k: v for k, v in spec.items() if k not in ("seed", "inputs", "snapshots")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness import archs, checkpoint, data, shape
+from harness import archs, checkpoint, data, quantize, shape
 from harness.progress import Progress
 from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
 from harness.run import RunRecord
@@ -96,6 +96,10 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             if not math.isfinite(val_loss):
                 record.diverge(f"non-finite validation loss at step {step}")
                 return
+        if spec.get("snapshots") and step % recipe.checkpoint_every == 0 and step < recipe.steps:
+            # weights for the quantization stage, kept after the run (before the checkpoint: a resume has them)
+            quantize.save_snapshot(Path(spec["snapshots"]), model, step, {
+                "config_hash": manifest["config_hash"], "seed": spec["seed"]})
         if record.stop_signal is not None or (step % recipe.checkpoint_every == 0 and step < recipe.steps):
             checkpoint.save_checkpoint(state_dir, model, optimizer, gens, {
                 **identity, "step": step, "rows": record.rows, "window": [window_loss, window_gn],

@@ -58,7 +58,7 @@ def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed(workdir):
     done = snakemake(workdir, "-n", "--cores", "1", "reports/collapse.html")
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
-    assert counts["train"] == counts["detect"] == 18  # tiny: 6 archs x 3 seeds
+    assert counts["train"] == counts["detect"] == counts["quantize"] == 18  # tiny: 6 archs x 3 seeds
     assert counts["aggregate"] == counts["report"] == 1
 
 

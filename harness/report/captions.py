@@ -24,6 +24,12 @@ CAPTIONS = {
     "grad_norm": (
         "Pre-clip global gradient norm against training step (log scale), with the events the detector found on "
         "the loss curves (it does not read gradient norms)."),
+    "quantization": (
+        "Validation loss increase, in bits per {unit}, when every weight matrix is rounded per row (symmetric) to "
+        "the given width, over the same model at full precision on the same fixed validation batches: the median "
+        "over seeds (line) and the seeds' range (band), one line per architecture. Left: the trained model against "
+        "the width. Further panels, when the study kept weight snapshots: the same against training step, one "
+        "panel per width. Symmetric-log y axis, linear within ±0.01."),
 }
 PUBLISHED_CURVE = " The published curve (one seed) is dotted, cut at this study's last step."
 

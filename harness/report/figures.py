@@ -16,8 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
+from harness.contracts import FULL_PRECISION_BITS
 from harness.report.captions import caption
 from harness.report.tables import Aggregate
 from harness.text import missing
@@ -295,9 +296,59 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
     return fig
 
 
+def _symlog_bits_axis(ax, unit: str, label: bool = True) -> None:
+    ax.set_yscale("symlog", linthresh=0.01, linscale=1.0)
+    ticks = [m * 10.0 ** e for e in range(-3, 3) for m in (1, 2, 5)]  # 0.001 .. 500, readable without exponents
+    ax.yaxis.set_major_locator(FixedLocator(sorted([-t for t in ticks] + [0.0] + ticks)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.axhline(0, color="grey", lw=0.8)
+    if label:
+        ax.set_ylabel(f"loss increase (bits per {unit})")
+
+
+def fig_quantization(agg: Aggregate) -> Figure | None:
+    """bpt increase against bits for the trained models; against step per width when snapshots exist."""
+    summary = agg.quantization_summary
+    if summary is None or summary.empty:
+        return None
+    summary = summary[summary["bits"] != FULL_PRECISION_BITS]
+    if summary.empty:
+        return None
+    final = summary[summary["final"].astype(bool)]
+    widths = sorted(summary["bits"].unique(), reverse=True)
+    over_steps = summary.groupby("arch")["step"].nunique().max() > 1
+    fig, axes = _figure(1 + (len(widths) if over_steps else 0), ncols=4, sharey=True, size=(4.2, 3.4))
+    archs = [a for a in agg.archs if a in set(summary["arch"])]
+
+    def band(ax, x, rows, colour, marker):
+        ax.fill_between(x, rows["bpt_increase_min"], rows["bpt_increase_max"], color=colour, alpha=0.2, lw=0)
+        ax.plot(x, rows["bpt_increase_median"], color=colour, lw=1.8, marker=marker, ms=4)
+
+    for arch in archs:
+        rows = final[final["arch"] == arch].sort_values("bits")
+        band(axes[0], rows["bits"], rows, agg.colours[arch], "o")
+    axes[0].set_xticks(widths)
+    axes[0].set_xlabel("weight bits (per-row, symmetric)")
+    axes[0].set_title("trained model")
+    _symlog_bits_axis(axes[0], agg.unit)
+    for ax, width in zip(axes[1:], widths if over_steps else []):
+        for arch in archs:
+            rows = summary[(summary["arch"] == arch) & (summary["bits"] == width)].sort_values("step")
+            band(ax, rows["step"], rows, agg.colours[arch], "o" if len(rows) <= 12 else None)
+        ax.set_xlabel("training step")
+        ax.set_title(f"{width} bits over training")
+        _symlog_bits_axis(ax, agg.unit, label=False)
+    handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=a) for a in archs]
+    handles.append(Patch(color="grey", alpha=0.3, label="range over seeds"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(axes)), fontsize=8)
+    return fig
+
+
 def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
     """name -> (figure, caption), in page order; figures that have nothing to show are left out."""
     made = {"trajectories": fig_trajectories(agg), "distributions": fig_distributions(agg),
-            "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg)}
+            "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg),
+            "quantization": fig_quantization(agg)}
     return {name: (fig, caption(name, agg.unit, agg.published_curves is not None))
             for name, fig in made.items() if fig is not None}

@@ -53,7 +53,10 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
     sections = [
         ("claims", "claims"), ("summary", "summary"), ("not-completed", "runs not completed"),
         ("trajectories", "trajectories"), ("distributions", "final and best"), ("collapse-rate", "collapse rate"),
-        ("pairs", "pairs"), ("grad-norm", "gradient norm"), ("events", "events")]
+        ("pairs", "pairs"), ("grad-norm", "gradient norm")]
+    quantization = s.quantization_section(agg, figure("quantization"))
+    sections += [("quantization", "quantization")] if quantization else []
+    sections += [("events", "events")]
     sections += [("pipelines", "pipelines")] if any(c.startswith(s.PREFIX) for c in agg.runs.columns) else []
     sections += [("params", "parameters"), ("recipe", "recipe"), ("provenance", "provenance")]
     head.append("<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in sections) + "</nav>")
@@ -66,6 +69,7 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
         s.section("collapse-rate", "Collapse rate", [figure("collapse_rate")]),
         s.section("pairs", "Pairwise comparison", [figure("pairs"), s.pairs_table(agg)]),
         s.section("grad-norm", "Gradient norm", [figure("grad_norm") or s.p("No gradient norm was logged.")]),
+        quantization,
         s.events_section(agg),
         s.pipeline_section(agg),
         s.params_section(agg),

@@ -8,7 +8,7 @@ import html
 import json
 import math
 
-from harness.contracts import PIPELINE_KEY
+from harness.contracts import FULL_PRECISION_BITS, PIPELINE_KEY
 from harness.stats import ALPHA
 from harness.report.figures import collapse_k_n
 from harness.report.tables import Aggregate
@@ -200,6 +200,38 @@ def _cell(column: str, value) -> str:
         return num(perplexity(value))
     value = float(value)
     return step(value) if value.is_integer() or abs(value) >= 1000 else num(value, 3)
+
+
+def quantization_section(agg: Aggregate, figure: str) -> str:
+    """The trained models' loss increase per width (median and range over seeds), from quantization_summary."""
+    summary = agg.quantization_summary
+    if summary is None or (summary.empty and not agg.notes.get("quantization")):
+        return ""
+    settings = agg.study.get("quantize") or {}
+    final = summary[summary["final"].astype(bool)].sort_values(["arch", "bits"], ascending=[True, False])
+    rows = []
+    for r in final.to_dict("records"):
+        full = r["bits"] == FULL_PRECISION_BITS
+        rows.append([r["arch"], "full precision (fp32)" if full else step(r["bits"]), step(r["step"]), step(r["n"]),
+                     num(r["loss_median"], 4), "" if full else num(r["loss_increase_median"], 4),
+                     "" if full else f"{num(r['bpt_increase_median'], 4)} "
+                     + (f"({num(r['bpt_increase_min'], 4)} to {num(r['bpt_increase_max'], 4)})" if r["n"] > 1
+                        else "(1 seed)")])
+    keep = settings.get("keep") or []
+    parts = [figure] if figure else []
+    if rows:
+        parts.append(_table(["arch", "weight bits", "step", "seeds", "val loss (median, nats)",
+                             "loss increase (median, nats)", f"increase in bits per {agg.unit} (median, range)"],
+                            rows, numeric={1, 2, 3, 4, 5, 6}))
+    parts.append(p("Every parameter of two or more dimensions (linear weights, embeddings, any other matrix) is "
+                   "quantized per row, symmetric, round to nearest, and dequantized; vectors (biases, norm gains) "
+                   "stay as they are. Held back: " + (", ".join(keep) if keep else "nothing") + ". The loss is the "
+                   "mean over the study's fixed validation batches, the ones the trainer evaluates on. "
+                   + ("Per-step numbers of the weight snapshots are in quantization_summary.csv."
+                      if summary.groupby("arch")["step"].nunique().max() > 1 else ""), "note"))
+    if agg.notes.get("quantization"):
+        parts.append(p(agg.notes["quantization"], "note"))
+    return section("quantization", "Quantized weights", parts)
 
 
 def params_section(agg: Aggregate) -> str:

@@ -12,7 +12,8 @@ import seaborn as sns
 
 from harness import stats
 from harness.aggregate import read_table
-from harness.contracts import CLAIM_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS
+from harness.contracts import (CLAIM_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, QUANTIZATION_COLUMNS,
+                               QUANTIZATION_SUMMARY_COLUMNS)
 from harness.claims import HEADLINE_COLUMNS
 from harness.text import UNITS
 
@@ -31,6 +32,8 @@ class Aggregate:
     headlines: pd.DataFrame
     notes: dict
     published_curves: pd.DataFrame | None = None
+    quantization: pd.DataFrame | None = None  # every run's rows (harness.quantize); empty when the stage is off
+    quantization_summary: pd.DataFrame | None = None  # per (arch, step, bits) over the seeds
 
     @property
     def archs(self) -> list[str]:
@@ -77,4 +80,6 @@ def load(aggregate_dir: Path, published_curves: Path | None = None) -> Aggregate
         headlines=table("headlines", HEADLINE_COLUMNS),
         notes=_json(aggregate_dir / "notes.json"),
         published_curves=curves,
+        quantization=table("quantization", QUANTIZATION_COLUMNS[:-1]),
+        quantization_summary=table("quantization_summary", QUANTIZATION_SUMMARY_COLUMNS),
     )

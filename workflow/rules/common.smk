@@ -79,3 +79,14 @@ def figure_captions(wildcards):
     return captions(
         UNITS.get(study["data"]["tokens"], "token"), bool(study.get("published_curves"))
     )
+
+
+def quantize_keep(wildcards):
+    keep = STUDIES[wildcards.study]["quantize"]["keep"]
+    return "--keep " + " ".join(shlex.quote(k) for k in keep) if keep else ""
+
+
+def quantize_snapshots(wildcards):
+    """The folder of the run's weight snapshots, when the study keeps them (quantize.every_checkpoint)."""
+    spec = run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed))
+    return f"--snapshots {shlex.quote(spec['snapshots'])}" if spec.get("snapshots") else ""

@@ -1,0 +1,24 @@
+# The quantization stage: one job per run, after training. Every run gets a quantization.csv so the
+# DAG stays uniform; one that did not complete, or a pipeline architecture, gets a note instead of numbers.
+# quantize.bits: [] turns the stage off (the aggregate then asks for none of these files).
+
+
+rule quantize:
+    input:
+        manifest="results/{study}/{arch}/seed{seed}/run.json",
+        weights="results/{study}/{arch}/seed{seed}/model.safetensors",
+    output:
+        "results/{study}/{arch}/seed{seed}/quantization.csv",
+    params:
+        bits=lambda wildcards: " ".join(map(str, STUDIES[wildcards.study]["quantize"]["bits"])),
+        keep=quantize_keep,
+        snapshots=quantize_snapshots,
+        run=lambda wildcards, input: os.path.dirname(input.manifest),
+    log:
+        "logs/{study}/{arch}/seed{seed}/quantize.log",
+    threads: 1
+    resources:
+        gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+    shell:
+        "python -m harness quantize {params.run} --bits {params.bits} {params.keep} {params.snapshots}"
+        " --out {output} --threads {threads} > {log} 2>&1"
