@@ -64,7 +64,7 @@ class RunRecord:
         self.manifest: dict[str, Any] = {
             "arch": spec.get("arch"), "build": spec.get("build"), "seed": spec.get("seed"),
             "study": spec.get("study"), "config_hash": config_hash(spec), "versions": versions(),
-            "threads": threads}
+            "threads": threads, "recipe_name": spec.get("recipe_name", "common")}
         self.rows: list[dict] = []
         self.model: torch.nn.Module | None = None
         self.status, self.reason = "completed", None
