@@ -168,3 +168,28 @@ def test_a_preset_selected_per_arch_reaches_run_json_and_the_other_arch_keeps_th
 def test_an_unknown_preset_fails_at_resolve():
     with pytest.raises(ConfigError, match="resonance-pr1061"):
         resolve(micro_config(preset_study(recipe="resonance-pr106")))
+
+
+def test_muon_adam_resumes_with_its_optimizer_state_through_the_checkpoint(tmp_path):
+    from harness import checkpoint
+
+    def steps(model, opt, n, gen):
+        for _ in range(n):
+            ids = torch.randint(0, 50, (2, 5), generator=gen)
+            train_step(lambda ids: model(ids).logsumexp(-1).mean(), list(model.parameters()), opt, ids, 0.01, 1.0)
+
+    torch.manual_seed(0)
+    a = Small()
+    b = Small()
+    b.load_state_dict(a.state_dict())
+    opt_a = make_optimizer(list(a.parameters()), muon_recipe(), CPU, a)
+    steps(a, opt_a, 2, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(2)
+    checkpoint.save_checkpoint(tmp_path, a, opt_a, {"train": gen}, {"step": 2})
+    steps(a, opt_a, 2, gen)
+    opt_b = make_optimizer(list(b.parameters()), muon_recipe(), CPU, b)
+    gen_b = torch.Generator()
+    checkpoint.load_checkpoint(tmp_path / checkpoint.SLOTS[0], b, opt_b, {"train": gen_b})
+    steps(b, opt_b, 2, gen_b)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
