@@ -120,12 +120,16 @@ def recipe_presets() -> dict[str, dict[str, Any]]:
 
 
 def arch_recipe(study: dict, arch: str) -> tuple[str, dict[str, Any]]:
-    """(recipe name, recipe) of one architecture: its preset merged over the study's recipe, or
-    ('common', the study's recipe) when its entry names none."""
+    """(recipe name, recipe) of one architecture: its preset (its entry's ``recipe``, else under
+    ``published_recipe`` the preset named after its build) merged over the study's recipe, or
+    ('common', the study's recipe) when it has none."""
+    presets = recipe_presets()
     name = study["archs"][arch].get("recipe")
+    if not name and study.get("published_recipe"):
+        build = study["archs"][arch]["build"]
+        name = next((n for n in sorted(presets) if n.rpartition("-pr")[0] == build), None)
     if not name:
         return "common", study["recipe"]
-    presets = recipe_presets()
     if name not in presets:
         close = difflib.get_close_matches(name, presets, 1)
         raise ConfigError(f"study {study['name']!r}: {arch!r} asks for recipe {name!r}, not a preset of "

@@ -193,3 +193,12 @@ def test_muon_adam_resumes_with_its_optimizer_state_through_the_checkpoint(tmp_p
     steps(b, opt_b, 2, gen_b)
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_published_recipe_gives_each_arch_with_a_preset_its_own():
+    study = resolve(micro_config({**MICRO_STUDY, "published_recipe": True,
+                                  "archs": ["resonance", "transformer", {"name": "t2", "build": "transformer",
+                                                                         "recipe": "eam-pr1146"}]}))["micro"]
+    assert run_spec(study, "resonance", 0)["recipe_name"] == "resonance-pr1061"
+    assert "recipe_name" not in run_spec(study, "transformer", 0)  # no preset: the common recipe
+    assert run_spec(study, "t2", 0)["recipe_name"] == "eam-pr1146"
