@@ -73,7 +73,7 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
     row = {
         "study": run["study"], "arch": run["arch"], "seed": int(run["seed"]), "status": run["status"],
         "reason": run.get("reason") or ("" if run["status"] == "completed" else "(no reason recorded in run.json)"),
-        "build": run.get("build"), "n_params": run.get("n_params"),
+        "build": run.get("build"), "recipe_name": run.get("recipe_name") or "common", "n_params": run.get("n_params"),
         "reference": shape.get("reference"), "reference_params": shape.get("reference_params"),
         "deviation": shape.get("deviation"), "shape_mode": shape.get("mode"),
         "knob": shape.get("knob"), "knob_value": shape.get("knob_value"),

@@ -65,7 +65,8 @@ class RunRecord:
         self.manifest: dict[str, Any] = {
             "arch": spec.get("arch"), "build": spec.get("build"), "seed": spec.get("seed"),
             "study": spec.get("study"), "config_hash": config_hash(spec), "versions": versions(),
-            "threads": threads, **({"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {})}
+            "threads": threads, "recipe_name": spec.get("recipe_name", "common"),
+            **({"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {})}
         self.rows: list[dict] = []
         self.model: torch.nn.Module | None = None
         self.status, self.reason = "completed", None

@@ -104,11 +104,38 @@ def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
         name = entry.partition(":")[0].rsplit(".", 1)[-1] if ":" in entry else entry
         return {"name": name, "build": entry, "hparams": {}}
     base = defined.get(entry["name"], {"hparams": {}})
-    return {
+    arch = {
         "name": entry["name"],
         "build": entry.get("build", base.get("build", entry["name"])),
         "hparams": {**base["hparams"], **entry.get("hparams", {})},
     }
+    if recipe := entry.get("recipe", base.get("recipe")):
+        arch["recipe"] = recipe
+    return arch
+
+
+def recipe_presets() -> dict[str, dict[str, Any]]:
+    """The named recipes of harness/recipes.yaml (each entry's published optimizer, schedule, clip)."""
+    return yaml.safe_load(resources.files("harness").joinpath("recipes.yaml").read_text())
+
+
+def arch_recipe(study: dict, arch: str) -> tuple[str, dict[str, Any]]:
+    """(recipe name, recipe) of one architecture: its preset (its entry's ``recipe``, else under
+    ``published_recipe`` the preset named after its build) merged over the study's recipe, or
+    ('common', the study's recipe) when it has none."""
+    presets = recipe_presets()
+    name = study["archs"][arch].get("recipe")
+    if not name and study.get("published_recipe"):
+        build = study["archs"][arch]["build"]
+        name = next((n for n in sorted(presets) if n.rpartition("-pr")[0] == build), None)
+    if not name:
+        return "common", study["recipe"]
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, 1)
+        raise ConfigError(f"study {study['name']!r}: {arch!r} asks for recipe {name!r}, not a preset of "
+                          f"harness/recipes.yaml{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                          f"the presets are: {', '.join(sorted(presets))}")
+    return name, {**study["recipe"], **presets[name]}
 
 
 def _check_build(build: str, study: str) -> None:
@@ -221,12 +248,13 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if config.get("steps") and config["steps"] != study["recipe"]["steps"]:
             overrides["steps"] = study["recipe"]["steps"] = config["steps"]
         name = study_folder(base, overrides)
-        study["archs"] = {a["name"]: {"build": a["build"], "hparams": a["hparams"]} for a in archs}
+        study["archs"] = {a["name"]: {k: a[k] for k in ("build", "hparams", "recipe") if k in a} for a in archs}
         study["name"], study["base"], study["overrides"] = name, base, overrides
         if overrides:
             study["description"] = (f"{study.get('description') or base} "
                                     f"(study {base} with overrides {_override_text(overrides)})")
         for arch in study["archs"]:
+            arch_recipe(study, arch)  # an unknown preset fails here, before any job
             pipeline_inputs(study, arch)  # a pipeline without its inputs fails here, before any job
         recipe = study["recipe"]
         if recipe["checkpoint_every"] % recipe["log_every"]:
@@ -314,6 +342,9 @@ def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
         "reference": study["reference_arch"],
         "recipe": study["recipe"],
     }
+    name, recipe = arch_recipe(study, arch)
+    if name != "common":  # a run of the common recipe keeps the spec (and config hash) it had
+        spec["recipe"], spec["recipe_name"] = recipe, name
     if inputs := pipeline_inputs(study, arch):
         spec["inputs"] = {key: run_dir(study["name"], upstream, seed) for key, upstream in inputs.items()}
     if (study.get("quantize") or {}).get("every_checkpoint"):  # not tied to bits: another width retrains nothing

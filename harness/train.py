@@ -41,7 +41,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     manifest.update(hparams=run_shape.hparams, n_params=shape.count_params(model), shape=run_shape.record(),
                     reconstruction=archs.info(spec["build"]).reconstruction)
     params = list(model.parameters())
-    optimizer = make_optimizer(params, recipe, device)
+    optimizer = make_optimizer(params, recipe, device, model)
     forward = torch.compile(model) if recipe.compile else model
     gens = {"train": torch.Generator().manual_seed(spec["seed"]),
             "eval": torch.Generator().manual_seed(recipe.eval_seed + spec["seed"])}

@@ -54,7 +54,7 @@ def quantized(request, tmp_path_factory):
 
 def test_aggregate_gathers_every_run_and_takes_medians_over_seeds(quantized):
     snapshots, study, root = quantized
-    assert {f"quantization.csv", "quantization_summary.csv"} <= set(AGGREGATE_FILES)
+    assert {"quantization.csv", "quantization_summary.csv"} <= set(AGGREGATE_FILES)
     rows = pd.read_csv(root / "agg" / "quantization.csv")
     # the completed runs (memnls seed 1 crashed, transformer seed 2 diverged)
     assert sorted(set(zip(rows.arch, rows.seed))) == [("memnls", 0), ("memnls", 2), ("transformer", 0),

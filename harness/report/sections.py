@@ -249,14 +249,16 @@ def params_section(agg: Aggregate) -> str:
         else:
             within = "yes" if abs(float(deviation)) <= tolerance else "NO"
         reconstruction = {True: "yes", False: "no"}.get(r["reconstruction"], "")
-        rows.append([r["arch"], r["build"] or "", reconstruction, "" if missing(r["knob"]) else r["knob"],
+        recipe = r.get("recipe_name")
+        rows.append([r["arch"], r["build"] or "", "common" if missing(recipe) else recipe, reconstruction, "" if missing(r["knob"]) else r["knob"],
                      plain(r["knob_value"]),
                      step(r["n_params"]), r["reference"] or "", step(r["reference_params"]),
                      "" if missing(deviation) else f"{100 * float(deviation):+.3f}%", within])
     parts = [p(f"Shape mode: {mode}; reference: {shape.get('reference')}"
                 + (f"; tolerance {100 * tolerance:g}% (matched mode)." if tolerance is not None else ".")),
-             _table(["arch", "build", "reconstruction", "width knob", "knob value", "parameters", "reference",
-                     "reference parameters", "deviation", "within tolerance"], rows, numeric={4, 5, 7, 8})]
+             _table(["arch", "build", "recipe", "reconstruction", "width knob", "knob value", "parameters",
+                     "reference", "reference parameters", "deviation", "within tolerance"], rows,
+                    numeric={5, 6, 8, 9})]
     unrecorded = sorted(set(agg.runs["arch"]) - set(known["arch"]))
     if unrecorded:
         parts.append(p(f"No run of {', '.join(unrecorded)} recorded a parameter count (each failed before).",
@@ -279,7 +281,12 @@ def recipe_section(agg: Aggregate) -> str:
              ["detect", show(study.get("detect") or "documented defaults (harness.collapse)")],
              ["target_ppl", show(study.get("target_ppl"))]]
     rows += [[f"archs.{name}", show(spec)] for name, spec in sorted(study.get("archs", {}).items())]
-    return section("recipe", "Recipe", [p("Every architecture of the study follows this one recipe."),
+    presets = {name: spec["recipe"] for name, spec in sorted(study.get("archs", {}).items()) if spec.get("recipe")}
+    said = ("Every architecture of the study follows this one recipe." if not presets else
+            "Every architecture follows this common recipe except " + "; ".join(
+                f"{arch}, which follows the preset {name} of harness/recipes.yaml merged over it (its run.json "
+                f"holds the values)" for arch, name in presets.items()) + ".")
+    return section("recipe", "Recipe", [p(said),
                                          _table(["setting", "value"], rows)])
 
 
