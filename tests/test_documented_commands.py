@@ -105,6 +105,8 @@ LOG_FORMATS = {
     "harness detect train_log.jsonl --key nll=train --key val_nll=val",
 }
 NOT_RUN = {  # installs, and commands other tests run
+    'python -m harness quantize results/tiny/transformer/seed0 --bits 8 5 4 --keep "tok_emb.*" --out q.csv':
+        "tests/test_quantize.py runs the quantize command on a run folder it trains",
     "python -m harness evaluate --model-dir my_card --arch transformer --data enwik8":
         "tests/test_evaluate.py runs it on a model folder it writes (enwik8 cannot be downloaded here)",
     'pip install -e ".[test]"': "installs",

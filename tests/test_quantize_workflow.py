@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 
 from harness.contracts import QUANTIZATION_COLUMNS
-from tests.conftest import MICRO_STUDY, write_config
+from tests.conftest import MICRO_STUDY, workflow_copy, write_config
 from tests.test_workflow import job_counts, snakemake
 
 
 @pytest.mark.slow
 def test_micro_study_quantizes_each_run_and_its_snapshots(tmp_path, shared_data):
+    tmp_path = workflow_copy(tmp_path / "workflow")
     study = {**MICRO_STUDY,
              "archs": ["transformer",
                        {"name": "crashing", "build": "tests.faulty_archs:build",

@@ -8,7 +8,11 @@ rule aggregate:
             f"{run}/{name}"
             for run in run_dirs(wildcards.study)
             for name in ("metrics.csv", "run.json", "events.csv")
-            + (("quantization.csv",) if STUDIES[wildcards.study]["quantize"]["bits"] else ())
+            + (
+                ("quantization.csv",)
+                if STUDIES[wildcards.study]["quantize"]["bits"]
+                else ()
+            )
         ],
         # a study's own claims file: editing it re-tests the claims
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],

@@ -89,4 +89,6 @@ def quantize_keep(wildcards):
 def quantize_snapshots(wildcards):
     """The folder of the run's weight snapshots, when the study keeps them (quantize.every_checkpoint)."""
     spec = run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed))
-    return f"--snapshots {shlex.quote(spec['snapshots'])}" if spec.get("snapshots") else ""
+    return (
+        f"--snapshots {shlex.quote(spec['snapshots'])}" if spec.get("snapshots") else ""
+    )

@@ -9,16 +9,18 @@ rule quantize:
         weights="results/{study}/{arch}/seed{seed}/model.safetensors",
     output:
         "results/{study}/{arch}/seed{seed}/quantization.csv",
-    params:
-        bits=lambda wildcards: " ".join(map(str, STUDIES[wildcards.study]["quantize"]["bits"])),
-        keep=quantize_keep,
-        snapshots=quantize_snapshots,
-        run=lambda wildcards, input: os.path.dirname(input.manifest),
     log:
         "logs/{study}/{arch}/seed{seed}/quantize.log",
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+    params:
+        bits=lambda wildcards: " ".join(
+            map(str, STUDIES[wildcards.study]["quantize"]["bits"])
+        ),
+        keep=quantize_keep,
+        snapshots=quantize_snapshots,
+        run=lambda wildcards, input: os.path.dirname(input.manifest),
     shell:
         "python -m harness quantize {params.run} --bits {params.bits} {params.keep} {params.snapshots}"
         " --out {output} --threads {threads} > {log} 2>&1"
