@@ -83,4 +83,6 @@ def test_report_opens_cleanly_with_every_figure_decoded(browser, tmp_path):
 def test_a_given_report_opens_cleanly(browser, tmp_path):
     """The default study's report (smoke, every figure), as CI renders it."""
     html = Path(os.environ["REPORT_HTML"]).resolve()
-    check_in_browser(browser, html, 5, html.with_suffix(".png"))
+    figures = html.read_text().count("<figure ")  # the page's own figures (the study decides which it has)
+    assert figures >= 5
+    check_in_browser(browser, html, figures, html.with_suffix(".png"))
