@@ -14,6 +14,8 @@ ENWIK8_50K = {"data": {"name": "enwik8", "tokens": "bytes"}, "recipe": {"steps":
 @pytest.mark.parametrize("expect_event, k, n, verdict", [
     (True, 1, 1, "inconclusive"),  # one seed never decides, even one that collapsed
     (False, 0, 1, "inconclusive"),
+    (False, 1, 1, "inconclusive"),  # one event in one seed is beyond a 2% false-alarm rate, yet one seed
+    (False, 2, 2, "inconclusive"),  # ... or two decide nothing (MIN_SEEDS)
     (False, 1, 10, "consistent"),  # a single event among ten: within the detector's false alarms
     (False, 2, 10, "contradicted"),  # binomial p = 0.016 against a 2% false-alarm rate
     (True, 3, 3, "inconclusive"),  # Wilson [0.44, 1.00] does not clear 1/2
