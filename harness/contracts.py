@@ -11,11 +11,36 @@ import dataclasses
 import difflib
 from typing import Any, TypeVar
 
-ID_COLUMNS = ["study", "arch", "seed"]
-"""A run's identity: the first columns of every study-level table."""
+ID_COLUMNS = ["study", "arch", "variant", "seed"]
+"""A run's identity: the first columns of every study-level table. ``variant`` names the combination of
+the study's sweep values the run trained under (``lr=1e-2,clip=0``); BASE_VARIANT in a study without
+a sweep. Every downstream table groups by (arch, variant)."""
+BASE_VARIANT = "base"
+SWEEP_PREFIX = "sweep_"
+"""runs.csv holds one column per sweep key, ``sweep_<key>`` (sweep_lr, sweep_qk_norm, ...): the run's value."""
 
 METRIC_COLUMNS = ["step", "split", "metric", "value", "wall_time"]
-"""metrics.csv, long format: split in SPLITS; losses in nats per token; wall_time in seconds."""
+"""metrics.csv, long format: split in SPLITS; losses in nats per token; wall_time in seconds.
+
+Metrics of split train, every log step (means over the steps since the last log step):
+  loss (nats per token; with z_loss on, the training objective: cross-entropy + z_loss * mean log^2 Z),
+  lr, grad_norm (pre-clip global L2 norm), grad_norm_max.
+Diagnostics of split train, every log step, measured on that step alone (DIAGNOSTICS; names may carry a
+``/<part>`` suffix, the parameter group or the module path):
+  logz_mean          mean over positions of log Z = logsumexp of the output logits (nats)
+  logit_abs_max      largest |output logit| of the batch
+  embed_std          standard deviation of the token-embedding output (the embedding table's rows looked up)
+  grad_rms/<group>   RMS of the pre-clip gradient entries of a parameter group (PARAM_GROUPS)
+  update_ratio/<group>  RMS(parameter change of the step) / RMS(parameter before it), per group
+  attn_logit_max/<module>  largest pre-softmax attention logit q.k/sqrt(d) (causal positions) of one
+                     attention module, e.g. attn_logit_max/blocks.0.attn
+  state_*/<module>   an architecture's own state magnitudes (its modules' ``diagnostics()``), e.g.
+                     state_gate_max/blocks.1.mixer; each module documents its keys
+"""
+DIAGNOSTICS = ("logz_mean", "logit_abs_max", "embed_std", "grad_rms", "update_ratio", "attn_logit_max", "state_")
+"""Prefixes of the diagnostic metrics (see METRIC_COLUMNS); attribution reads these plus grad_norm."""
+PARAM_GROUPS = ("embed", "mixer", "ffn", "head", "norm")
+"""Parameter groups of the grad_rms and update_ratio diagnostics (harness.diagnostics.param_groups)."""
 SPLITS = ("train", "val", "test")
 
 EVENT_TYPES = ("spike", "collapse", "overfit_divergence", "divergence", "nonfinite")
@@ -51,8 +76,37 @@ QUANTIZATION_SUMMARY_COLUMNS = ["arch", "step", "final", "bits", "n", "loss_medi
                                 "bpt_increase_min", "bpt_increase_max"]
 """quantization_summary.csv of a study: per (arch, step, bits) over the seeds; final marks the trained model."""
 
+LR_CURVE_COLUMNS = ["arch", "setting", "lr", "n", "n_unstable", "unstable_rate", "initial_loss", "final_loss_median",
+                    "final_loss_min", "final_loss_max", "n_diverged"]
+"""lr_curves.csv (harness.stability): per (arch, setting, lr) over the seeds. ``setting`` is the variant
+without its lr (BASE_VARIANT when lr is the only sweep key); a run is unstable when it diverged or had a
+collapse or divergence event; final losses are the last validation loss (a diverged run counts as its
+initial loss, the Wortsman et al. convention); n_diverged counts runs that ended non-finite."""
+SENSITIVITY_COLUMNS = ["arch", "setting", "n_seeds", "n_lrs", "sensitivity", "lo", "hi", "best_final_loss",
+                       "stable_lr", "stable_k", "stable_n", "sentence"]
+"""sensitivity.csv: learning-rate sensitivity per (arch, setting), Wortsman et al. 2023: per seed, the mean
+over the lr grid of min(final loss, initial loss) minus the seed's best final loss (nats); the mean over
+seeds with its 95% interval (lo, hi). stable_lr: the largest grid lr up to which every lr has a majority
+of runs stable; stable_k of stable_n runs were stable at it (NaN lr: none)."""
+SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "difference", "p", "p_holm", "sentence"]
+"""sensitivity_pairs.csv: the per-seed sensitivities of two architectures compared (difference of means
+a - b; exact two-sided Mann-Whitney p, Holm-corrected over the study's pairs)."""
+ATTRIBUTION_COLUMNS = ["arch", "variant", "seed", "event_type", "onset_step", "diagnostic", "left_step",
+                       "lead_steps", "z", "first"]
+"""attribution.csv: per (collapse, spike or divergence event, diagnostic that left its own trailing
+baseline before the event): the step it left (robust z beyond the detector's threshold), the lead in
+steps (onset - left_step), its z; ``first`` marks the earliest diagnostic(s) of each event."""
+ATTRIBUTION_SUMMARY_COLUMNS = ["arch", "variant", "n_events", "n_attributed", "leading", "k", "median_lead",
+                               "sentence"]
+"""attribution_summary.csv: per (arch, variant) with events: the diagnostic family most often first
+(``leading``), in k of n_events events, its median lead in steps, and the sentence the report prints."""
+ABLATION_COLUMNS = ["arch", "switch", "setting", "off_k", "off_n", "on_k", "on_n", "p", "sentence"]
+"""ablations.csv: per (arch, stabiliser switch of the sweep, rest of the variant): unstable runs k of n
+without and with the switch, two-sided Fisher exact p."""
+
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
-                    "quantization_summary")
+                    "quantization_summary", "lr_curves", "sensitivity", "sensitivity_pairs", "attribution",
+                    "attribution_summary", "ablations")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""
