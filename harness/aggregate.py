@@ -19,10 +19,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness import claims, stats
+from harness import claims, stability, stats
 from harness.collapse import DetectConfig
-from harness.contracts import (AGGREGATE_TABLES, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, PIPELINE_KEY,
-                               QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES)
+from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS,
+                               PIPELINE_KEY, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES,
+                               SWEEP_PREFIX)
 from harness.files import write_atomic
 
 # per-architecture shape facts that summary.csv carries beside the statistics
@@ -63,15 +64,21 @@ def _read_run_json(path: Path, study_name: str, archs: set[str]) -> dict[str, An
         raise ValueError(f"{path}: belongs to study {run['study']!r}, not {study_name!r}")
     if archs and run["arch"] not in archs:
         raise ValueError(f"{path}: arch {run['arch']!r} is not one of the study's {sorted(archs)}")
+    run.setdefault("variant", BASE_VARIANT)  # a run.json written before variants
     return run
 
 
-def _run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """Flatten run.json into one row; a failed run may lack everything after its identity."""
+def _run_row(run: dict[str, Any], variants: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Flatten run.json into one row; a failed run may lack everything after its identity. The run's
+    variant's sweep values become sweep_<key> columns."""
     shape = run.get("shape") or {}
     data = run.get("data") or {}
+    if run["variant"] not in variants:
+        raise ValueError(f"run {run['arch']} seed {run['seed']}: variant {run['variant']!r} is not one of the "
+                         f"study's {sorted(variants)}")
     row = {
-        "study": run["study"], "arch": run["arch"], "seed": int(run["seed"]), "status": run["status"],
+        "study": run["study"], "arch": run["arch"], "variant": run["variant"], "seed": int(run["seed"]),
+        **{f"{SWEEP_PREFIX}{k}": v for k, v in variants[run["variant"]].items()}, "status": run["status"],
         "reason": run.get("reason") or ("" if run["status"] == "completed" else "(no reason recorded in run.json)"),
         "build": run.get("build"), "recipe_name": run.get("recipe_name") or "common", "n_params": run.get("n_params"),
         "reference": shape.get("reference"), "reference_params": shape.get("reference_params"),
@@ -95,7 +102,7 @@ def _run_row(run: dict[str, Any]) -> dict[str, Any]:
 
 def _with_identity(df: pd.DataFrame, run: dict[str, Any], path: Path) -> pd.DataFrame:
     """Prepend study, arch, seed (from run.json); a file that names another run is an error."""
-    identity = {"study": run["study"], "arch": run["arch"], "seed": int(run["seed"])}
+    identity = {"study": run["study"], "arch": run["arch"], "variant": run["variant"], "seed": int(run["seed"])}
     for key, value in identity.items():
         if key in df.columns and len(df) and not (df[key].astype(str) == str(value)).all():
             raise ValueError(f"{path}: column {key!r} does not match run.json ({value!r})")
@@ -103,7 +110,8 @@ def _with_identity(df: pd.DataFrame, run: dict[str, Any], path: Path) -> pd.Data
     return pd.concat([pd.DataFrame(identity, index=rest.index), rest], axis=1)
 
 
-def read_run(run_dir: Path, study_name: str, archs: set[str]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+def read_run(run_dir: Path, study_name: str, archs: set[str],
+             variants: dict[str, dict[str, Any]]) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """One run folder -> (run row, metrics with identity, events with identity)."""
     run = _read_run_json(run_dir / "run.json", study_name, archs)
     metrics_path = run_dir / "metrics.csv"
@@ -115,7 +123,8 @@ def read_run(run_dir: Path, study_name: str, archs: set[str]) -> tuple[dict, pd.
     metrics = metrics.astype({"step": "int64", "value": "float64"})  # a crash may log no row at all
     events_path = run_dir / "events.csv"
     events = read_table(events_path, EVENT_COLUMNS[:-1], "written by the detect stage")
-    return _run_row(run), _with_identity(metrics, run, metrics_path), _with_identity(events, run, events_path)
+    return (_run_row(run, variants), _with_identity(metrics, run, metrics_path),
+            _with_identity(events, run, events_path))
 
 
 def read_quantization(run_dir: Path, run: dict[str, Any]) -> pd.DataFrame:
@@ -134,32 +143,36 @@ def quantization_tables(tables: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.Da
     rows["note"] = rows["note"].replace("nan", "")
     measured = rows.dropna(subset=["bits"]).astype({"step": "int64", "bits": "int64", "loss": "float64",
                                                     "loss_increase": "float64", "bpt_increase": "float64"})
-    measured.insert(4, "final", measured["step"] == measured.groupby(["arch", "seed"])["step"].transform("max"))
-    measured = measured.sort_values(["arch", "seed", "step", "bits"], ascending=[True, True, True, False],
-                                    ignore_index=True)
-    skipped = rows[rows["bits"].isna()].sort_values(["arch", "seed"])
+    measured.insert(len(ID_COLUMNS) + 1, "final",
+                    measured["step"] == measured.groupby(["arch", "variant", "seed"])["step"].transform("max"))
+    measured = measured.sort_values(["arch", "variant", "seed", "step", "bits"],
+                                    ascending=[True, True, True, True, False], ignore_index=True)
+    skipped = rows[rows["bits"].isna()].sort_values(["arch", "variant", "seed"])
     by_reason: dict[str, list[str]] = {}
     for r in skipped.itertuples(index=False):
         by_reason.setdefault(r.note.removeprefix("not quantized: ") or "no reason given", []).append(
-            f"{r.arch} seed {int(r.seed)}")
+            f"{r.arch}{'' if r.variant == BASE_VARIANT else ' ' + r.variant} seed {int(r.seed)}")
     note = "; ".join(f"{', '.join(runs)}: {reason}" for reason, runs in by_reason.items())
     note = f"Not quantized: {note}." if note else ""
 
-    grouped = measured.groupby(["arch", "step", "bits"])
+    grouped = measured.groupby(["arch", "variant", "step", "bits"])
     summary = grouped.agg(final=("final", "all"), n=("seed", "nunique"), loss_median=("loss", "median"),
                           loss_increase_median=("loss_increase", "median"),
                           loss_increase_min=("loss_increase", "min"), loss_increase_max=("loss_increase", "max"),
                           bpt_increase_median=("bpt_increase", "median"), bpt_increase_min=("bpt_increase", "min"),
                           bpt_increase_max=("bpt_increase", "max")).reset_index()
-    summary = summary.sort_values(["arch", "step", "bits"], ascending=[True, True, False], ignore_index=True)
-    return measured[QUANTIZATION_COLUMNS[:4] + ["final"] + QUANTIZATION_COLUMNS[4:]], \
+    summary = summary.sort_values(["arch", "variant", "step", "bits"], ascending=[True, True, True, False],
+                                  ignore_index=True)
+    at = len(ID_COLUMNS) + 1
+    return measured[QUANTIZATION_COLUMNS[:at] + ["final"] + QUANTIZATION_COLUMNS[at:]], \
         summary[QUANTIZATION_SUMMARY_COLUMNS], note
 
 
 def _per_arch_shape(runs: pd.DataFrame) -> pd.DataFrame:
-    """The shape facts of each architecture, from its first run that recorded them (seeds share them)."""
-    known = runs.dropna(subset=["n_params"]).sort_values(["arch", "seed"])
-    return known.groupby("arch", as_index=False)[SHAPE_COLUMNS].first()
+    """The shape facts of each (architecture, variant), from its first run that recorded them (seeds
+    share them; a stabiliser switch adds its own parameters)."""
+    known = runs.dropna(subset=["n_params"]).sort_values(["arch", "variant", "seed"])
+    return known.groupby(["arch", "variant"], as_index=False)[SHAPE_COLUMNS].first()
 
 
 def _with_shape_flags(pairs: pd.DataFrame, summary: pd.DataFrame, study: dict) -> pd.DataFrame:
@@ -167,15 +180,17 @@ def _with_shape_flags(pairs: pd.DataFrame, summary: pd.DataFrame, study: dict) -
     significance after the correction over every pair; ``unmatched`` names each architecture of the pair
     whose parameter count lies outside the study's tolerance of the budget (a pipeline, say)."""
     tolerance = (study.get("shape") or {}).get("tolerance", 0.01)
-    deviation = summary.set_index("arch")["deviation"] if "deviation" in summary else pd.Series(dtype=float)
-    off = {a: d for a, d in deviation.items() if pd.notna(d) and abs(d) > tolerance}
+    deviation = (summary.set_index(["variant", "arch"])["deviation"] if "deviation" in summary
+                 else pd.Series(dtype=float))
+    off = {key: d for key, d in deviation.items() if pd.notna(d) and abs(d) > tolerance}
 
-    def unmatched(a: str, b: str) -> str:
-        return "; ".join(f"{x} {100 * off[x]:+.1f}% of the budget" for x in (a, b) if x in off)
+    def unmatched(variant: str, a: str, b: str) -> str:
+        return "; ".join(f"{x} {100 * off[variant, x]:+.1f}% of the budget" for x in (a, b) if (variant, x) in off)
 
     pairs = pairs.copy()
-    pairs["decidable"] = pairs["min_possible_p"] * len(pairs) <= stats.ALPHA
-    pairs["unmatched"] = [unmatched(a, b) for a, b in zip(pairs["arch_a"], pairs["arch_b"])]
+    per_variant = pairs.groupby("variant")["variant"].transform("size")
+    pairs["decidable"] = pairs["min_possible_p"] * per_variant <= stats.ALPHA
+    pairs["unmatched"] = [unmatched(*key) for key in zip(pairs["variant"], pairs["arch_a"], pairs["arch_b"])]
     return pairs
 
 
@@ -186,43 +201,49 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     if "name" not in study:
         raise ValueError("study: missing key 'name' (pass the resolved study)")
     quantized = bool((study.get("quantize") or {}).get("bits"))  # bits: [] turns the stage off
+    variants = study.get("variants") or {BASE_VARIANT: {}}
     rows, trajectories, events, quantization = [], [], [], []
     for run_dir in sorted(Path(p) for p in run_dirs):
-        row, metrics, run_events = read_run(run_dir, study["name"], set(study.get("archs", {})))
+        row, metrics, run_events = read_run(run_dir, study["name"], set(study.get("archs", {})), variants)
         rows.append(row)
         trajectories.append(metrics)
         events.append(run_events)
         if quantized:
             quantization.append(read_quantization(run_dir, row))
-    runs = pd.DataFrame(rows).sort_values(["arch", "seed"], ignore_index=True)
-    duplicated = runs[runs.duplicated(["arch", "seed"], keep=False)]
+    runs = pd.DataFrame(rows).sort_values(["arch", "variant", "seed"], ignore_index=True)
+    duplicated = runs[runs.duplicated(["arch", "variant", "seed"], keep=False)]
     if len(duplicated):
-        raise ValueError(f"two run folders hold the same run: {duplicated[['arch', 'seed']].to_dict('records')}")
+        raise ValueError("two run folders hold the same run: "
+                         f"{duplicated[['arch', 'variant', 'seed']].to_dict('records')}")
     # a crash's empty metrics.csv has object columns; keep strings as str so filtering stays fast
     trajectories = pd.concat(trajectories, ignore_index=True).astype(
-        {"study": "str", "arch": "str", "split": "str", "metric": "str"}).sort_values(
-        ["arch", "seed", "split", "metric", "step"], ignore_index=True, kind="stable")
+        {"study": "str", "arch": "str", "variant": "str", "split": "str", "metric": "str"}).sort_values(
+        ["arch", "variant", "seed", "split", "metric", "step"], ignore_index=True, kind="stable")
     nonempty = [e for e in events if len(e)]
     events = (pd.concat(nonempty, ignore_index=True) if nonempty else pd.DataFrame(columns=ID_COLUMNS + EVENT_COLUMNS))
-    events = events.sort_values(["arch", "seed", "onset_step"], ignore_index=True, kind="stable")
+    events = events.sort_values(["arch", "variant", "seed", "onset_step"], ignore_index=True, kind="stable")
 
     # a run with fewer evaluations than the detector's history cannot show a collapse: not measurable
     min_evals = DetectConfig.from_dict(study.get("detect") or {}).min_history
     scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"), min_evals=min_evals)
     score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
-    summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on="arch", how="left")
+    summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on=["arch", "variant"],
+                                                                 how="left")
     pairs = _with_shape_flags(stats.compare(scores, seed=0), summary, study)
-    verdicts = claims.evaluate(study, runs, events)
+    quantization, quantization_summary, quantization_note = quantization_tables(quantization)
+    stability_tables = stability.tables(study, runs, trajectories, events)
+    verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
     headlines, publication = claims.headlines(study, runs, events)
     notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
-             "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"]))}
-    quantization, quantization_summary, notes["quantization"] = quantization_tables(quantization)
+             "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"])),
+             "quantization": quantization_note}
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
     tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines,
-                                         quantization, quantization_summary), strict=True))
+                                         quantization, quantization_summary,
+                                         *(stability_tables[name] for name in AGGREGATE_TABLES[9:])), strict=True))
     for name, table in tables.items():
         write_atomic(out_dir / f"{name}.csv", _csv(table))
     write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")

@@ -23,7 +23,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from scipy.stats import binomtest, fisher_exact, t as student_t
 
-from harness.contracts import CLAIM_COLUMNS
+from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
 from harness.stats import ALPHA, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
 
@@ -64,16 +64,38 @@ class Outcome:
 
 @dataclass
 class Evidence:
-    """The study-level tables a claim is tested on (``quantization`` None: the study has no such stage)."""
+    """The study-level tables a claim is tested on (``quantization`` None: the study has no such stage;
+    ``stability``: harness.stability's tables, empty without an lr sweep)."""
 
     study: dict
     runs: pd.DataFrame
     events: pd.DataFrame
     quantization: pd.DataFrame | None = None
+    stability: dict[str, pd.DataFrame] = field(default_factory=dict)
     steps: int = field(init=False)
 
     def __post_init__(self):
         self.steps = int(self.study.get("recipe", {}).get("steps", 0))
+        self.recipe = recipe_variant(self.study)
+
+    def variant(self, name: str) -> "Evidence":
+        """The evidence of one variant's runs."""
+        def only(table):
+            return None if table is None else table[table["variant"] == name]
+        return Evidence(self.study, only(self.runs), only(self.events), only(self.quantization), self.stability)
+
+
+def recipe_variant(study: dict) -> str | None:
+    """The variant trained at the study's own recipe with every stabiliser off (the published
+    setting's training), where claims about one architecture's own behaviour are tested; None when
+    the sweep has no such variant. BASE_VARIANT without a sweep."""
+    from harness.study import SWITCH_OFF  # no torch there either; study imports claims lazily too
+
+    own = {**SWITCH_OFF, **study.get("recipe", {})}
+    for name, values in (study.get("variants") or {BASE_VARIANT: {}}).items():
+        if all(own.get(k) == v for k, v in values.items()):
+            return name
+    return None
 
 
 # -------------------------------------------------------------------------------------- the data
@@ -181,12 +203,13 @@ def _runs_with_event(evidence: Evidence, arch: str, types: tuple[str, ...], hori
     done = pd.to_numeric(arch_runs["steps_done"], errors="coerce") if "steps_done" in arch_runs else None
     reached = done.fillna(horizon) >= horizon if done is not None else pd.Series(True, index=arch_runs.index)
     testing = arch_runs[reached | (arch_runs["status"] == "diverged")]
-    seeds = set(testing["seed"].astype(int))
-    hit = events[(events["arch"] == arch) & events["type"].isin(types) & events["seed"].isin(seeds)]
-    hit = hit[["seed", "onset_step"]].astype({"onset_step": float})
+    tested = set(zip(testing["variant"], testing["seed"].astype(int)))
+    hit = events[(events["arch"] == arch) & events["type"].isin(types)]
+    hit = hit[np.array([key in tested for key in zip(hit["variant"], hit["seed"].astype(int))], dtype=bool)]
+    hit = hit[["variant", "seed", "onset_step"]].astype({"onset_step": float})
     if "divergence" in types:  # a diverged run's end is a divergence, whether or not an event says so
         ends = testing[testing["status"] == "diverged"]
-        ends = pd.DataFrame({"seed": ends["seed"].astype(int),
+        ends = pd.DataFrame({"variant": ends["variant"], "seed": ends["seed"].astype(int),
                              "onset_step": pd.to_numeric(ends.get("steps_done"), errors="coerce")})
         hit = pd.concat([hit, ends], ignore_index=True)
     elsewhere: list[str] = []
@@ -195,7 +218,7 @@ def _runs_with_event(evidence: Evidence, arch: str, types: tuple[str, ...], hori
         elsewhere = [f"seed {int(r.seed)} at step {int(r.onset_step):,}" for r in hit[~inside].dropna().itertuples()]
         hit = hit[inside]
     onsets = sorted({int(s) for s in hit["onset_step"].dropna()})
-    return hit["seed"].nunique(), len(testing), onsets, sorted(set(elsewhere))
+    return len(set(zip(hit["variant"], hit["seed"]))), len(testing), onsets, sorted(set(elsewhere))
 
 
 def _events(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
@@ -241,16 +264,70 @@ def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: t
 
 
 def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
-    (ka, na), (kb, nb) = _rates(claim, evidence)
+    """With an lr sweep (the stability study): A's learning-rate sensitivity against B's, and their
+    unstable-run rates over the whole lr grid; one separating in A's favour and none in B's supports
+    the claim. Without one: the event rates at the study's recipe."""
+    a, b = claim.archs
+    pairs = evidence.stability.get("sensitivity_pairs")
+    if pairs is None or pairs.empty:
+        recipe = evidence.variant(evidence.recipe) if evidence.recipe else None
+        if recipe is None:
+            return "needs an lr sweep (sweep.lr) or a variant at the study's own recipe"
+        (ka, na), (kb, nb) = _rates(claim, recipe)
+        if min(na, nb) < MIN_SEEDS:
+            return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b}"
+        return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+    setting = _recipe_setting(evidence)
+    pair = pairs[(pairs["setting"] == setting) & pairs["arch_a"].isin(claim.archs) & pairs["arch_b"].isin(claim.archs)]
+    if pair.empty:
+        return f"needs an lr sweep of both {a} and {b} in the setting {setting}"
+    row = pair.iloc[0]
+    sign = 1 if row["arch_a"] == a else -1  # difference of A minus B
+    difference = sign * float(row["difference"])
+    grid = evidence.runs[evidence.runs["variant"].map(lambda v: _setting_of(evidence, v) == setting)]
+    (ka, na), (kb, nb) = _rates(claim, Evidence(evidence.study, grid, evidence.events, None, evidence.stability))
     if min(na, nb) < MIN_SEEDS:
-        return f"needs at least {MIN_SEEDS} trained runs of each of {' and '.join(claim.archs)}"
-    return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+        return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b}"
+    rates = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+    sensitive = ("supported" if row["p_holm"] <= ALPHA and difference < 0 else
+                 "contradicted" if row["p_holm"] <= ALPHA and difference > 0 else "inconclusive")
+    found = {sensitive, rates.verdict} - {"inconclusive"}
+    verdict = found.pop() if len(found) == 1 else "inconclusive"
+    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023) of {a} minus that of {b}: {difference:+.3f} nats "
+                f"(exact Mann-Whitney over seeds, Holm p = {row['p_holm']:.3g}): {sensitive}. Over the lr grid, "
+                f"{rates.sentence[0].lower()}{rates.sentence[1:]}")
+    if len(found) > 1:
+        sentence += " The two measures disagree."
+    return Outcome(verdict, sentence, ka, na, difference, math.nan, math.nan)
+
+
+def _setting_of(evidence: Evidence, variant: str) -> str:
+    from harness.study import variant_name
+
+    values = (evidence.study.get("variants") or {}).get(variant, {})
+    return variant_name({k: v for k, v in values.items() if k != "lr"})
+
+
+def _recipe_setting(evidence: Evidence) -> str:
+    """The setting (variant without its lr) at the study's own recipe and switches."""
+    from harness.study import SWITCH_OFF, variant_name
+
+    own = {**SWITCH_OFF, **evidence.study.get("recipe", {})}
+    return variant_name({k: own.get(k) for k in (evidence.study.get("sweep") or {}) if k != "lr"})
 
 
 def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    """The runs trained without clipping: the study's own recipe (grad_clip 0), or every variant of a
+    sweep with grad_clip 0 (both architectures ran the same variants, so the counts pool fairly)."""
     a, b = claim.archs
-    if float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) != 0:
-        return f"needs a grad_clip=0 variant of {a} and {b}"
+    runs = evidence.runs
+    if "sweep_grad_clip" in runs:
+        unclipped = runs[runs["sweep_grad_clip"].astype(float) == 0]
+    else:
+        unclipped = runs if float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) == 0 else runs.iloc[:0]
+    if unclipped.empty:
+        return f"needs a grad_clip=0 variant of {a} and {b} (sweep.grad_clip including 0)"
+    evidence = Evidence(evidence.study, unclipped, evidence.events, None, evidence.stability)
     (ka, na), (kb, nb) = _rates(claim, evidence)
     if min(na, nb) < MIN_SEEDS:
         return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b} without clipping"
@@ -335,17 +412,42 @@ def _scale(evidence: Evidence, claim: Claim) -> str:
     sizes = evidence.runs.loc[evidence.runs["arch"].isin(claim.archs), "n_params"].dropna() \
         if "n_params" in evidence.runs else pd.Series(dtype=float)
     size = f", ~{int(sizes.median()):,} parameters" if len(sizes) else ""
-    return f"{data.get('name')} {data.get('tokens')}, {evidence.steps:,} steps{size}"
+    if claim.kind == "more_stable_than" and evidence.stability.get("sensitivity_pairs") is not None \
+            and not evidence.stability["sensitivity_pairs"].empty:
+        runs = f", the lr grid {', '.join(num(v) for v in sorted(evidence.runs['sweep_lr'].unique()))}"
+    elif claim.kind == "no_clip_needed":
+        runs = ", the grad_clip=0 variants"
+    else:
+        runs = f", variant {evidence.recipe}" if evidence.recipe not in (None, BASE_VARIANT) else ""
+    return f"{data.get('name')} {data.get('tokens')}, {evidence.steps:,} steps{size}{runs}"
 
 
-def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame,
-             quantization: pd.DataFrame | None = None) -> pd.DataFrame:
+ACROSS_VARIANTS = ("more_stable_than", "no_clip_needed")
+"""Kinds tested on the variants of a sweep (the lr grid; the grad_clip=0 variants); the other kinds speak
+of one architecture's own training and are tested on the runs at the study's own recipe (recipe_variant)."""
+
+
+def _test(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
+    if claim.kind in ACROSS_VARIANTS:
+        return KINDS[claim.kind](claim, evidence, at_setting)
+    if evidence.recipe is None:
+        from harness.study import SWITCH_OFF, variant_name
+
+        own = {**SWITCH_OFF, **evidence.study.get("recipe", {})}
+        wanted = variant_name({k: own.get(k) for k in evidence.study.get("sweep") or {}})
+        return f"needs the variant at the study's own recipe ({wanted}) in its sweep"
+    return KINDS[claim.kind](claim, evidence.variant(evidence.recipe), at_setting)
+
+
+def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame, quantization: pd.DataFrame | None = None,
+             stability: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per claim (packaged, plus the study's own `claims` file) whose architectures the study ran.
 
-    ``runs`` needs arch, seed, status (and steps_done, n_params, pipeline_* where a kind reads them);
-    ``events`` arch, seed, type, onset_step; ``quantization`` arch, seed, step, bits, bpt_increase."""
+    ``runs`` needs arch, variant, seed, status (and steps_done, n_params, sweep_*, pipeline_* where a kind
+    reads them); ``events`` arch, variant, seed, type, onset_step; ``quantization`` arch, variant, seed,
+    step, bits, bpt_increase; ``stability`` harness.stability.tables' output."""
     _, all_claims = load(study.get("claims"))
-    evidence = Evidence(study, runs, events, quantization)
+    evidence = Evidence(study, runs, events, quantization, stability or {})
     ran = set(runs["arch"])
     rows = []
     for claim in all_claims:
@@ -354,12 +456,12 @@ def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame,
         gaps = _setting_gap(study, claim)
         verdict, proxy_verdict, scale, outcome = "cannot test", "", "", None
         if not gaps:
-            outcome = KINDS[claim.kind](claim, evidence, True)
+            outcome = _test(claim, evidence, True)
             verdict, proxy_verdict = (outcome.verdict, "same setting") if isinstance(outcome, Outcome) else (
                 "cannot test", "")
             scale = f"the published setting ({_scale(evidence, claim)})"
         elif claim.proxy and not study.get("smoke"):
-            outcome = KINDS[claim.kind](claim, evidence, False)
+            outcome = _test(claim, evidence, False)
             proxy_verdict = outcome.verdict if isinstance(outcome, Outcome) else "cannot test"
             scale = f"proxy scale ({_scale(evidence, claim)})"
         elif claim.proxy:

@@ -51,7 +51,7 @@ EVENT_COLUMNS = ["type", "split", "onset_step", "train_onset_step", "peak_step",
 """events.csv of one run (the detector's output); study-level tables put ID_COLUMNS first."""
 
 RUN_STATUSES = ("completed", "diverged", "failed")
-RUN_KEYS = ["arch", "build", "seed", "study", "config_hash", "versions", "threads", "status", "reason",
+RUN_KEYS = ["arch", "variant", "build", "seed", "study", "config_hash", "versions", "threads", "status", "reason",
             "steps_done", "wall_time_s", "warnings"]
 """run.json keys every run has, whatever happened to it; a run that got far enough adds data, recipe,
 device, dtype, hparams, n_params and shape."""
@@ -71,10 +71,10 @@ unquantized fp32 model; losses in nats per token on the fixed validation batches
 loss_increase / ln 2. A run not quantized (not completed, a pipeline) has one row: identity and note."""
 FULL_PRECISION_BITS = 32
 """The ``bits`` of the unquantized row: training keeps fp32 weights (bf16 is only the autocast)."""
-QUANTIZATION_SUMMARY_COLUMNS = ["arch", "step", "final", "bits", "n", "loss_median", "loss_increase_median",
+QUANTIZATION_SUMMARY_COLUMNS = ["arch", "variant", "step", "final", "bits", "n", "loss_median", "loss_increase_median",
                                 "loss_increase_min", "loss_increase_max", "bpt_increase_median",
                                 "bpt_increase_min", "bpt_increase_max"]
-"""quantization_summary.csv of a study: per (arch, step, bits) over the seeds; final marks the trained model."""
+"""quantization_summary.csv of a study: per (arch, variant, step, bits) over the seeds; final marks the trained model."""
 
 LR_CURVE_COLUMNS = ["arch", "setting", "lr", "n", "n_unstable", "unstable_rate", "initial_loss", "final_loss_median",
                     "final_loss_min", "final_loss_max", "n_diverged"]

@@ -33,8 +33,9 @@ from safetensors.torch import load_file
 
 from harness import archs, data, shape
 from harness.archs import eam as eam_arch
+from harness.contracts import BASE_VARIANT
 from harness.progress import Progress
-from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
+from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, resolve_device, train_step, training_loss
 from harness.run import RunRecord
 
 SET_BY_RUN = {"vocab_size": "the data", "teacher_d_model": "the teacher", "seed": "the study's seeds"}
@@ -87,7 +88,7 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
     """The teacher run's final weights in its own architecture, checked against this run; eval mode, frozen."""
     if teacher_dir is None:
         raise ValueError("eam: the spec has no inputs.teacher (the teacher run's folder, "
-                         f"results/{{study}}/{arch}/seed{{seed}}); the workflow puts it there")
+                         f"results/{{study}}/{arch}/{{variant}}/seed{{seed}}); the workflow puts it there")
     teacher_dir = Path(teacher_dir)
     for name in ("run.json", "model.safetensors"):
         if not (teacher_dir / name).is_file():
@@ -97,9 +98,10 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
     if run.get("status") != "completed":
         raise ValueError(f"eam: teacher run {teacher_dir} has status {run.get('status')!r} "
                          f"({run.get('reason')}); an EAM needs a completed teacher")
-    if run.get("arch") != arch or run.get("seed") != spec["seed"]:
-        raise ValueError(f"eam: {teacher_dir} holds arch {run.get('arch')!r} seed {run.get('seed')!r}, "
-                         f"but this run's teacher is {arch!r} seed {spec['seed']}")
+    variant = spec.get("variant", BASE_VARIANT)
+    if (run.get("arch"), run.get("variant", BASE_VARIANT), run.get("seed")) != (arch, variant, spec["seed"]):
+        raise ValueError(f"eam: {teacher_dir} holds arch {run.get('arch')!r} variant {run.get('variant')!r} seed "
+                         f"{run.get('seed')!r}, but this run's teacher is {arch!r} variant {variant!r} seed {spec['seed']}")
     if run.get("data") != corpus.info():
         raise ValueError(f"eam: teacher {teacher_dir} was trained on {run.get('data')}, not on this "
                          f"study's data {corpus.info()}")
@@ -242,7 +244,7 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             read = memory.read(model.encoder(x))
         with autocast(device, dtype):
             logits = model.decoder(read)
-        return next_token_loss(logits, y)
+        return training_loss(logits, y, recipe.z_loss)
 
     if diverged is None:
         diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,

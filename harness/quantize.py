@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_model
 
 from harness import archs, data
-from harness.contracts import FULL_PRECISION_BITS, ID_COLUMNS, QUANTIZATION_COLUMNS
+from harness.contracts import BASE_VARIANT, FULL_PRECISION_BITS, ID_COLUMNS, QUANTIZATION_COLUMNS
 from harness.files import atomic
 from harness.recipe import Recipe, evaluate, resolve_device
 
@@ -192,7 +192,8 @@ def quantize_run(run_dir: Path, bits: Sequence[int], keep: Sequence[str] = (), s
     """The rows of one run's quantization.csv: its final model (at steps_done) and each valid snapshot."""
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
-    identity = {"study": run["study"], "arch": run["arch"], "seed": int(run["seed"])}
+    identity = {"study": run["study"], "arch": run["arch"], "variant": run.get("variant", BASE_VARIANT),
+                "seed": int(run["seed"])}
     reason = skip_reason(run)
     if reason:
         return [{**identity, "note": reason}]
@@ -225,5 +226,5 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
             for row in rows:
                 w.writerow({k: repr(float(v)) if isinstance(v, float) else v for k, v in row.items()})
 
-    assert QUANTIZATION_COLUMNS[:3] == ID_COLUMNS
+    assert QUANTIZATION_COLUMNS[:len(ID_COLUMNS)] == ID_COLUMNS
     atomic(Path(path), write)

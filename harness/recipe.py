@@ -52,6 +52,7 @@ class Recipe:
     schedule: str
     warmdown_steps: int
     warmdown_shape: str
+    z_loss: float
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Recipe":
@@ -174,6 +175,16 @@ class MuonAdam:
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in nats per token, computed in fp32 whatever the autocast dtype."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def training_loss(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """The training objective: next-token cross-entropy, plus ``z_loss`` times the mean squared log
+    partition function log Z = logsumexp(logits) (PaLM's auxiliary loss; it pulls log Z toward 0 and
+    keeps the output logits from drifting). z_loss 0 is plain cross-entropy."""
+    loss = next_token_loss(logits, targets)
+    if z_loss:
+        loss = loss + z_loss * torch.logsumexp(logits.float(), dim=-1).square().mean()
+    return loss
 
 
 class StepResult(NamedTuple):

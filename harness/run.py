@@ -34,7 +34,7 @@ import torch
 from safetensors.torch import save_file, save_model
 
 from harness import __version__, archs
-from harness.contracts import METRIC_COLUMNS, PIPELINE_KEY
+from harness.contracts import BASE_VARIANT, METRIC_COLUMNS, PIPELINE_KEY
 from harness.files import DiskFull, atomic, write_atomic
 from harness.study import config_hash
 
@@ -63,7 +63,8 @@ class RunRecord:
 
     def __init__(self, spec: dict[str, Any], threads: int):
         self.manifest: dict[str, Any] = {
-            "arch": spec.get("arch"), "build": spec.get("build"), "seed": spec.get("seed"),
+            "arch": spec.get("arch"), "variant": spec.get("variant", BASE_VARIANT), "build": spec.get("build"),
+            "seed": spec.get("seed"), **({"switches": spec["switches"]} if spec.get("switches") else {}),
             "study": spec.get("study"), "config_hash": config_hash(spec), "versions": versions(),
             "threads": threads, "recipe_name": spec.get("recipe_name", "common"),
             **({"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {})}

@@ -9,6 +9,7 @@ Models are built on the meta device, so counting a 70M model allocates nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -120,10 +121,16 @@ def reference_params(spec: dict[str, Any], vocab_size: int) -> int:
 
 
 def for_spec(spec: dict[str, Any], vocab_size: int) -> Shape:
-    """The shape one run of the common loop trains at (harness.study.run_spec's fields)."""
-    return shape_of(spec["arch"], spec["build"], {**_model_base(spec, vocab_size), **spec["hparams"]},
-                    spec["shape"]["mode"], spec["shape"]["reference"], reference_params(spec, vocab_size),
-                    spec["shape"]["tolerance"])
+    """The shape one run of the common loop trains at (harness.study.run_spec's fields). A variant's
+    stabiliser switches (spec ``switches``) join the hyperparameters after matching, so every variant of
+    an architecture has the same width and a switch adds only its own parameters."""
+    solved = shape_of(spec["arch"], spec["build"], {**_model_base(spec, vocab_size), **spec["hparams"]},
+                      spec["shape"]["mode"], spec["shape"]["reference"], reference_params(spec, vocab_size),
+                      spec["shape"]["tolerance"])
+    if not spec.get("switches"):
+        return solved
+    hparams = {**solved.hparams, **spec["switches"]}
+    return dataclasses.replace(solved, hparams=hparams, n_params=param_count(spec["build"], hparams))
 
 
 def as_built(model: nn.Module, spec: dict[str, Any], vocab_size: int, hparams: dict[str, Any]) -> Shape:

@@ -31,15 +31,15 @@ from harness.collapse import DetectConfig, testable
 from harness.logs import is_loss
 from harness.contracts import ID_COLUMNS
 
-SCORE_COLUMNS = ["study", "arch", "seed", "status", "final_loss", "final_smoothed_loss", "best_loss", "best_step",
+SCORE_COLUMNS = ["study", "arch", "variant", "seed", "status", "final_loss", "final_smoothed_loss", "best_loss", "best_step",
                  "time_to_target", "collapsed", "n_events", "n_evals", "testable"]
-SUMMARY_COLUMNS = ["arch", "n_seeds", "n_completed", "n_diverged", "n_failed",
+SUMMARY_COLUMNS = ["arch", "variant", "n_seeds", "n_completed", "n_diverged", "n_failed",
                    "final_ppl_median", "final_ppl_iqm", "final_ppl_lo", "final_ppl_hi",
                    "best_ppl_median", "best_ppl_iqm", "best_ppl_lo", "best_ppl_hi",
                    "final_bpb_median", "time_to_target_median",
                    "collapse_count", "collapse_n", "collapse_rate", "collapse_rate_lo", "collapse_rate_hi", "interval",
                    "n_dropped", "dropped"]
-PAIR_COLUMNS = ["arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "pi_interval",
+PAIR_COLUMNS = ["variant", "arch_a", "arch_b", "n_a", "n_b", "prob_improvement", "pi_lo", "pi_hi", "pi_interval",
                 "mannwhitney_p", "holm_p", "fisher_p", "min_possible_p", "verdict",
                 "fisher_holm_p", "n_dropped_a", "n_dropped_b", "mannwhitney_method"]
 COLLAPSE_TYPES = ("collapse", "divergence")
@@ -89,7 +89,7 @@ def run_scores(trajectories: pd.DataFrame, events: pd.DataFrame, runs: pd.DataFr
     event_groups = {key: g for key, g in events.groupby(ID_COLUMNS, sort=False)}
     rows = []
     for run in runs[ID_COLUMNS + ["status"]].itertuples(index=False):
-        key = (run.study, run.arch, run.seed)
+        key = tuple(getattr(run, c) for c in ID_COLUMNS)
         curve = curves.get(key, val.iloc[:0])
         losses, steps = curve["value"].to_numpy(), curve["step"].to_numpy()
         broken = run.status == "diverged" or (len(losses) > 0 and not np.isfinite(losses[-1]))
@@ -111,7 +111,7 @@ def run_scores(trajectories: pd.DataFrame, events: pd.DataFrame, runs: pd.DataFr
         final = math.inf if broken else float(last[-1]) if len(last) else math.nan
         smoothed = math.inf if broken else float(np.mean(last)) if len(last) else math.nan
         rows.append({
-            "study": run.study, "arch": run.arch, "seed": run.seed, "status": run.status,
+            "study": run.study, "arch": run.arch, "variant": run.variant, "seed": run.seed, "status": run.status,
             "final_loss": final,
             "final_smoothed_loss": smoothed,
             "best_loss": float(losses[best]) if best is not None else math.nan,
@@ -175,17 +175,17 @@ def _collapse_k_n(scores: pd.DataFrame) -> tuple[int, int]:
 
 
 def summarize(scores: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """One row per architecture: seed counts, final and best perplexity (median, IQM, interval),
-    bits per byte, median time to target (inf stays in), collapse rate with its Wilson interval."""
+    """One row per (architecture, variant): seed counts, final and best perplexity (median, IQM,
+    interval), bits per byte, median time to target (inf stays in), collapse rate with its Wilson interval."""
     _require(scores, SCORE_COLUMNS, "scores")
     rows = []
-    for arch, g in scores.groupby("arch", sort=True):
+    for (arch, variant), g in scores.groupby(["arch", "variant"], sort=True):
         scored = g[g["status"] != "failed"]
         dropped = scored[scored["final_smoothed_loss"].isna()]
         final = np.exp(scored["final_smoothed_loss"].dropna().to_numpy(dtype=float))
         best = np.exp(scored["best_loss"].dropna().to_numpy(dtype=float))
         k, n = _collapse_k_n(scored)
-        row = {"arch": arch, "n_seeds": len(g), "n_completed": int((g["status"] == "completed").sum()),
+        row = {"arch": arch, "variant": variant, "n_seeds": len(g), "n_completed": int((g["status"] == "completed").sum()),
                "n_diverged": int((g["status"] == "diverged").sum()), "n_failed": int((g["status"] == "failed").sum())}
         for name, x in (("final", final), ("best", best)):
             lo, hi = _interval(x, n_boot, seed)
@@ -308,15 +308,21 @@ def _holm(p: pd.Series) -> pd.Series:
     return out
 
 
-def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataFrame:
-    """One row per unordered pair of architectures: probability of improvement (final smoothed
+def compare(scores: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """``compare_variant`` for each variant of the study: architectures are compared within a variant
+    (the same recipe and switches), and Holm corrects over the pairs of that variant."""
+    _require(scores, SCORE_COLUMNS[:12], "scores")
+    tables = [compare_variant(g, variant, seed) for variant, g in scores.groupby("variant", sort=True)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PAIR_COLUMNS)
+
+
+def compare_variant(scores: pd.DataFrame, variant: str, seed: int = 0) -> pd.DataFrame:
+    """One row per unordered pair of architectures of one variant: probability of improvement (final smoothed
     perplexity, via Mann-Whitney U) with Newcombe's score interval at every seed count (a bootstrap
     is degenerate for separated seeds and undercovers below ~10), Mann-Whitney p (exact; the exact
     permutation distribution with ties), Holm across all pairs, Fisher's exact test on collapse
     rates (Holm-corrected too: fisher_holm_p), the smallest p the seed counts allow, the seeds
-    dropped for want of a final loss, and a one-sentence verdict that agrees with holm_p.
-    (n_boot is kept for callers; nothing here resamples.)"""
-    _require(scores, SCORE_COLUMNS[:11], "scores")
+    dropped for want of a final loss, and a one-sentence verdict that agrees with holm_p."""
     scored = scores[scores["status"] != "failed"]
     groups = {arch: g for arch, g in scored.groupby("arch", sort=True)}
     archs = sorted(scores["arch"].unique())
@@ -335,7 +341,7 @@ def compare(scores: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.DataF
             (pi_lo, pi_hi), method = newcombe_interval(pi, n_a, n_b), PI_INTERVAL_LABEL
         (k_a, m_a), (k_b, m_b) = _collapse_k_n(ga), _collapse_k_n(gb)
         fisher = fisher_exact([[k_a, m_a - k_a], [k_b, m_b - k_b]]).pvalue if m_a and m_b else math.nan
-        rows.append({"arch_a": a, "arch_b": b, "n_a": n_a, "n_b": n_b, "prob_improvement": pi, "pi_lo": pi_lo,
+        rows.append({"variant": variant, "arch_a": a, "arch_b": b, "n_a": n_a, "n_b": n_b, "prob_improvement": pi, "pi_lo": pi_lo,
                      "pi_hi": pi_hi, "pi_interval": method, "mannwhitney_p": p, "holm_p": math.nan, "fisher_p": float(fisher),
                      "min_possible_p": min_possible_p(n_a, n_b), "verdict": "", "fisher_holm_p": math.nan,
                      "n_dropped_a": drop_a, "n_dropped_b": drop_b, "mannwhitney_method": test})

@@ -4,10 +4,10 @@ Run from the workflow's folder (the one holding config/config.yaml), during or a
 - the planned runs come from the config, resolved as the workflow resolves it (harness.study), for
   the study folder asked for (an override folder such as tiny+seeds=0+steps=300 is read back into
   its overrides);
-- a run is done (completed or diverged) or failed by its results/{study}/{arch}/seed{seed}/run.json;
+- a run is done (completed or diverged) or failed by its results/{study}/{arch}/{variant}/seed{seed}/run.json;
 - a run without run.json but with a log or a resume checkpoint (results/{study}/.state/) is in
   progress: running while its log has been written in the last STALE_S seconds, else stopped; its
-  steps come from the last progress line of logs/{study}/{arch}/seed{seed}/train.log (harness.progress),
+  steps come from the last progress line of logs/{study}/{arch}/{variant}/seed{seed}/train.log (harness.progress),
   else from its checkpoint's metadata;
 - the time left is rough: the seconds per step of the runs so far times the steps left, over the
   number of jobs running at once.
@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from harness.contracts import BASE_VARIANT
 from harness.progress import duration, last_progress
 
 STALE_S = 120  # a log untouched this long belongs to a job that is no longer running
@@ -35,7 +36,7 @@ SCHEMA = Path("workflow") / "schemas" / "config.schema.yaml"
 
 @dataclass
 class RunState:
-    arch: str
+    arch: str  # the run's folder below the study's: arch/variant
     seed: int
     state: str  # completed, diverged, failed, running, stopped, left
     step: int | None = None
@@ -146,6 +147,12 @@ def run_state(root: Path, study: str, arch: str, seed: int, total: int | None, n
                     progress["elapsed"] if progress else None, note)
 
 
+def _runs(study: dict) -> list[tuple[str, int]]:
+    """(arch/variant, seed) of every planned run: the run's folder below the study's, and its seed."""
+    return [(f"{a}/{v}", s) for a in study["archs"] for v in study.get("variants", [BASE_VARIANT])
+            for s in study["seeds"]]
+
+
 def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config: dict | None,
                 now: float | None = None) -> StudyState:
     now = time.time() if now is None else now
@@ -154,17 +161,17 @@ def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config
     if plan is None:  # the runs found on disk
         study = json.loads((results / "study.json").read_text()) if (results / "study.json").is_file() else None
         if study:
-            pairs = [(a, s) for a in study["archs"] for s in study["seeds"]]
+            pairs = _runs(study)
             total = study["recipe"]["steps"]
         else:
-            found = {(p.parent.name, int(p.name[4:])) for base in (results, results / ".state",
-                                                                   root / "logs" / folder)
-                     for p in base.glob("*/seed*") if re.fullmatch(r"seed\d+", p.name)}
+            found = {(f"{p.parent.parent.name}/{p.parent.name}", int(p.name[4:]))
+                     for base in (results, results / ".state", root / "logs" / folder)
+                     for p in base.glob("*/*/seed*") if re.fullmatch(r"seed\d+", p.name)}
             pairs, total = sorted(found), None
         state = StudyState(folder, planned=bool(study), note="" if study else
                            "not a study of config/config.yaml: its runs are those found on disk")
     else:
-        pairs = [(a, s) for a in plan["archs"] for s in plan["seeds"]]
+        pairs = _runs(plan)
         total = plan["recipe"]["steps"]
         state = StudyState(folder)
     state.runs = [run_state(root, folder, a, s, total, now) for a, s in pairs]

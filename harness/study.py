@@ -1,10 +1,12 @@
-"""Studies: the validated workflow config -> resolved studies -> one run spec per (arch, seed).
+"""Studies: the validated workflow config -> resolved studies -> one run spec per (arch, variant, seed).
 
 Before Snakemake validates the config (and fills its defaults) against
 workflow/schemas/config.schema.yaml, coerce_overrides types the command-line values and
 check_config says the first mistake in one line. resolve then applies the overrides, names the
 study folder after them (study_folder) and normalises the architecture entries, so that the
-workflow itself holds no logic. No torch here (a builder named by dotted path is imported, though,
+workflow itself holds no logic. A study's ``sweep`` maps recipe keys and stabiliser switches to lists
+of values; every combination is a variant of every architecture (``variants``), a level of the run
+folders: results/{study}/{arch}/{variant}/seed{seed}, ``base`` without a sweep. No torch here (a builder named by dotted path is imported, though,
 to check that it exists).
 """
 
@@ -24,10 +26,17 @@ from typing import Any
 import yaml
 
 from harness import archs as registry
+from harness.contracts import BASE_VARIANT
 
 OVERRIDES = ("archs", "seeds", "steps")  # top-level keys that change every study's results
 LIST_OVERRIDES = ("archs", "seeds")
 MAX_VALUE = 40  # an override value longer than this is named by a hash in the folder name
+SWITCHES = ("qk_norm",)
+"""Stabiliser switches that change the model: hyperparameters the architectures that can honour them
+declare in their module's SWITCHES; z_loss, which changes only the loss, is a recipe key (any architecture)."""
+SWITCH_OFF = {"qk_norm": False, "z_loss": 0}
+"""The value of each stabiliser switch (model or recipe) that leaves it off: the published models."""
+SHORT_NAMES = {"grad_clip": "clip", "warmup_steps": "warmup", "precision": "prec"}
 
 
 class ConfigError(ValueError):
@@ -93,6 +102,9 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
     if error is not None:
         where = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
         raise ConfigError(f"config {where or '(top level)'}: {error.message}")
+    recipe_keys = schema["$defs"]["study"]["properties"]["recipe"]["properties"]
+    for name, study in config.get("studies", {}).items():
+        _check_sweep(name, study.get("sweep") or {}, recipe_keys)
 
 
 def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
@@ -112,6 +124,69 @@ def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
     if recipe := entry.get("recipe", base.get("recipe")):
         arch["recipe"] = recipe
     return arch
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def variant_name(values: dict[str, Any]) -> str:
+    """A variant's folder name, readable and filesystem-safe: {lr: 0.01, grad_clip: 0} -> 'lr=0.01,clip=0'
+    (keys in the sweep's order, a few long ones shortened); {} -> BASE_VARIANT."""
+    return ",".join(f"{SHORT_NAMES.get(k, k)}={_value_text(v)}" for k, v in values.items()) or BASE_VARIANT
+
+
+def variants(sweep: dict[str, list]) -> dict[str, dict[str, Any]]:
+    """Every combination of a sweep's values, by variant name, in the order the values are listed
+    (the last key varies fastest); {BASE_VARIANT: {}} without a sweep."""
+    combos: list[dict[str, Any]] = [{}]
+    for key, values in (sweep or {}).items():
+        combos = [{**c, key: v} for c in combos for v in values]
+    return {variant_name(c): c for c in combos}
+
+
+FIXED_KEYS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "eval_sampling",
+              "eval_seed", "checkpoint_every")
+"""Recipe keys a sweep may not vary: the variants of a study are compared on the same data, steps and evaluation."""
+
+
+def _check_sweep(name: str, sweep: dict[str, list], recipe_schema: dict[str, dict]) -> None:
+    """Each sweep key is a recipe training key or a stabiliser switch, each value valid for it."""
+    import jsonschema
+
+    known = [k for k in recipe_schema if k not in FIXED_KEYS] + list(SWITCHES)
+    for key, values in sweep.items():
+        where = f"study {name!r}: sweep.{key}"
+        if key in FIXED_KEYS:
+            raise ConfigError(f"{where}: the variants of a study are compared on the same {', '.join(FIXED_KEYS)}; "
+                              f"sweep a training hyperparameter ({', '.join(known)})")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, 1)
+            raise ConfigError(f"{where}: not a recipe key nor a stabiliser switch"
+                              f"{f' (did you mean {close[0]}?)' if close else ''}; the keys are: {', '.join(known)}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise ConfigError(f"{where}: values repeat: {values}")
+        validator = jsonschema.Draft202012Validator(recipe_schema.get(key, {"type": "boolean"}))
+        for value in values:
+            if (error := jsonschema.exceptions.best_match(validator.iter_errors(value))) is not None:
+                raise ConfigError(f"{where}: value {value!r}: {error.message}")
+
+
+def _check_switches(study: dict) -> None:
+    """An architecture asked for a stabiliser switch (by its hparams or the sweep) must honour it."""
+    sweep = study.get("sweep") or {}
+    for arch, entry in study["archs"].items():
+        honoured = registry.info(entry["build"]).switches
+        asked = {k for k in SWITCHES if entry["hparams"].get(k) or any(sweep.get(k, []))}
+        for switch in sorted(asked - set(honoured)):
+            able = sorted(a for a, e in study["archs"].items() if switch in registry.info(e["build"]).switches)
+            raise ConfigError(f"study {study['base']!r}: architecture {arch!r} does not implement the stabiliser "
+                              f"switch {switch!r} (its module declares SWITCHES = {tuple(honoured)}); of this "
+                              f"study's architectures these do: {', '.join(able) or 'none'}")
 
 
 def recipe_presets() -> dict[str, dict[str, Any]]:
@@ -253,6 +328,8 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if overrides:
             study["description"] = (f"{study.get('description') or base} "
                                     f"(study {base} with overrides {_override_text(overrides)})")
+        study["variants"] = variants(study.get("sweep"))
+        _check_switches(study)
         for arch in study["archs"]:
             arch_recipe(study, arch)  # an unknown preset fails here, before any job
             pipeline_inputs(study, arch)  # a pipeline without its inputs fails here, before any job
@@ -304,9 +381,14 @@ def default_study(studies: dict[str, dict[str, Any]], config: dict[str, Any]) ->
     return next(name for name, s in studies.items() if s["base"] == config["study"])
 
 
-def run_dir(study: str, arch: str, seed: int) -> str:
+def run_dir(study: str, arch: str, variant: str, seed: int) -> str:
     """Where one run's files live, relative to the workflow's working directory."""
-    return f"results/{study}/{arch}/seed{seed}"
+    return f"results/{study}/{arch}/{variant}/seed{seed}"
+
+
+def runs(study: dict) -> list[tuple[str, str, int]]:
+    """Every (arch, variant, seed) of a study, in a stable order."""
+    return [(arch, variant, seed) for arch in study["archs"] for variant in study["variants"] for seed in study["seeds"]]
 
 
 def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
@@ -326,10 +408,15 @@ def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
     return inputs
 
 
-def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
-    """Everything one training run needs, as plain JSON-able data."""
+def run_spec(study: dict, arch: str, variant: str, seed: int) -> dict[str, Any]:
+    """Everything one training run needs, as plain JSON-able data. The variant's sweep values override
+    the architecture's recipe (recipe keys) or join its hyperparameters (stabiliser switches, under
+    ``switches``: the shape is matched without them, so a switch adds only its own parameters)."""
     if arch not in study["archs"]:
         raise ConfigError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
+    if variant not in study["variants"]:
+        raise ConfigError(f"study {study['name']!r} has no variant {variant!r}: {sorted(study['variants'])}")
+    values = study["variants"][variant]
     spec = {
         "study": study["name"],
         "arch": arch,
@@ -345,20 +432,26 @@ def run_spec(study: dict, arch: str, seed: int) -> dict[str, Any]:
     name, recipe = arch_recipe(study, arch)
     if name != "common":  # a run of the common recipe keeps the spec (and config hash) it had
         spec["recipe"], spec["recipe_name"] = recipe, name
+    if variant != BASE_VARIANT:
+        spec["variant"] = variant
+        spec["recipe"] = {**spec["recipe"], **{k: v for k, v in values.items() if k not in SWITCHES}}
+        if switches := {k: v for k, v in values.items() if k in SWITCHES}:
+            spec["switches"] = switches
     if inputs := pipeline_inputs(study, arch):
-        spec["inputs"] = {key: run_dir(study["name"], upstream, seed) for key, upstream in inputs.items()}
+        spec["inputs"] = {key: run_dir(study["name"], upstream, variant, seed) for key, upstream in inputs.items()}
     if (study.get("quantize") or {}).get("every_checkpoint"):  # not tied to bits: another width retrains nothing
-        spec["snapshots"] = snapshot_dir(study["name"], arch, seed)
+        spec["snapshots"] = snapshot_dir(study["name"], arch, variant, seed)
     return spec
 
 
-def snapshot_dir(study: str, arch: str, seed: int) -> str:
+def snapshot_dir(study: str, arch: str, variant: str, seed: int) -> str:
     """Where the trainer keeps a run's weight snapshots for the quantization stage (quantize.every_checkpoint)."""
-    return f"{run_dir(study, arch, seed)}/snapshots"
+    return f"{run_dir(study, arch, variant, seed)}/snapshots"
 
 
 def config_hash(spec: dict[str, Any]) -> str:
-    """Hash of a run spec without its seed (nor its input runs' folders, nor where it keeps weight
-    snapshots, which change nothing it computes): the seeds of one architecture in one study share it."""
-    identity = {k: v for k, v in spec.items() if k not in ("seed", "inputs", "snapshots")}
+    """Hash of a run spec without its seed (nor its variant's name, whose values are in its recipe and
+    switches, nor its input runs' folders, nor where it keeps weight snapshots, which change nothing it
+    computes): the seeds of one architecture and variant in one study share it."""
+    identity = {k: v for k, v in spec.items() if k not in ("seed", "variant", "inputs", "snapshots")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ as interrupted. The run's files are written by harness.run, whatever happens her
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import torch
 
 from harness import archs, checkpoint, data, quantize, shape
+from harness.diagnostics import Probe
 from harness.progress import Progress
-from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, next_token_loss, resolve_device, train_step
+from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, resolve_device, train_step, training_loss
 from harness.run import RunRecord
 
 
@@ -57,7 +59,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         x, y = batch
         with autocast(device, dtype):
             logits = forward(x)
-        return next_token_loss(logits, y)
+        return training_loss(logits, y, recipe.z_loss)
 
     identity = {"config_hash": manifest["config_hash"], "seed": spec["seed"]}
     meta = checkpoint.resume(state_dir, model, optimizer, gens, identity, record.warn)
@@ -70,12 +72,15 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         window_loss, window_gn = [], []
 
     model.train()
+    probe = Probe(model, corpus.vocab_size)
     progress = Progress(recipe.steps, recipe.batch_size * recipe.seq_len, start_step=record.step)  # stderr: the log
     while record.step < recipe.steps:
         step = record.step
         lr = lr_at(step, recipe)
         x, y = data.get_batch(corpus.splits["train"], recipe.batch_size, recipe.seq_len, gens["train"])
-        result = train_step(loss_of, params, optimizer, (x.to(device), y.to(device)), lr, recipe.grad_clip)
+        log_step = (step + 1) % recipe.log_every == 0 or step + 1 == recipe.steps
+        with probe.step() if log_step else contextlib.nullcontext():  # diagnostics at log steps only
+            result = train_step(loss_of, params, optimizer, (x.to(device), y.to(device)), lr, recipe.grad_clip)
         record.step = step = step + 1
         if not math.isfinite(result.loss):  # no update was made
             record.log(step, "train", "loss", result.loss)
@@ -89,6 +94,8 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             record.log(step, "train", "lr", lr)
             record.log(step, "train", "grad_norm", sum(window_gn) / len(window_gn))
             record.log(step, "train", "grad_norm_max", max(window_gn))
+            for name, value in probe.metrics(result.grad_norm, recipe.grad_clip).items():
+                record.log(step, "train", name, value)
             window_loss, window_gn = [], []
         if step % recipe.eval_every == 0 or step == recipe.steps:
             val_loss = evaluate(forward, val_batches(), device, dtype)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from harness import claims
+from harness.contracts import BASE_VARIANT
 
 ENWIK8_50K = {"data": {"name": "enwik8", "tokens": "bytes"}, "recipe": {"steps": 50_000}, "smoke": False,
               "published": "seed-enwik8-70m", "archs": {"memnls": {}, "transformer": {}}}
@@ -35,7 +36,11 @@ def test_an_inconclusive_verdict_says_how_many_seeds_would_settle_it():
 
 
 def runs_table(rows):
-    return pd.DataFrame(rows, columns=["arch", "seed", "status", "steps_done"])
+    return pd.DataFrame(rows, columns=["arch", "seed", "status", "steps_done"]).assign(variant=BASE_VARIANT)
+
+
+def events_table(columns):
+    return pd.DataFrame(columns).assign(variant=BASE_VARIANT)
 
 
 def test_who_counts_toward_a_claim():
@@ -45,7 +50,7 @@ def test_who_counts_toward_a_claim():
                        ("transformer", 4, "failed", 100),  # a crash: leaves n
                        ("memnls", 0, "completed", 50_000), ("memnls", 1, "diverged", 9_000),
                        ("memnls", 2, "completed", 50_000), ("memnls", 3, "completed", 50_000)])
-    events = pd.DataFrame({"arch": ["transformer", "transformer", "memnls"], "seed": [0, 1, 2],
+    events = events_table({"arch": ["transformer", "transformer", "memnls"], "seed": [0, 1, 2],
                            "type": ["collapse", "collapse", "spike"], "onset_step": [28_000, 5_000, 9_000]})
     verdicts = claims.evaluate(ENWIK8_50K, runs, events).set_index("id")
     t, m = verdicts.loc["transformer-collapse-28k"], verdicts.loc["memnls-no-catastrophe"]
@@ -65,7 +70,7 @@ def test_who_counts_toward_a_claim():
 
 def test_ten_healthy_seeds_and_one_false_alarm_keep_a_no_collapse_claim():
     runs = runs_table([("memnls", s, "completed", 50_000) for s in range(10)])
-    events = pd.DataFrame({"arch": ["memnls"], "seed": [4], "type": ["collapse"], "onset_step": [31_000]})
+    events = events_table({"arch": ["memnls"], "seed": [4], "type": ["collapse"], "onset_step": [31_000]})
     m = claims.evaluate(ENWIK8_50K, runs, events).set_index("id").loc["memnls-no-catastrophe"]
     assert (m["k"], m["n"], m["verdict"]) == (1, 10, "consistent")
     assert "within what the detector's false alarms explain" in m["sentence"]
@@ -75,7 +80,7 @@ def test_ten_healthy_seeds_and_one_false_alarm_keep_a_no_collapse_claim():
 
 PROXY = {"data": {"name": "tinyshakespeare", "tokens": "bytes"}, "recipe": {"steps": 2_000, "grad_clip": 1.0},
          "smoke": False}
-NO_EVENTS = pd.DataFrame(columns=["arch", "seed", "type", "onset_step"])
+NO_EVENTS = pd.DataFrame(columns=["arch", "variant", "seed", "type", "onset_step"])
 
 
 def proxy_verdicts(study=PROXY, runs=None, events=NO_EVENTS, quantization=None):
@@ -106,7 +111,7 @@ def test_no_clip_needed_names_the_variant_it_needs_and_decides_without_clipping(
 
 def quantization_table(arch, increases, steps=(2_000,), bits=8):
     """Per-seed increases at the first step, growing by 0.01 bits per token per 1,000 steps after it."""
-    return pd.DataFrame([{"arch": arch, "seed": s, "step": st, "bits": bits, "bpt_increase": inc + 1e-5 * (st - steps[0])}
+    return pd.DataFrame([{"arch": arch, "variant": BASE_VARIANT, "seed": s, "step": st, "bits": bits, "bpt_increase": inc + 1e-5 * (st - steps[0])}
                          for s, inc in enumerate(increases) for st in steps])
 
 

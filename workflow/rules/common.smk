@@ -17,6 +17,7 @@ from harness.study import (
     resolve,
     run_dir,
     run_spec,
+    runs,
 )
 from harness.text import UNITS
 
@@ -44,19 +45,21 @@ if config["data_dir"]:
 wildcard_constraints:
     study="|".join(re.escape(name) for name in STUDIES),
     arch=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+    variant="|".join(
+        sorted({re.escape(v) for s in STUDIES.values() for v in s["variants"]})
+    ),
     seed=r"\d+",
 
 
 def run_dirs(study):
-    s = STUDIES[study]
-    return [run_dir(study, arch, seed) for arch in s["archs"] for seed in s["seeds"]]
+    return [run_dir(study, *run) for run in runs(STUDIES[study])]
 
 
 def pipeline_input_files(wildcards):
-    """A pipeline architecture trains on the same-seed runs its module declares as inputs."""
+    """A pipeline architecture trains on the same-variant, same-seed runs its module declares as inputs."""
     study = STUDIES[wildcards.study]
     return [
-        f"{run_dir(wildcards.study, upstream, wildcards.seed)}/{name}"
+        f"{run_dir(wildcards.study, upstream, wildcards.variant, wildcards.seed)}/{name}"
         for upstream in pipeline_inputs(study, wildcards.arch).values()
         for name in ("run.json", "model.safetensors")
     ]
@@ -64,7 +67,12 @@ def pipeline_input_files(wildcards):
 
 def spec_json(wildcards):
     return json.dumps(
-        run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed)),
+        run_spec(
+            STUDIES[wildcards.study],
+            wildcards.arch,
+            wildcards.variant,
+            int(wildcards.seed),
+        ),
         sort_keys=True,
     )
 
@@ -88,7 +96,9 @@ def quantize_keep(wildcards):
 
 def quantize_snapshots(wildcards):
     """The folder of the run's weight snapshots, when the study keeps them (quantize.every_checkpoint)."""
-    spec = run_spec(STUDIES[wildcards.study], wildcards.arch, int(wildcards.seed))
+    spec = run_spec(
+        STUDIES[wildcards.study], wildcards.arch, wildcards.variant, int(wildcards.seed)
+    )
     return (
         f"--snapshots {shlex.quote(spec['snapshots'])}" if spec.get("snapshots") else ""
     )

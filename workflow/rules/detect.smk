@@ -4,12 +4,12 @@ localrules:
 
 rule detect:
     input:
-        metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
-        manifest="results/{study}/{arch}/seed{seed}/run.json",
+        metrics="results/{study}/{arch}/{variant}/seed{seed}/metrics.csv",
+        manifest="results/{study}/{arch}/{variant}/seed{seed}/run.json",
     output:
-        "results/{study}/{arch}/seed{seed}/events.csv",
+        "results/{study}/{arch}/{variant}/seed{seed}/events.csv",
     log:
-        "logs/{study}/{arch}/seed{seed}/detect.log",
+        "logs/{study}/{arch}/{variant}/seed{seed}/detect.log",
     params:
         config=lambda wildcards: json.dumps(
             STUDIES[wildcards.study]["detect"], sort_keys=True

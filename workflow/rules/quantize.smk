@@ -5,12 +5,12 @@
 
 rule quantize:
     input:
-        manifest="results/{study}/{arch}/seed{seed}/run.json",
-        weights="results/{study}/{arch}/seed{seed}/model.safetensors",
+        manifest="results/{study}/{arch}/{variant}/seed{seed}/run.json",
+        weights="results/{study}/{arch}/{variant}/seed{seed}/model.safetensors",
     output:
-        "results/{study}/{arch}/seed{seed}/quantization.csv",
+        "results/{study}/{arch}/{variant}/seed{seed}/quantization.csv",
     log:
-        "logs/{study}/{arch}/seed{seed}/quantize.log",
+        "logs/{study}/{arch}/{variant}/seed{seed}/quantize.log",
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),

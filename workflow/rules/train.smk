@@ -1,4 +1,4 @@
-# One training run per (study, arch, seed). The resume checkpoint lives in results/{study}/.state,
+# One training run per (study, arch, variant, seed). The resume checkpoint lives in results/{study}/.state,
 # outside the declared outputs, because Snakemake deletes declared outputs before a job runs.
 
 
@@ -6,18 +6,18 @@ rule train:
     input:
         upstream=pipeline_input_files,
     output:
-        metrics="results/{study}/{arch}/seed{seed}/metrics.csv",
-        manifest="results/{study}/{arch}/seed{seed}/run.json",
-        weights="results/{study}/{arch}/seed{seed}/model.safetensors",
+        metrics="results/{study}/{arch}/{variant}/seed{seed}/metrics.csv",
+        manifest="results/{study}/{arch}/{variant}/seed{seed}/run.json",
+        weights="results/{study}/{arch}/{variant}/seed{seed}/model.safetensors",
     log:
-        "logs/{study}/{arch}/seed{seed}/train.log",
+        "logs/{study}/{arch}/{variant}/seed{seed}/train.log",
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
     params:
         spec=spec_json,
         out=lambda wildcards, output: os.path.dirname(output.manifest),
-        state="results/{study}/.state/{arch}/seed{seed}",
+        state="results/{study}/.state/{arch}/{variant}/seed{seed}",
     shell:
         "python -m harness train --spec {params.spec:q} --out {params.out} --state {params.state}"
         " --threads {threads} > {log} 2>&1"
