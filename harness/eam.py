@@ -1,7 +1,7 @@
 """The eam pipeline: a trained teacher run -> an Elastic Associative Memory LM, in one run folder.
 
 eam is not one network trained by the common loop but four stages over the same-seed run of a
-transformer of the grid (the teacher, whose folder results/{study}/{teacher}/seed{seed} the workflow
+transformer of the grid (the teacher, whose folder results/{study}/{teacher}/{variant}/seed{seed} the workflow
 passes as ``spec["inputs"]["teacher"]``, from the PIPELINE declaration in harness/archs/eam.py):
   (a) write: the teacher reads the first ``write_tokens`` tokens of the training split in consecutive
       seq_len crops; each final hidden state h (the output of its module ``norm_f``) is written into

@@ -1,5 +1,5 @@
 """Progress of a long job, one line at most every ``every`` seconds (and at its last step) on stderr,
-which the workflow sends to the job's log (logs/{study}/{arch}/seed{seed}/train.log):
+which the workflow sends to the job's log (logs/{study}/{arch}/{variant}/seed{seed}/train.log):
 
     progress: step 120/300 (40%) loss 2.9130 | 8,192 tok/s | 14 s elapsed, ~21 s left
 

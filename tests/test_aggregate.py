@@ -54,7 +54,7 @@ def write_run(root: Path, study: dict, arch: str, seed: int, kind: str = "health
     recipe = study["recipe"]
     eval_every = recipe["eval_every"]
     index = sorted(study["archs"]).index(arch)
-    run_dir = root / study["name"] / arch / f"seed{seed}"
+    run_dir = root / study["name"] / arch / BASE_VARIANT / f"seed{seed}"
     run_dir.mkdir(parents=True)
     rows = pd.DataFrame(columns=["step", "split", "metric", "value"])
     truth = None

@@ -105,7 +105,7 @@ LOG_FORMATS = {
     "harness detect train_log.jsonl --key nll=train --key val_nll=val",
 }
 NOT_RUN = {  # installs, and commands other tests run
-    'python -m harness quantize results/tiny/transformer/seed0 --bits 8 5 4 --keep "tok_emb.*" --out q.csv':
+    'python -m harness quantize results/tiny/transformer/base/seed0 --bits 8 5 4 --keep "tok_emb.*" --out q.csv':
         "tests/test_quantize.py runs the quantize command on a run folder it trains",
     "python -m harness evaluate --model-dir my_card --arch transformer --data enwik8":
         "tests/test_evaluate.py runs it on a model folder it writes (enwik8 cannot be downloaded here)",
@@ -237,7 +237,7 @@ def test_a_default_and_an_override_run_keep_their_own_results(tmp_path, shared_d
     workdir = _micro_checkout(tmp_path / "repo")
     done = run(workdir, MAIN)
     assert done.returncode == 0, done.stderr[-3000:]
-    default = workdir / "results" / "micro" / "transformer" / "seed0"
+    default = workdir / "results" / "micro" / "transformer" / "base" / "seed0"
     done = run(workdir, "harness status")
     assert done.returncode == 0 and done.stdout.startswith("micro: 2 runs planned: 2 done, 0 failed, 0 running, 0 left"), \
         done.stdout + done.stderr
@@ -249,8 +249,8 @@ def test_a_default_and_an_override_run_keep_their_own_results(tmp_path, shared_d
     folder = "micro+seeds=0+steps=20"
     assert sorted(p.name for p in (workdir / "results").iterdir() if not p.name.startswith(".")) == ["micro", folder]
     assert {name: (default / name).read_bytes() for name in before} == before  # untouched
-    assert sorted(p.name for p in (workdir / "results" / "micro" / "transformer").iterdir()) == ["seed0", "seed1"]
-    manifest = json.loads((workdir / "results" / folder / "transformer" / "seed0" / "run.json").read_text())
+    assert sorted(p.name for p in (workdir / "results" / "micro" / "transformer" / "base").iterdir()) == ["seed0", "seed1"]
+    manifest = json.loads((workdir / "results" / folder / "transformer" / "base" / "seed0" / "run.json").read_text())
     assert manifest["study"] == folder and manifest["recipe"]["steps"] == 20 and manifest["status"] == "completed"
     assert json.loads(before["run.json"])["recipe"]["steps"] == 40
     study = json.loads((workdir / "results" / folder / "study.json").read_text())
@@ -304,7 +304,7 @@ def test_readme_quotes_the_gru_example_as_it_is():
     validate(coerce_overrides(config), str(SCHEMA))
     studies = resolve(config)
     study = studies[default_study(studies, config)]
-    gru, transformer = (for_spec(run_spec(study, a, 0), 256) for a in ("gru", "transformer"))
+    gru, transformer = (for_spec(run_spec(study, a, "base", 0), 256) for a in ("gru", "transformer"))
     quoted = (f"a GRU language model, {lines} lines; in the `tiny` study the shape solver sets its `ffn_hidden` to "
               f"{gru.hparams['ffn_hidden']}, for {gru.n_params:,} parameters against the transformer's "
               f"{transformer.n_params:,})")

@@ -31,13 +31,13 @@ def teacher(tmp_path_factory):
 
     if TINYSHAKESPEARE is None:
         pytest.skip(NEEDS_DATA)
-    out = tmp_path_factory.mktemp("micro") / "transformer" / "seed0"
-    assert execute(run_spec(micro_eam_study(), "transformer", 0), out) == "completed"
+    out = tmp_path_factory.mktemp("micro") / "transformer" / "base" / "seed0"
+    assert execute(run_spec(micro_eam_study(), "transformer", "base", 0), out) == "completed"
     return out
 
 
 def eam_spec(teacher_dir, seed=0, **stages):
-    return {**run_spec(micro_eam_study(**stages), "eam", seed), "inputs": {"teacher": str(teacher_dir)}}
+    return {**run_spec(micro_eam_study(**stages), "eam", "base", seed), "inputs": {"teacher": str(teacher_dir)}}
 
 
 def test_micro_pipeline_from_a_trained_teacher(teacher, tmp_path):

@@ -22,7 +22,7 @@ def test_the_declaration_names_the_runner_and_the_input_runs():
     assert info("tests.toy_pipeline:build").pipeline.inputs == ("source",)
     assert info("eam").pipeline.runner == "harness.eam:run" and info("transformer").pipeline is None
     study = resolve(micro_config({**MICRO_STUDY, "archs": ["transformer", TOY]}))["micro"]
-    assert run_spec(study, "toy", 1)["inputs"] == {"source": "results/micro/transformer/seed1"}
+    assert run_spec(study, "toy", "base", 1)["inputs"] == {"source": "results/micro/transformer/base/seed1"}
     with pytest.raises(ValueError, match=r"'toy' needs hparams.source naming another architecture"):
         resolve(micro_config({**MICRO_STUDY, "archs": ["transformer", {**TOY, "hparams": {"source": "toy"}}]}))
 
@@ -34,7 +34,7 @@ def test_a_second_pipeline_architecture_is_one_module_and_one_config_entry(tmp_p
     write_config(tmp_path, {"study": "micro", "studies": {"micro": study}})
 
     for seed in (0, 1):  # a toy run needs the same-seed source run, and only it
-        plan = snakemake(tmp_path, "-n", "--cores", "1", f"results/micro/toy/seed{seed}/run.json")
+        plan = snakemake(tmp_path, "-n", "--cores", "1", f"results/micro/toy/base/seed{seed}/run.json")
         assert plan.returncode == 0, plan.stderr[-2000:]
         trains = re.findall(r"wildcards: study=micro, arch=(\w+), seed=(\d)", plan.stdout + plan.stderr)
         assert sorted(trains) == sorted([("transformer", str(seed)), ("toy", str(seed))])
@@ -42,7 +42,7 @@ def test_a_second_pipeline_architecture_is_one_module_and_one_config_entry(tmp_p
     done = snakemake(tmp_path, "--cores", "2", "reports/collapse.html")
     assert done.returncode == 0, done.stderr[-3000:]
     for seed in (0, 1):
-        run = json.loads((tmp_path / "results" / "micro" / "toy" / f"seed{seed}" / "run.json").read_text())
+        run = json.loads((tmp_path / "results" / "micro" / "toy" / "base" / f"seed{seed}" / "run.json").read_text())
         assert run["status"] == "completed", run["reason"]
         assert run["pipeline"]["source_arch"] == "transformer" and run["pipeline"]["source_seed"] == seed
         assert run["shape"]["knob"] is None and run["n_params"] == 256 * 256

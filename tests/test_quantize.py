@@ -147,16 +147,16 @@ def test_evaluation_equals_a_direct_computation(trained):
 
 def micro_spec(arch="transformer", **quantize):
     study = {**MICRO_STUDY, "quantize": quantize} if quantize else MICRO_STUDY
-    return run_spec(resolve(micro_config(study))["micro"], arch, 0)
+    return run_spec(resolve(micro_config(study))["micro"], arch, "base", 0)
 
 
 def test_a_run_folder_and_its_snapshots_through_the_cli(tmp_path, shared_data, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the spec's snapshot folder is relative to the workflow's directory
     spec = micro_spec(every_checkpoint=True)
     plain = micro_spec()
-    assert spec["snapshots"] == "results/micro/transformer/seed0/snapshots"
+    assert spec["snapshots"] == "results/micro/transformer/base/seed0/snapshots"
     assert "snapshots" not in plain
-    run = tmp_path / "results" / "micro" / "transformer" / "seed0"
+    run = tmp_path / "results" / "micro" / "transformer" / "base" / "seed0"
     assert execute(spec, run) == "completed"
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["config_hash"] == config_hash(plain)  # keeping snapshots changes no run

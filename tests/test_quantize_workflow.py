@@ -24,13 +24,13 @@ def test_micro_study_quantizes_each_run_and_its_snapshots(tmp_path, shared_data)
     assert done.returncode == 0, done.stderr[-3000:]
     assert job_counts(done.stdout + done.stderr).get("quantize") == 2
 
-    run = tmp_path / "results" / "micro" / "transformer" / "seed0"
+    run = tmp_path / "results" / "micro" / "transformer" / "base" / "seed0"
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == [f"step{s}.safetensors" for s in (10, 20, 30)]
     table = pd.read_csv(run / "quantization.csv")
     assert list(table.columns) == QUANTIZATION_COLUMNS
     assert list(zip(table.step, table.bits)) == [(s, b) for s in (10, 20, 30, 40) for b in (32, 8, 4)]
     assert (table.note == "kept pos_emb.weight at full precision").all()
-    crashed = pd.read_csv(tmp_path / "results" / "micro" / "crashing" / "seed0" / "quantization.csv")
+    crashed = pd.read_csv(tmp_path / "results" / "micro" / "crashing" / "base" / "seed0" / "quantization.csv")
     assert len(crashed) == 1 and crashed.bits.isna().all() and crashed.note.item().startswith("not quantized: run failed")
 
     summary = pd.read_csv(tmp_path / "results" / "micro" / "quantization_summary.csv")

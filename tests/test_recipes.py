@@ -150,11 +150,11 @@ def test_presets_are_valid_recipes_over_the_study_recipe():
 def test_a_preset_selected_per_arch_reaches_run_json_and_the_other_arch_keeps_the_common_recipe(tmp_path,
                                                                                              shared_data):
     study = resolve(micro_config(preset_study(recipe="resonance-pr1061")))["micro"]
-    spec = run_spec(study, "transformer", 0)
+    spec = run_spec(study, "transformer", "base", 0)
     assert spec["recipe_name"] == "resonance-pr1061"
     assert spec["recipe"]["optimizer"] == "muon_adam" and spec["recipe"]["muon_lr"] == 0.012
     assert spec["recipe"]["steps"] == MICRO_STUDY["recipe"]["steps"]  # the study's length stays
-    other = run_spec(study, "memnls", 0)
+    other = run_spec(study, "memnls", "base", 0)
     assert "recipe_name" not in other and other["recipe"] == study["recipe"]
     spec["recipe"]["warmdown_steps"] = 20  # the source's 5000 would cover the whole micro run
     assert execute(spec, tmp_path) == "completed"
@@ -199,6 +199,6 @@ def test_published_recipe_gives_each_arch_with_a_preset_its_own():
     study = resolve(micro_config({**MICRO_STUDY, "published_recipe": True,
                                   "archs": ["resonance", "transformer", {"name": "t2", "build": "transformer",
                                                                          "recipe": "eam-pr1146"}]}))["micro"]
-    assert run_spec(study, "resonance", 0)["recipe_name"] == "resonance-pr1061"
-    assert "recipe_name" not in run_spec(study, "transformer", 0)  # no preset: the common recipe
-    assert run_spec(study, "t2", 0)["recipe_name"] == "eam-pr1146"
+    assert run_spec(study, "resonance", "base", 0)["recipe_name"] == "resonance-pr1061"
+    assert "recipe_name" not in run_spec(study, "transformer", "base", 0)  # no preset: the common recipe
+    assert run_spec(study, "t2", "base", 0)["recipe_name"] == "eam-pr1146"

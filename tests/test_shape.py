@@ -108,7 +108,7 @@ def test_default_tiny_study_matches_every_knobbed_arch_within_one_percent(arch):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     validate(config, str(SCHEMA))
     study = resolve(config)["tiny"]
-    spec = run_spec(study, arch, 0)
+    spec = run_spec(study, arch, "base", 0)
     base = {**spec["model"], "vocab_size": 256, "max_seq_len": spec["recipe"]["seq_len"]}
     target = param_count("transformer", {**base, **spec["reference"]["hparams"]})
     assert target == 124_672

@@ -229,7 +229,7 @@ def test_micro_study_trains_every_run_as_a_slurm_job(cluster, tmp_path):
 
     jobs = scontrol_jobs(cluster)
     manifests = {p.parent.relative_to(workdir / "results" / "micro"): json.loads(p.read_text())
-                 for p in (workdir / "results" / "micro").glob("*/seed*/run.json")}
+                 for p in (workdir / "results" / "micro").glob("*/*/seed*/run.json")}
     assert len(manifests) == len(STUDY["archs"]) * len(STUDY["seeds"])
     seen = {}
     for run, manifest in manifests.items():

@@ -33,17 +33,17 @@ def study_tree(tmp_path) -> Path:
     write_config(root, {"study": "micro", "archs": None, "seeds": None, "steps": None, "data_dir": None,
                         "studies": {"micro": study}})
     results, logs = root / "results" / "micro", root / "logs" / "micro"
-    manifest(results / "transformer" / "seed0", "completed", 40, 8.0)
-    manifest(results / "transformer" / "seed1", "diverged", 20, 4.0, "non-finite training loss at step 20")
-    manifest(results / "transformer" / "seed2", "failed", 10, 2.0, "RuntimeError: out of memory")
-    running = logs / "memnls" / "seed0" / "train.log"  # running: its log was just written
+    manifest(results / "transformer" / "base" / "seed0", "completed", 40, 8.0)
+    manifest(results / "transformer" / "base" / "seed1", "diverged", 20, 4.0, "non-finite training loss at step 20")
+    manifest(results / "transformer" / "base" / "seed2", "failed", 10, 2.0, "RuntimeError: out of memory")
+    running = logs / "memnls" / "base" / "seed0" / "train.log"  # running: its log was just written
     running.parent.mkdir(parents=True)
     running.write_text("progress: step 12/40 (30%) loss 3.1000 | 2,048 tok/s | 3 s elapsed, ~7 s left\n"
                        "progress: step 25/40 (62%) loss 2.9000 | 2,048 tok/s | 6 s elapsed, ~4 s left\n")
     # stopped: a checkpoint at step 30 written long ago, and no progress line
     from safetensors.numpy import save_file
 
-    ckpt = results / ".state" / "memnls" / "seed1" / "checkpoint.safetensors"
+    ckpt = results / ".state" / "memnls" / "base" / "seed1" / "checkpoint.safetensors"
     ckpt.parent.mkdir(parents=True)
     save_file({"x": np.zeros(1, dtype=np.float32)}, str(ckpt), metadata={"meta": json.dumps({"step": 30})})
     old = time.time() - 3600
@@ -70,7 +70,7 @@ def test_status_counts_every_state_and_the_steps_of_runs_in_progress(study_tree)
 
 
 def test_status_without_a_study_shows_every_study_folder_and_reads_override_folders(study_tree):
-    manifest(study_tree / "results" / "micro+seeds=0,1+steps=20" / "memnls" / "seed1", "completed", 20, 1.0, total=20)
+    manifest(study_tree / "results" / "micro+seeds=0,1+steps=20" / "memnls" / "base" / "seed1", "completed", 20, 1.0, total=20)
     out = status(study_tree)
     heads = [line for line in out.splitlines() if not line.startswith(" ") and line]
     assert heads == ["micro: 6 runs planned: 2 done, 1 failed, 1 running, 1 stopped, 1 left",

@@ -7,8 +7,8 @@ import yaml
 from snakemake.utils import validate
 
 from harness.study import (
-    ConfigError, check_config, coerce_overrides, config_hash, default_study, published_curves_file, resolve, run_spec,
-    study_folder,
+    ConfigError, check_config, coerce_overrides, config_hash, default_study, published_curves_file, resolve, run_dir,
+    run_spec, runs, study_folder,
 )
 from tests.conftest import MICRO_STUDY, REPO, SCHEMA, micro_config
 
@@ -40,7 +40,7 @@ def test_overrides_apply_to_every_study_in_a_folder_of_their_own():
     assert study["seeds"] == [3, 4] and study["recipe"]["steps"] == 7
     # the budget's reference stays known though the override dropped it from the runs
     assert study["reference_arch"]["build"] == "transformer"
-    assert run_spec(study, "memnls", 3)["study"] == study["name"]
+    assert run_spec(study, "memnls", "base", 3)["study"] == study["name"]
 
 
 def test_no_override_and_an_override_that_changes_nothing_keep_the_study_name():
@@ -151,7 +151,7 @@ def test_eam_is_wired_to_its_same_seed_teacher():
     study = {**MICRO_STUDY, "archs": [*MICRO_STUDY["archs"], {"name": "eam", "hparams": {"teacher": "transformer"}}]}
     resolved = resolve(micro_config(study))["micro"]
     spec = run_spec(resolved, "eam", 2)
-    assert spec["inputs"] == {"teacher": "results/micro/transformer/seed2"}
+    assert spec["inputs"] == {"teacher": "results/micro/transformer/base/seed2"}
     assert config_hash(spec) == config_hash(run_spec(resolved, "eam", 3))
     assert "inputs" not in run_spec(resolved, "memnls", 2)
     for bad in ({}, {"teacher": "eam"}, {"teacher": "absent"}):
@@ -169,3 +169,57 @@ def test_published_curves_resolve_to_the_shipped_file_or_fail_before_any_job(tmp
     assert published_curves_file({**shipped, "published_curves": str(own)}) == str(own)
     with pytest.raises(ValueError, match=r"published_curves 'no/such\.csv' is neither a file nor one of the shipped"):
         resolve(micro_config({**MICRO_STUDY, "published_curves": "no/such.csv"}))
+
+
+def swept(sweep: dict, archs=None) -> dict:
+    study = {**MICRO_STUDY, "sweep": sweep, **({"archs": archs} if archs else {})}
+    config = micro_config(study)
+    check_config(config, SCHEMA)
+    return resolve(config)["micro"]
+
+
+def test_a_sweep_makes_every_combination_a_variant_of_every_architecture():
+    study = swept({"lr": [0.01, 0.003], "grad_clip": [1.0, 0]})
+    assert list(study["variants"]) == ["lr=0.01,clip=1", "lr=0.01,clip=0", "lr=0.003,clip=1", "lr=0.003,clip=0"]
+    assert study["variants"]["lr=0.003,clip=0"] == {"lr": 0.003, "grad_clip": 0}
+    assert len(runs(study)) == 2 * 4 * 1  # archs x variants x seeds
+    assert run_dir(study["name"], "transformer", "lr=0.01,clip=0", 0) == "results/micro/transformer/lr=0.01,clip=0/seed0"
+    spec = run_spec(study, "transformer", "lr=0.01,clip=0", 0)
+    assert spec["variant"] == "lr=0.01,clip=0" and (spec["recipe"]["lr"], spec["recipe"]["grad_clip"]) == (0.01, 0)
+    # everything else stays as the study has it: data, seeds, evaluation, the matched shape
+    base = run_spec(resolve(micro_config())["micro"], "transformer", "base", 0)
+    assert {k: v for k, v in spec["recipe"].items() if k not in ("lr", "grad_clip")} == \
+        {k: v for k, v in base["recipe"].items() if k not in ("lr", "grad_clip")}
+    assert all(spec[k] == base[k] for k in ("data", "model", "hparams", "shape", "reference"))
+    hashes = {v: config_hash(run_spec(study, "transformer", v, 0)) for v in study["variants"]}
+    assert len(set(hashes.values())) == 4  # each variant is its own configuration
+    assert "variant" not in base and base["seed"] == 0  # a study without a sweep has one variant, base
+    assert list(resolve(micro_config())["micro"]["variants"]) == ["base"]
+
+
+def test_a_switch_joins_the_hyperparameters_and_a_loss_switch_the_recipe():
+    study = swept({"qk_norm": [False, True], "z_loss": [0, 1e-4]}, archs=["transformer"])
+    assert list(study["variants"]) == ["qk_norm=off,z_loss=0", "qk_norm=off,z_loss=0.0001",
+                                       "qk_norm=on,z_loss=0", "qk_norm=on,z_loss=0.0001"]
+    spec = run_spec(study, "transformer", "qk_norm=on,z_loss=0.0001", 0)
+    assert spec["switches"] == {"qk_norm": True} and spec["recipe"]["z_loss"] == 1e-4
+    assert "qk_norm" not in spec["hparams"]  # matched without it: the switch adds only its own parameters
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"learning_rate": [0.1]}, "sweep.learning_rate: not a recipe key nor a stabiliser switch"),
+    ({"lr": [0.1, -1]}, "sweep.lr: value -1"),
+    ({"steps": [10, 20]}, "sweep.steps: the variants of a study are compared on the same steps"),
+    ({"lr": [0.1, 0.1]}, "sweep.lr: values repeat"),
+    ({"precision": ["fp16"]}, "sweep.precision: value 'fp16'"),
+])
+def test_a_bad_sweep_fails_early_naming_the_key(sweep, message):
+    config = micro_config({**MICRO_STUDY, "sweep": sweep}) if sweep != {"lr": [0.1, -1]} else \
+        {"study": "micro", "studies": {"micro": {**MICRO_STUDY, "sweep": sweep}}}
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        check_config(config, SCHEMA)
+
+
+def test_a_switch_an_architecture_cannot_honour_is_an_error_naming_both():
+    with pytest.raises(ConfigError, match="architecture 'memnls' does not implement the stabiliser switch 'qk_norm'"):
+        swept({"qk_norm": [False, True]})

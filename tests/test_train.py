@@ -23,7 +23,7 @@ from tests.conftest import MICRO_STUDY, REPO, micro_config
 def spec_for(arch="transformer", seed=0, study=None, **recipe):
     study = {**(study or MICRO_STUDY)}
     study["recipe"] = {**study["recipe"], **recipe}
-    return run_spec(resolve(micro_config(study))["micro"], arch, seed)
+    return run_spec(resolve(micro_config(study))["micro"], arch, "base", seed)
 
 
 def metrics(run: Path) -> pd.DataFrame:

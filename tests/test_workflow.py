@@ -139,8 +139,8 @@ def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_d
     study = {**MICRO_STUDY, "archs": ["transformer"],
              "recipe": {**MICRO_STUDY["recipe"], "steps": 400, "checkpoint_every": 10}}
     write_config(workdir, {"study": "micro", "studies": {"micro": study}})
-    checkpoint = workdir / "results" / "micro" / ".state" / "transformer" / "seed0" / "checkpoint.safetensors"
-    run = workdir / "results" / "micro" / "transformer" / "seed0"
+    checkpoint = workdir / "results" / "micro" / ".state" / "transformer" / "base" / "seed0" / "checkpoint.safetensors"
+    run = workdir / "results" / "micro" / "transformer" / "base" / "seed0"
     target = str(run.relative_to(workdir) / "run.json")
 
     # a whole process group, as a crash, a scheduler or a Ctrl-C in a terminal would signal it
@@ -155,13 +155,13 @@ def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_d
     assert checkpoint.exists(), "no checkpoint before the kill"
     assert not (run / "run.json").exists(), "the run finished before the kill"
     if signum == signal.SIGTERM:
-        log = (workdir / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
+        log = (workdir / "logs" / "micro" / "transformer" / "base" / "seed0" / "train.log").read_text()
         assert "run interrupted by SIGTERM at step" in log and "(not failed)" in log
 
     assert snakemake(workdir, "--unlock").returncode == 0
     done = snakemake(workdir, "--cores", "1", target)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (workdir / "logs" / "micro" / "transformer" / "seed0" / "train.log").read_text()
+    log = (workdir / "logs" / "micro" / "transformer" / "base" / "seed0" / "train.log").read_text()
     assert "resumed from" in log
 
     spec = run_spec(resolve(micro_config(study))["micro"], "transformer", 0)
