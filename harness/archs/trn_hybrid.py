@@ -21,7 +21,7 @@ Switch ``qk_norm`` (default off, as published): the published attention already 
 and k, weightless; the switch gives those norms learnable gains (layers.QKNorm, the same numbers at
 init), 2 * head_dim parameters per attention block. Diagnostics (layers.collect):
   attn_logit_max/blocks.{i}.attn  largest pre-softmax attention logit (q_gain included) of the last recorded forward
-  state_cap_frac/blocks.{i}.resonance  fraction of oscillator states |r| > 1 that the readout capped (last recorded forward)
+  state_cap_frac/blocks.{i}.resonance  fraction of oscillator states the readout capped, |r| > 1 (last recorded forward)
   state_decay_{min,max}/blocks.{i}.resonance  extremes of the per-token decays alpha (last recorded forward)
   state_frequency_base_{min,max}/blocks.{i}.resonance  extremes of the learned base frequencies omega_base
 """
