@@ -7,6 +7,11 @@ and returns a module whose ``forward(input_ids[B, T]) -> logits[B, T, V]``. A mo
 ``Pipeline``: the module is not trained by the common loop but by its own runner, over the same-seed
 runs of other architectures of the study). The workflow, the aggregation and the report learn about
 a pipeline from that declaration and from its run files, never from its name.
+
+A module may also declare ``SWITCHES``, the names of the boolean stabiliser hyperparameters it
+accepts (``("qk_norm",)`` for the attention models; default none), so that a study can be told it
+asked for a switch an architecture does not have. Diagnostics a model reports (its modules'
+``diagnostics()``) follow the protocol in harness/archs/layers.py.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class ArchInfo:
     reconstruction: bool
     source: str  # "module:function" the builder came from
     pipeline: Pipeline | None = None
+    switches: tuple[str, ...] = ()  # the module's SWITCHES: boolean stabilisers it accepts (qk_norm)
 
 
 def available() -> list[str]:
@@ -87,6 +93,7 @@ def info(name: str) -> ArchInfo:
         reconstruction=bool(getattr(module, "RECONSTRUCTION", False)),
         source=source,
         pipeline=getattr(module, "PIPELINE", None),
+        switches=tuple(getattr(module, "SWITCHES", ())),
     )
 
 

@@ -6,6 +6,9 @@ option with the same default, tied head, init) and replaces the mixer by
 y_c(t) = a_c y_c(t-1) + (1 - a_c) x_in_c(t) per channel, with learned rates and no gate, no nonlinear
 potential and no noise: a gap between the two measures what the physics terms add.
 Parameters: memnls's plus d_model per layer (log_nu).
+
+No switches (no attention). Diagnostics (layers.collect):
+  state_decay_{min,max}/blocks.{i}.mixer  extremes of the per-channel rates a_c (parameters; near 1 = long memory)
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ class DiagonalRecurrence(nn.Module):
     def decay(self) -> torch.Tensor:
         """a_c, one per channel."""
         return torch.exp(-torch.exp(self.log_nu) * self.dt)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        a = self.decay()
+        return {"state_decay_min": a.min().item(), "state_decay_max": a.max().item()}
 
     def memory(self, u: torch.Tensor) -> torch.Tensor:
         """y of u [B, L, d]: [B, L, d] (float32 or wider)."""

@@ -12,6 +12,11 @@ code's memory, and the Encoder and Decoder keep its tensor names and inits, so i
 strictly. The prose rules stay available as ``rules="prose"`` (``ProseElasticMemory``). One
 extension: when the teacher is narrower than the key (d < key_dim, which the code cannot run) the
 projection embeds h isometrically (orthonormal rows instead of columns).
+
+Switch ``qk_norm`` (default off, as submitted): QKNorm on the Encoder blocks' queries and keys
+(layers.QKNorm), 2 * head_dim gains per block. Diagnostics (layers.collect):
+  attn_logit_max/encoder.blocks.{i}  largest pre-softmax attention logit of the last recorded forward
+  state_live_frac/memory  live locations / max_locations: how near the memory is to its cap (buffers)
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import Pipeline, make_config
-from harness.archs.layers import rms_norm
+from harness.archs.layers import QKNorm, RecordsLogits, rms_norm
 
 MATCH_KNOB = None  # not shape-matched: its size is the memory (max_locations)
 # trained by its own runner over the same-seed run of the architecture its hparam `teacher` names
@@ -31,6 +36,7 @@ PIPELINE = Pipeline(runner="harness.eam:run", inputs=("teacher",))
 READ_CHUNK = 1024  # queries per top-k block of a read, bounding the [chunk, k, d] gather
 KEY_SEED = 42  # the code's key projection is drawn from a generator seeded 42, the same for every run
 RULES = ("published", "prose")
+SWITCHES = ("qk_norm",)
 
 
 @dataclass
@@ -51,6 +57,7 @@ class Config:
     initial_locations: int = 3000
     rules: str = "published"  # the memory's rules: "published" (the PR's code) or "prose" (its description)
     seed: int = 0  # the memory's own generator
+    qk_norm: bool = False  # QKNorm in the Encoder's attention (the entry's teacher keeps its own)
 
     def __post_init__(self):
         if self.ffn_hidden is None:
@@ -74,26 +81,31 @@ def key_projection(d: int, seed: int, key_dim: int = 256) -> torch.Tensor:
     return torch.linalg.qr(torch.randn(key_dim, d, generator=g)).Q.T.contiguous()
 
 
-class Block(nn.Module):
+class Block(RecordsLogits, nn.Module):
     """x + out(attn(rms_norm(x))), then x + down(leaky_relu(up(rms_norm(x)), 0.5)**2).
 
     The code's block: causal attention without biases or positional encoding, weightless norms,
-    every Linear at PyTorch's default init (nothing zero-initialised).
+    every Linear at PyTorch's default init (nothing zero-initialised). The attention lives in the
+    block itself (the code's tensor names), so the block is the module that records its logits.
     """
 
-    def __init__(self, d_model: int, n_heads: int, mlp_hidden: int):
+    def __init__(self, d_model: int, n_heads: int, mlp_hidden: int, qk_norm: bool = False):
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
         self.up = nn.Linear(d_model, mlp_hidden, bias=False)
         self.down = nn.Linear(mlp_hidden, d_model, bias=False)
+        self.q_norm = QKNorm(d_model // n_heads) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(d_model // n_heads) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
-        q, k, v = self.qkv(rms_norm(x)).view(B, T, 3, self.n_heads, d // self.n_heads).unbind(2)
-        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           is_causal=True)
+        q, k, v = (t.transpose(1, 2) for t in
+                   self.qkv(rms_norm(x)).view(B, T, 3, self.n_heads, d // self.n_heads).unbind(2))
+        q, k = self.q_norm(q), self.k_norm(k)
+        self.record(q, k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + self.out(y.transpose(1, 2).reshape(B, T, d))
         return x + self.down(F.leaky_relu(self.up(rms_norm(x)), 0.5).square())
 
@@ -131,8 +143,8 @@ class Encoder(nn.Module):
     def __init__(self, config: Config):
         super().__init__()
         self.tok = nn.Embedding(config.vocab_size, config.encoder_d_model)
-        self.blocks = nn.ModuleList(Block(config.encoder_d_model, config.encoder_heads, config.ffn_hidden)
-                                    for _ in range(config.encoder_layers))
+        self.blocks = nn.ModuleList(Block(config.encoder_d_model, config.encoder_heads, config.ffn_hidden,
+                                          config.qk_norm) for _ in range(config.encoder_layers))
         self.key_proj = nn.Linear(config.encoder_d_model, config.key_dim, bias=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -216,6 +228,9 @@ class ElasticMemory(nn.Module):
     @property
     def live(self) -> int:
         return int(self.n_live)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"state_live_frac": self.live / self.max_locations}
 
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator).to(self.addresses.device)

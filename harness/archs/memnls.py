@@ -13,6 +13,10 @@ runs used (the reference library's own default dt is 0.01).
 
 The model is built around a mixer class (``Model(config, mixer=...)``), so that a control such as
 diag_ssm swaps only the mixer and keeps embedding, norms, FFN, residual, head and init.
+
+No switches (no attention: qk_norm does not apply). Diagnostics (layers.collect):
+  state_potential_{min,max}/blocks.{i}.mixer  extremes of the potential V, the gain the mixer puts on its
+                                              input, over the batch's positions (last recorded forward)
 """
 
 from __future__ import annotations
@@ -98,6 +102,11 @@ class MemoryNLSLayer(nn.Module):
         self.register_buffer("nus", nus.float())
         self.register_buffer("alphas", torch.exp(-nus * config.dt).float())
         self.register_buffer("lambdas", lambdas.float())
+        self.recording = False
+        self.recorded: dict[str, float] = {}
+
+    def diagnostics(self) -> dict[str, float]:
+        return self.recorded
 
     def memory(self, rho: torch.Tensor) -> torch.Tensor:
         """The memory modes y_j(t) of a density rho [B, L]: [B, L, H]."""
@@ -109,6 +118,9 @@ class MemoryNLSLayer(nn.Module):
             x_in32 = x_in.to(torch.promote_types(x_in.dtype, torch.float32))
             rho = x_in32.pow(2).mean(dim=-1)  # [B, L]: one scalar per position
             potential = self.nonlinearity_strength * rho + self.memory(rho) @ self.lambdas.to(rho.dtype)
+            if self.recording:
+                self.recorded = dict(zip(("state_potential_min", "state_potential_max"),
+                                         torch.stack(torch.aminmax(potential.detach())).tolist()))
             update = potential[..., None] * x_in32
             if self.noise_std and self.training:
                 update = update + self.noise_std * torch.randn_like(update)

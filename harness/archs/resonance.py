@@ -11,6 +11,12 @@ and velocity responses, convolved causally by FFT, are the only context the firs
 is no positional embedding and no other embedding. Then ``n_layers`` pre-norm blocks of bias-free
 causal attention and a ``x * sin(x)`` feed-forward at width d_model = 2K, and an untied, biased,
 soft-capped readout. The published config is the default.
+
+Switch ``qk_norm`` (default off, as published): QKNorm on queries and keys (layers.QKNorm), adding
+2 * head_dim gains per block. Diagnostics (layers.collect):
+  attn_logit_max/layers.{i}.attn  largest pre-softmax attention logit of the last recorded forward
+  state_damping_{min,max}    extremes of the oscillators' damping ratios zeta (from the parameters)
+  state_frequency_{min,max}  extremes of their natural frequencies w0, radians per token (parameters)
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ from torch import nn
 
 from harness.archs import make_config
 from harness.archs.fft import causal_fft_conv
+from harness.archs.layers import QKNorm, RecordsLogits
 
 RECONSTRUCTION = False  # published code (PR #1061), reproduced exactly
 MATCH_KNOB = "ffn_hidden"
+SWITCHES = ("qk_norm",)
 
 
 @dataclass
@@ -39,6 +47,7 @@ class Config:
     logit_softcap: float = 30.0  # 0 turns the cap off, as in the source
     max_seq_len: int = 1024  # interface parity: no positional table, the kernels span any length
     dropout: float = 0.0  # interface parity only: the published model has no dropout
+    qk_norm: bool = False
 
     def __post_init__(self):
         if self.ffn_hidden is None:
@@ -81,18 +90,22 @@ class SineGate(nn.Module):
         return x * torch.sin(x)
 
 
-class CausalAttention(nn.Module):
+class CausalAttention(RecordsLogits, nn.Module):
     """Multi-head causal attention, no biases and no positional encoding: order comes from the oscillators."""
 
-    def __init__(self, dim: int, n_heads: int):
+    def __init__(self, dim: int, n_heads: int, qk_norm: bool = False):
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
+        self.q_norm = QKNorm(dim // n_heads) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(dim // n_heads) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in self.qkv(x).split(C, dim=-1))
+        q, k = self.q_norm(q), self.k_norm(k)
+        self.record(q, k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
@@ -104,7 +117,7 @@ class Block(nn.Module):
         super().__init__()
         d, hidden = config.d_model, config.ffn_hidden
         self.norm1 = RMSNorm(d)
-        self.attn = CausalAttention(d, config.n_heads)
+        self.attn = CausalAttention(d, config.n_heads, config.qk_norm)
         self.norm2 = RMSNorm(d)
         self.ff = nn.Sequential(nn.Linear(d, hidden), SineGate(), nn.Linear(hidden, d))
 
@@ -134,6 +147,12 @@ class Model(nn.Module):
 
     def damping_ratio(self) -> torch.Tensor:
         return 0.05 + 0.9 * torch.sigmoid(self.damping_pre)
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        zeta, w0 = self.damping_ratio(), self.natural_frequency()
+        return {"state_damping_min": zeta.min().item(), "state_damping_max": zeta.max().item(),
+                "state_frequency_min": w0.min().item(), "state_frequency_max": w0.max().item()}
 
     def kernels(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Impulse responses h_pos, h_vel: [K, length], sampled at t = 0..length-1, in at least float32.

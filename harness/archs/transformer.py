@@ -4,6 +4,10 @@ Module and tensor names are the published ones (tok_emb, pos_emb, blocks.{i}.{no
 norm_f, lm_head), so the published model.safetensors loads with strict ``load_state_dict``.
 The pieces every seed model shares (FeedForward, init_weights, tie_lm_head) live here and are
 imported by the other architecture files rather than repeated.
+
+Switch ``qk_norm`` (default off, the published model): QKNorm on queries and keys (layers.QKNorm),
+adding 2 * head_dim gains per block. Diagnostics (layers.collect):
+  attn_logit_max/blocks.{i}.attn  largest pre-softmax attention logit of the last recorded forward
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.archs import make_config
+from harness.archs.layers import QKNorm, RecordsLogits
+
+SWITCHES = ("qk_norm",)
 
 
 @dataclass
@@ -29,6 +36,7 @@ class Config:
     max_seq_len: int = 1024
     dropout: float = 0.0
     ffn_hidden: int | None = None  # None -> ffn_mult * d_model; the shape solver's knob
+    qk_norm: bool = False
 
     def __post_init__(self):
         if self.d_model % self.n_heads:
@@ -53,20 +61,24 @@ class FeedForward(nn.Module):
         return self.dropout(self.fc2(F.gelu(self.fc1(x))))
 
 
-class CausalSelfAttention(nn.Module):
-    """qkv -> heads -> causal SDPA (scale 1/sqrt(head_dim)) -> proj -> dropout."""
+class CausalSelfAttention(RecordsLogits, nn.Module):
+    """qkv -> heads -> (qk_norm) -> causal SDPA (scale 1/sqrt(head_dim)) -> proj -> dropout."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, qk_norm: bool = False):
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
+        self.q_norm = QKNorm(d_model // n_heads) if qk_norm else nn.Identity()
+        self.k_norm = QKNorm(d_model // n_heads) if qk_norm else nn.Identity()
 
     def forward(self, x):
         B, T, d = x.shape
         q, k, v = (t.view(B, T, self.n_heads, d // self.n_heads).transpose(1, 2)
                    for t in self.qkv(x).split(d, dim=-1))
+        q, k = self.q_norm(q), self.k_norm(k)
+        self.record(q, k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.dropout(self.proj(y.transpose(1, 2).reshape(B, T, d)))
 
@@ -74,10 +86,10 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm: x + attn(norm1(x)), then x + ffn(norm2(x))."""
 
-    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, ffn_hidden: int, dropout: float, qk_norm: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_heads, dropout)
+        self.attn = CausalSelfAttention(d_model, n_heads, dropout, qk_norm)
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, ffn_hidden, dropout)
 
@@ -128,7 +140,7 @@ class Model(nn.Module):
         self.pos_emb = nn.Embedding(config.max_seq_len, d)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            Block(d, config.n_heads, ffn_width(config), config.dropout) for _ in range(config.n_layers)
+            Block(d, config.n_heads, ffn_width(config), config.dropout, config.qk_norm) for _ in range(config.n_layers)
         )
         self.norm_f = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)

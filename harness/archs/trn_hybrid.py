@@ -16,6 +16,14 @@ Kept as the source has them, though they look like slips: RoPE rotates the oppos
 usual GPT-NeoX form; the warm ramp counts a TRN layer's training-mode forwards (its
 ``_forward_count`` buffer), which is the optimizer step only without gradient accumulation. The
 published model has no dropout, so only dropout = 0 is accepted.
+
+Switch ``qk_norm`` (default off, as published): the published attention already RMS-normalises q
+and k, weightless; the switch gives those norms learnable gains (layers.QKNorm, the same numbers at
+init), 2 * head_dim parameters per attention block. Diagnostics (layers.collect):
+  attn_logit_max/blocks.{i}.attn  largest pre-softmax attention logit (q_gain included) of the last recorded forward
+  state_cap_frac/blocks.{i}.resonance  fraction of oscillator states the readout capped, |r| > 1 (last recorded forward)
+  state_decay_{min,max}/blocks.{i}.resonance  extremes of the per-token decays alpha (last recorded forward)
+  state_frequency_base_{min,max}/blocks.{i}.resonance  extremes of the learned base frequencies omega_base
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.archs import make_config
-from harness.archs.layers import rms_norm
+from harness.archs.layers import QKNorm, RecordsLogits, rms_norm
+
+SWITCHES = ("qk_norm",)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class Config:
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
     dropout: float = 0.0  # interface parity only: the published model has no dropout
+    qk_norm: bool = False
 
     def __post_init__(self):
         self.attn_layers = [int(i) for i in self.attn_layers]
@@ -169,7 +180,7 @@ def rotary(x: torch.Tensor, base: float) -> torch.Tensor:
     return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
-class Attention(nn.Module):
+class Attention(RecordsLogits, nn.Module):
     """Grouped-query causal attention with RMS-normed q and k, RoPE and a learned gain per query head.
 
     c_q/c_k/c_v keep PyTorch's default Linear init (as in the source); the output projection starts at zero.
@@ -186,14 +197,17 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.q_gain = nn.Parameter(torch.full((cfg.n_heads,), 1.5))
         nn.init.zeros_(self.proj.weight)
+        self.q_norm = QKNorm(self.head_dim) if cfg.qk_norm else rms_norm
+        self.k_norm = QKNorm(self.head_dim) if cfg.qk_norm else rms_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q = self.c_q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.c_v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = rotary(rms_norm(q), self.rope_base) * self.q_gain.to(q.dtype)[None, :, None, None]
-        k = rotary(rms_norm(k), self.rope_base)
+        q = rotary(self.q_norm(q), self.rope_base) * self.q_gain.to(q.dtype)[None, :, None, None]
+        k = rotary(self.k_norm(k), self.rope_base)
+        self.record(q, k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -269,6 +283,14 @@ class TemporalResonance(nn.Module):
         self.res_scale = nn.Parameter(torch.tensor(0.05))
         # Training-mode forwards so far: drives the warm ramp and is saved with the weights.
         self.register_buffer("_forward_count", torch.tensor(0, dtype=torch.long))
+        self.recording = False
+        self.recorded: dict[str, float] = {}
+
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        omega = self.proj.omega_base
+        return {**self.recorded, "state_frequency_base_min": omega.min().item(),
+                "state_frequency_base_max": omega.max().item()}
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         amp, freq, phase, alpha, g_out, beta = self.proj(h)
@@ -281,7 +303,11 @@ class TemporalResonance(nn.Module):
 
         along = beta * (r_re * cos + r_im * sin)  # erase part of the component along the angle
         r_re, r_im = r_re - along * cos, r_im - along * sin
-        cap = torch.sqrt(r_re * r_re + r_im * r_im + 1e-8).clamp(min=1.0)  # r / max(|r|, 1)
+        magnitude = torch.sqrt(r_re * r_re + r_im * r_im + 1e-8)
+        if self.recording:
+            self.recorded = dict(zip(("state_cap_frac", "state_decay_min", "state_decay_max"), torch.stack(
+                [(magnitude > 1).float().mean(), alpha.min(), alpha.max()]).tolist()))
+        cap = magnitude.clamp(min=1.0)  # r / max(|r|, 1)
         r_re, r_im = r_re / cap, r_im / cap
         rho_re, rho_im = r_re * cos + r_im * sin, r_im * cos - r_re * sin  # r * exp(-i angle)
 
