@@ -60,13 +60,14 @@ def causal_logit_max(q: torch.Tensor, k: torch.Tensor, scale: float | None = Non
     """max over heads and causal pairs (key position <= query position) of q.k * scale, the logit
     softmax sees. q [B, H, T, hd]; k [B, H_kv, T, hd] with H_kv dividing H (query head h reads key head
     h // (H / H_kv), as SDPA's enable_gqa); scale defaults to SDPA's 1/sqrt(hd). In float32, one
-    sequence at a time, so recording holds H T^2 scores, not B H T^2."""
+    sequence at a time (also under autocast), so recording holds H T^2 scores, not B H T^2."""
     H, T, hd = q.shape[1:]
     scale = hd**-0.5 if scale is None else scale
     k = k.repeat_interleave(H // k.size(1), dim=1)
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    maxima = [(qb.float() @ kb.float().transpose(-1, -2) * scale).masked_fill(future, float("-inf")).amax()
-              for qb, kb in zip(q, k)]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        maxima = [(qb.float() @ kb.float().transpose(-1, -2) * scale).masked_fill(future, float("-inf")).amax()
+                  for qb, kb in zip(q, k)]
     return torch.stack(maxima).max().item()
 
 
