@@ -73,6 +73,9 @@ def inputs_of(model, paths):
 def test_the_attention_archs_declare_qk_norm_and_the_others_nothing():
     assert {a: info(a).switches for a in [*ATTENTION_ARCHS, "memnls", "diag_ssm"]} == {
         **{a: ("qk_norm",) for a in ATTENTION_ARCHS}, "memnls": (), "diag_ssm": ()}
+    for arch in ("memnls", "diag_ssm"):
+        with pytest.raises(ValueError, match=f"{arch} hyperparameters.*'qk_norm'"):
+            build(arch, d_model=16, n_layers=1, qk_norm=True)
 
 
 @pytest.mark.parametrize("arch", ATTENTION_ARCHS)
