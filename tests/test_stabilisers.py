@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.archs import build, info, trn_hybrid
-from harness.archs.layers import QKNorm, collect, recording
+from harness.archs.layers import QKNorm, causal_logit_max, collect, recording
 from harness.shape import param_count
 
 ATTENTION_ARCHS = {  # head_dim 4 everywhere
@@ -73,6 +73,9 @@ def inputs_of(model, paths):
 def test_the_attention_archs_declare_qk_norm_and_the_others_nothing():
     assert {a: info(a).switches for a in [*ATTENTION_ARCHS, "memnls", "diag_ssm"]} == {
         **{a: ("qk_norm",) for a in ATTENTION_ARCHS}, "memnls": (), "diag_ssm": ()}
+    for arch in ("memnls", "diag_ssm"):
+        with pytest.raises(ValueError, match=f"{arch} hyperparameters.*'qk_norm'"):
+            build(arch, d_model=16, n_layers=1, qk_norm=True)
 
 
 @pytest.mark.parametrize("arch", ATTENTION_ARCHS)
@@ -310,3 +313,11 @@ def test_qk_norm_is_rms_over_head_dim_with_its_gain():
         norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
     x = torch.tensor([[3.0, -1.0, 1.0, 1.0]])  # mean square 3
     torch.testing.assert_close(norm(x), x / math.sqrt(3.0) * norm.weight)
+
+
+def test_logit_max_is_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 4, 8, 16, generator=g).bfloat16() for _ in range(2))
+    expected = direct_logit_max(q.float(), k.float(), 0.25)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert causal_logit_max(q, k) == pytest.approx(expected, abs=1e-5)

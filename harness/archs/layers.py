@@ -47,26 +47,28 @@ class RecordsLogits:
     recording = False
     max_logit: float | None = None
 
-    def record(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> None:
+    def record(self, q: torch.Tensor, k: torch.Tensor) -> None:
         if self.recording:
-            self.max_logit = causal_logit_max(q, k, scale)
+            self.max_logit = causal_logit_max(q, k)
 
     def diagnostics(self) -> dict[str, float]:
         return {} if self.max_logit is None else {"attn_logit_max": self.max_logit}
 
 
 @torch.no_grad()
-def causal_logit_max(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> float:
-    """max over heads and causal pairs (key position <= query position) of q.k * scale, the logit
-    softmax sees. q [B, H, T, hd]; k [B, H_kv, T, hd] with H_kv dividing H (query head h reads key head
-    h // (H / H_kv), as SDPA's enable_gqa); scale defaults to SDPA's 1/sqrt(hd). In float32, one
-    sequence at a time, so recording holds H T^2 scores, not B H T^2."""
+def causal_logit_max(q: torch.Tensor, k: torch.Tensor) -> float:
+    """max over heads and causal pairs (key position <= query position) of q.k / sqrt(hd), the logit
+    softmax sees at SDPA's default scale (every attention path here uses it). q [B, H, T, hd];
+    k [B, H_kv, T, hd] with H_kv dividing H (query head h reads key head h // (H / H_kv), as SDPA's
+    enable_gqa). In float32, one sequence at a time (also under autocast), so recording holds H T^2
+    scores, not B H T^2."""
     H, T, hd = q.shape[1:]
-    scale = hd**-0.5 if scale is None else scale
+    scale = hd**-0.5
     k = k.repeat_interleave(H // k.size(1), dim=1)
     future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-    maxima = [(qb.float() @ kb.float().transpose(-1, -2) * scale).masked_fill(future, float("-inf")).amax()
-              for qb, kb in zip(q, k)]
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        maxima = [(qb.float() @ kb.float().transpose(-1, -2) * scale).masked_fill(future, float("-inf")).amax()
+                  for qb, kb in zip(q, k)]
     return torch.stack(maxima).max().item()
 
 
