@@ -18,10 +18,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
-from harness.contracts import FULL_PRECISION_BITS
+from harness.contracts import ATTRIBUTION_COLUMNS, BASE_VARIANT, FULL_PRECISION_BITS
 from harness.report.captions import caption
 from harness.report.tables import Aggregate
-from harness.text import missing
+from harness.text import missing, num, step
 
 DPI = 100
 PANEL_INCHES = (5.0, 3.5)
@@ -345,10 +345,179 @@ def fig_quantization(agg: Aggregate) -> Figure | None:
     return fig
 
 
+def _settings(table: pd.DataFrame | None) -> list[str]:
+    return [] if table is None or table.empty else sorted(set(table["setting"].astype(str)))
+
+
+def _setting_title(setting: str) -> str:
+    return "learning rate only" if setting == BASE_VARIANT else setting
+
+
+def _lr_axis(ax, lrs) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(lrs)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("peak learning rate")
+
+
+def fig_lr_curves(agg: Aggregate) -> Figure | None:
+    """Final validation loss against lr per architecture (median, seeds' range), one panel per setting."""
+    curves = agg.lr_curves
+    settings = _settings(curves)
+    if not settings:
+        return None
+    curves = curves.astype({"setting": str})
+    fig, axes = _figure(len(settings), sharey=True)
+    archs = [a for a in agg.archs if a in set(curves["arch"])]
+    diverged_any = False
+    for i, (ax, setting) in enumerate(zip(axes, settings)):
+        rows = curves[curves["setting"] == setting]
+        for arch in archs:
+            r = rows[rows["arch"] == arch].sort_values("lr")
+            if r.empty:
+                continue
+            colour = agg.colours[arch]
+            ax.fill_between(r["lr"], r["final_loss_min"], r["final_loss_max"], color=colour, alpha=0.2, lw=0)
+            ax.plot(r["lr"], r["final_loss_median"], color=colour, lw=1.8, marker="o", ms=4)
+            bad = r[r["n_diverged"].fillna(0) > 0]
+            diverged_any |= not bad.empty
+            for b in bad.itertuples(index=False):
+                ax.plot([b.lr], [b.final_loss_median], marker="x", ms=9, mew=2, color="black", zorder=4)
+                ax.annotate(f"{int(b.n_diverged)}/{int(b.n)} div.", xy=(b.lr, b.final_loss_median),
+                            xytext=(4, 5), textcoords="offset points", fontsize=7, color=colour)
+        initial = rows.drop_duplicates("arch")[["arch", "initial_loss"]].dropna()
+        if initial["initial_loss"].nunique() == 1:
+            ax.axhline(float(initial["initial_loss"].iloc[0]), color="grey", ls="--", lw=1.0)
+        else:
+            for r in initial.itertuples(index=False):
+                ax.axhline(float(r.initial_loss), color=agg.colours.get(r.arch, "grey"), ls="--", lw=0.9)
+        _lr_axis(ax, rows["lr"].unique())
+        if i % NCOLS == 0:
+            ax.set_ylabel(f"final validation loss (nats per {agg.unit})")
+        ax.set_title(_setting_title(setting))
+    handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=f"{a} (median)") for a in archs]
+    handles += [Patch(color="grey", alpha=0.3, label="range over seeds"),
+                Line2D([], [], color="grey", ls="--", lw=1.0, label="initial loss")]
+    if diverged_any:
+        handles.append(Line2D([], [], color="black", marker="x", ls="", mew=2, label="runs diverged (k/n)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+    return fig
+
+
+def fig_stability_map(agg: Aggregate) -> Figure | None:
+    """unstable_rate per (arch, lr) as a heat map with k/n in each cell, one panel per setting."""
+    curves = agg.lr_curves
+    settings = _settings(curves)
+    if not settings:
+        return None
+    curves = curves.astype({"setting": str})
+    archs = [a for a in agg.archs if a in set(curves["arch"])]
+    n_lrs = curves["lr"].nunique()
+    fig, axes = _figure(len(settings), ncols=2, size=(0.85 * n_lrs + 2.4, 0.55 * len(archs) + 1.6))
+    image = None
+    for ax, setting in zip(axes, settings):
+        rows = curves[curves["setting"] == setting]
+        lrs = sorted(rows["lr"].unique())
+        rate = rows.pivot_table(index="arch", columns="lr", values="unstable_rate", aggfunc="first")
+        rate = rate.reindex(index=archs, columns=lrs)
+        image = ax.imshow(np.ma.masked_invalid(rate.to_numpy(dtype=float)), cmap="Reds", vmin=0, vmax=1,
+                          aspect="auto")
+        cells = {(r.arch, r.lr): r for r in rows.itertuples(index=False)}
+        for i, arch in enumerate(archs):
+            for j, lr in enumerate(lrs):
+                r = cells.get((arch, lr))
+                if r is None:
+                    continue
+                value = float(r.unstable_rate)
+                ax.text(j, i, f"{int(r.n_unstable)}/{int(r.n)}", ha="center", va="center", fontsize=9,
+                        color="white" if math.isfinite(value) and value > 0.6 else "black")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(archs)), archs)
+        ax.grid(False)
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(_setting_title(setting))
+    fig.colorbar(image, ax=axes, label="unstable share of runs", shrink=0.9)
+    return fig
+
+
+MAX_TRACES = 6  # events shown in the diagnostic-traces figure (the caption says six)
+TRACE_COLOURS = ("#0072b2", "#009e73", "#cc79a7")
+
+
+def _trace_events(agg: Aggregate) -> pd.DataFrame:
+    """The first MAX_TRACES attributed events (arch, variant, seed, event_type, onset_step), in table order."""
+    att = agg.attribution
+    if att is None or att.empty:
+        return pd.DataFrame(columns=ATTRIBUTION_COLUMNS[:5])
+    keys = att[ATTRIBUTION_COLUMNS[:5]].astype({"variant": str}).drop_duplicates()
+    return keys.sort_values(["arch", "variant", "seed", "onset_step"], kind="stable").head(MAX_TRACES)
+
+
+def fig_diagnostic_traces(agg: Aggregate) -> Figure | None:
+    """Validation loss and the first diagnostic(s) around each attributed event, onset and lead marked."""
+    events = _trace_events(agg)
+    if events.empty:
+        return None
+    att = agg.attribution.astype({"variant": str})
+    traj = agg.trajectories
+    traj_variant = traj["variant"].astype(str) if "variant" in traj else pd.Series(BASE_VARIANT, index=traj.index)
+    fig, axes = _figure(len(events), size=(4.6, 3.2))
+    for ax, ev in zip(axes, events.itertuples(index=False)):
+        colour = agg.colours.get(ev.arch, "black")
+        rows = att[(att["arch"] == ev.arch) & (att["variant"] == ev.variant) & (att["seed"] == ev.seed)
+                   & (att["event_type"] == ev.event_type) & (att["onset_step"] == ev.onset_step)]
+        first = rows[rows["first"].astype(str).str.lower() == "true"]
+        shown = (first if len(first) else rows).sort_values(["left_step", "diagnostic"]).head(len(TRACE_COLOURS))
+        run = traj[(traj["arch"] == ev.arch) & (traj_variant == ev.variant) & (traj["seed"] == ev.seed)]
+        onset = float(ev.onset_step)
+        earliest = float(shown["left_step"].min()) if len(shown) else onset
+        lead = max(onset - earliest, 0.05 * float(run["step"].max() or 1) if len(run) else 1.0, 1.0)
+        lo, hi = earliest - 1.5 * lead, onset + 1.5 * lead  # the view: the lead and as much on either side
+
+        def window(split: str, metric: str) -> pd.DataFrame:
+            sel = run[(run["split"] == split) & (run["metric"] == metric) & (run["step"] >= lo) & (run["step"] <= hi)]
+            return sel.sort_values("step").drop_duplicates("step", keep="last")
+
+        val = window("val", "loss")
+        ax.plot(val["step"], val["value"].astype(float).replace([np.inf, -np.inf], np.nan), color=colour, lw=1.8,
+                marker="o" if len(val) <= 30 else None, ms=3, label="val loss")
+        ax.set_ylabel(f"val loss (nats per {agg.unit})", color=colour, fontsize=8)
+        twin = ax.twinx()
+        twin.grid(False)
+        for colour_d, d in zip(TRACE_COLOURS, shown.itertuples(index=False)):
+            trace = window("train", d.diagnostic)
+            if trace.empty:
+                trace = run[(run["metric"] == d.diagnostic) & (run["step"] >= lo) & (run["step"] <= hi)]
+                trace = trace.sort_values("step").drop_duplicates("step", keep="last")
+            label = f"{d.diagnostic} (lead {step(d.lead_steps)}, z {num(d.z, 1)})"
+            twin.plot(trace["step"], trace["value"].astype(float).replace([np.inf, -np.inf], np.nan),
+                      color=colour_d, lw=1.0, label=label)
+            ax.axvline(float(d.left_step), color=colour_d, ls=":", lw=1.3)
+        values = pd.concat([window("train", d.diagnostic)["value"] for d in shown.itertuples(index=False)]
+                           + [pd.Series(dtype=float)]).astype(float)
+        values = values[np.isfinite(values)]
+        if len(values) and values.min() > 0 and values.max() / values.min() > 50:
+            twin.set_yscale("log")
+        ax.axvline(onset, color=EVENT_COLOURS.get(ev.event_type, "#d62728"), lw=1.5)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("training step")
+        variant = "" if ev.variant == BASE_VARIANT else f" {ev.variant}"
+        ax.set_title(f"{ev.arch}{variant} s{int(ev.seed)}: {ev.event_type} at {step(onset)}", fontsize=9)
+        twin.tick_params(axis="y", labelsize=7)
+        lines = ax.get_lines()[:1] + twin.get_lines()
+        ax.legend(handles=lines, labels=[line.get_label() for line in lines], fontsize=6.5, loc="upper left")
+    handles = [Line2D([], [], color="#d62728", lw=1.5, label="event onset"),
+               Line2D([], [], color="grey", ls=":", lw=1.3, label="diagnostic left its baseline")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
 def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
     """name -> (figure, caption), in page order; figures that have nothing to show are left out."""
     made = {"trajectories": fig_trajectories(agg), "distributions": fig_distributions(agg),
             "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg),
-            "quantization": fig_quantization(agg)}
+            "quantization": fig_quantization(agg), "lr_curves": fig_lr_curves(agg),
+            "stability_map": fig_stability_map(agg), "diagnostic_traces": fig_diagnostic_traces(agg)}
     return {name: (fig, caption(name, agg.unit, agg.published_curves is not None))
             for name, fig in made.items() if fig is not None}
