@@ -77,11 +77,11 @@ def _log_ppl_axis(ax, unit: str, left_label: str | None = None, right_label: boo
 
 
 def _curves(trajectories: pd.DataFrame, arch: str, split: str, metric: str) -> pd.DataFrame:
-    """step x seed table of one metric; non-finite values become gaps."""
+    """step x run table of one metric, a run's column keyed (variant, seed); non-finite values become gaps."""
     sel = trajectories[(trajectories["arch"] == arch) & (trajectories["split"] == split)
                        & (trajectories["metric"] == metric)]
-    sel = sel.drop_duplicates(["seed", "step"], keep="last")
-    wide = sel.pivot(index="step", columns="seed", values="value").sort_index()
+    sel = sel.drop_duplicates(["variant", "seed", "step"], keep="last")
+    wide = sel.pivot(index="step", columns=["variant", "seed"], values="value").sort_index()
     return wide.astype(float).replace([np.inf, -np.inf], np.nan)
 
 
@@ -115,7 +115,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
     fig, axes = _figure(len(archs), sharey=True)
     published = agg.published_curves
     x_end = float(agg.trajectories["step"].max()) if len(agg.trajectories) else 1.0
-    status = agg.runs.set_index(["arch", "seed"])["status"]
+    status = agg.runs.set_index(["arch", "variant", "seed"])["status"]
     shown = []  # every plotted perplexity after the first tenth of training: the y range
     for i, (ax, arch) in enumerate(zip(axes, archs)):
         colour = colours[arch]
@@ -123,7 +123,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
         marker = "o" if len(val.index) <= 3 else None  # a pipeline (eam) is evaluated once, at the end
         for seed in val.columns:
             ax.plot(val.index, val[seed], color=colour, alpha=0.3, lw=0.8, marker=marker)
-            if status.get((arch, seed)) == "diverged" and val[seed].notna().any():
+            if status.get((arch, *seed)) == "diverged" and val[seed].notna().any():
                 last = val[seed].last_valid_index()
                 ax.plot([last], [val[seed][last]], marker="x", ms=8, mew=2, color="black")
         if len(val.columns):
@@ -147,8 +147,9 @@ def fig_trajectories(agg: Aggregate) -> Figure:
         ax.set_xlabel("training step")
         trained = len(val.columns)
         seeds = int((agg.runs["arch"] == arch).sum())
-        ax.set_title(f"{arch} ({trained} seeds)" if trained == seeds
-                     else f"{arch} ({trained} of {seeds} seeds trained)",
+        what = "runs" if agg.multi_variant else "seeds"  # a sweep: every variant's seeds in one panel
+        ax.set_title(f"{arch} ({trained} {what})" if trained == seeds
+                     else f"{arch} ({trained} of {seeds} {what} trained)",
                      color=colour)
     values = np.concatenate(shown) if shown else np.array([])
     values = values[np.isfinite(values)]
@@ -167,9 +168,30 @@ def fig_trajectories(agg: Aggregate) -> Figure:
     return fig
 
 
+def _variant_slots(agg: Aggregate) -> list[tuple[str | None, float, float]]:
+    """(variant, centre offset, width scale) of each variant's place beside its architecture's tick; one
+    slot (None, 0, 1) when the study has one variant, so the figures look as they did before sweeps."""
+    if not (agg.multi_variant and "variant" in agg.summary):
+        return [(None, 0.0, 1.0)]
+    n = len(agg.variants)
+    return [(v, float(c), 1.0 / n) for v, c in zip(agg.variants, np.linspace(-0.36, 0.36, n))]
+
+
+def _of(table: pd.DataFrame, arch: str, variant: str | None) -> pd.DataFrame:
+    rows = table[table["arch"] == arch]
+    return rows if variant is None else rows[rows["variant"].astype(str) == variant]
+
+
+def _variant_label(ax, x: float, variant: str | None) -> None:
+    if variant is not None:
+        ax.annotate(variant, xy=(x, 0.01), xycoords=("data", "axes fraction"), rotation=90, ha="center",
+                    va="bottom", fontsize=6, color="#555555")
+
+
 def fig_distributions(agg: Aggregate) -> Figure:
-    fig, axes = _figure(2, ncols=2, size=(max(4.0, 1.1 * len(agg.archs) + 2.5), 3.8))
-    summary = agg.summary.set_index("arch")
+    slots = _variant_slots(agg)
+    width = max(4.0, 1.1 * len(agg.archs) + 2.5) * (1 if len(slots) == 1 else min(len(slots), 3))
+    fig, axes = _figure(2, ncols=2 if len(slots) == 1 else 1, size=(width, 3.8))
     trained = agg.runs[agg.runs["status"] != "failed"]
     for ax, column, prefix, title in ((axes[0], "final_smoothed_loss", "final_ppl", "final (smoothed)"),
                                       (axes[1], "best_loss", "best_ppl", "best")):
@@ -178,18 +200,24 @@ def fig_distributions(agg: Aggregate) -> Figure:
         top = float(finite.max()) * 1.25 if len(finite) else 10.0
         bottom = float(finite.min()) / 1.25 if len(finite) else 1.0
         for i, arch in enumerate(agg.archs):
-            values = np.exp(trained.loc[trained["arch"] == arch].sort_values("seed")[column].astype(float)).to_numpy()
-            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(len(values))
-            ok, broken = np.isfinite(values), np.isposinf(values)  # inf: diverged; nan: nothing measured
-            ax.scatter(i - 0.1 + offsets[ok], values[ok], color=agg.colours[arch], s=28, zorder=3,
-                       edgecolor="white", linewidth=0.5)
-            ax.scatter(i - 0.1 + offsets[broken], np.full(broken.sum(), top / 1.1), marker="^", color="black", zorder=3)
-            if arch in summary.index:
-                med, lo, hi = (float(summary.loc[arch, f"{prefix}_{k}"]) for k in ("median", "lo", "hi"))
-                if math.isfinite(med):
-                    lo, hi = (min(max(v, bottom), top) if math.isfinite(v) else top for v in (lo, hi))
-                    ax.errorbar([i + 0.25], [med], yerr=[[max(med - lo, 0)], [max(hi - med, 0)]], fmt="D",
-                                color="black", ms=5, capsize=4, lw=1.2, zorder=4)
+            for variant, centre, scale in slots:
+                x = i + centre
+                values = np.exp(_of(trained, arch, variant).sort_values("seed")[column].astype(float)).to_numpy()
+                offsets = np.linspace(-0.15, 0.15, len(values)) * scale if len(values) > 1 else np.zeros(len(values))
+                ok, broken = np.isfinite(values), np.isposinf(values)  # inf: diverged; nan: nothing measured
+                ax.scatter(x - 0.1 * scale + offsets[ok], values[ok], color=agg.colours[arch], s=28, zorder=3,
+                           edgecolor="white", linewidth=0.5)
+                ax.scatter(x - 0.1 * scale + offsets[broken], np.full(broken.sum(), top / 1.1), marker="^",
+                           color="black", zorder=3)
+                rows = _of(agg.summary, arch, variant)
+                if len(rows):
+                    med, lo, hi = (float(rows.iloc[0][f"{prefix}_{k}"]) for k in ("median", "lo", "hi"))
+                    if math.isfinite(med):
+                        lo, hi = (min(max(v, bottom), top) if math.isfinite(v) else top for v in (lo, hi))
+                        ax.errorbar([x + 0.25 * scale], [med], yerr=[[max(med - lo, 0)], [max(hi - med, 0)]],
+                                    fmt="D", color="black", ms=5 if scale == 1 else 3, capsize=4 * scale ** 0.5,
+                                    lw=1.2, zorder=4)
+                _variant_label(ax, x, variant)
         ax.set_ylim(bottom, top)
         _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})")
         ax.set_xticks(range(len(agg.archs)), agg.archs)
@@ -204,19 +232,23 @@ def fig_distributions(agg: Aggregate) -> Figure:
 
 
 def fig_collapse_rate(agg: Aggregate) -> Figure:
-    fig, (ax,) = _figure(1, size=(max(4.0, 1.1 * len(agg.archs) + 2.0), 3.4))
-    summary = agg.summary.set_index("arch")
+    slots = _variant_slots(agg)
+    width = max(4.0, 1.1 * len(agg.archs) + 2.0) * (1 if len(slots) == 1 else min(len(slots), 3))
+    fig, (ax,) = _figure(1, size=(width, 3.4))
     for i, arch in enumerate(agg.archs):
-        if arch not in summary.index:
-            continue
-        row = summary.loc[arch]
-        rate, lo, hi = (float(row[k]) for k in ("collapse_rate", "collapse_rate_lo", "collapse_rate_hi"))
-        k, n = collapse_k_n(row)
-        if math.isfinite(rate):
-            ax.bar([i], [rate], color=agg.colours[arch], alpha=0.75, width=0.55)
-            ax.errorbar([i], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5, lw=1.2)
-        ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(i, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
-                    ha="center", fontsize=9)
+        for variant, centre, scale in slots:
+            rows = _of(agg.summary, arch, variant)
+            if rows.empty:
+                continue
+            row, x = rows.iloc[0], i + centre
+            rate, lo, hi = (float(row[k]) for k in ("collapse_rate", "collapse_rate_lo", "collapse_rate_hi"))
+            k, n = collapse_k_n(row)
+            if math.isfinite(rate):
+                ax.bar([x], [rate], color=agg.colours[arch], alpha=0.75, width=0.55 * scale)
+                ax.errorbar([x], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5 * scale, lw=1.2)
+            ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(x, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
+                        ha="center", fontsize=9 if scale == 1 else 7)
+            _variant_label(ax, x, variant)
     ax.set_ylim(0, 1.12)
     ax.set_xticks(range(len(agg.archs)), agg.archs)
     ax.set_ylabel("share of seeds with a collapse or divergence")
@@ -225,37 +257,49 @@ def fig_collapse_rate(agg: Aggregate) -> Figure:
 
 
 def fig_pairs(agg: Aggregate) -> Figure | None:
+    """The probability-of-improvement matrix; one panel per variant when the study has more than one."""
     archs = agg.archs
     if len(archs) < 2 or agg.pairs.empty:
         return None
+    by_variant = agg.multi_variant and "variant" in agg.pairs
+    variants = sorted(set(agg.pairs["variant"].astype(str))) if by_variant else [None]
     index = {a: i for i, a in enumerate(archs)}
-    prob = np.full((len(archs), len(archs)), np.nan)
-    labels = np.full(prob.shape, "", dtype=object)
-    for row in agg.pairs.itertuples(index=False):
-        a, b = index[row.arch_a], index[row.arch_b]
-        prob[a, b], prob[b, a] = row.prob_improvement, 1 - row.prob_improvement
-        labels[a, b] = f"{row.prob_improvement:.2f}\n[{row.pi_lo:.2f}, {row.pi_hi:.2f}]"
-        labels[b, a] = f"{1 - row.prob_improvement:.2f}\n[{1 - row.pi_hi:.2f}, {1 - row.pi_lo:.2f}]"
     side = 0.9 * len(archs) + 2.0
-    fig, (ax,) = _figure(1, size=(side + 1.4, side))
-    image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
-    undecidable = np.zeros(prob.shape, dtype=bool)
-    for row in agg.pairs.itertuples(index=False):
-        if not row.decidable:
-            undecidable[index[row.arch_a], index[row.arch_b]] = undecidable[index[row.arch_b], index[row.arch_a]] = True
-    for (i, j), label in np.ndenumerate(labels):
-        if undecidable[i, j]:  # saturated colours at 3 vs 3 seeds would read as strong effects
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="#9a9a9a",
-                                   hatch="///", lw=0))
-        dark = abs(prob[i, j] - 0.5) > 0.3 and not undecidable[i, j]  # white on the dark ends of the scale
-        ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
-    ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
-    ax.set_yticks(range(len(archs)), archs)
-    ax.grid(False)
-    ax.set_xlabel("column architecture")
-    ax.set_ylabel("row architecture")
-    ax.set_title("probability of improvement [interval]")
+    if variants == [None]:
+        fig, axes = _figure(1, size=(side + 1.4, side))
+    else:
+        fig, axes = _figure(len(variants), ncols=min(len(variants), 2), size=(side + 0.4, side))
+    image = None
+    for ax, variant in zip(axes, variants):
+        pairs = agg.pairs if variant is None else agg.pairs[agg.pairs["variant"].astype(str) == variant]
+        prob = np.full((len(archs), len(archs)), np.nan)
+        labels = np.full(prob.shape, "", dtype=object)
+        for row in pairs.itertuples(index=False):
+            a, b = index[row.arch_a], index[row.arch_b]
+            prob[a, b], prob[b, a] = row.prob_improvement, 1 - row.prob_improvement
+            labels[a, b] = f"{row.prob_improvement:.2f}\n[{row.pi_lo:.2f}, {row.pi_hi:.2f}]"
+            labels[b, a] = f"{1 - row.prob_improvement:.2f}\n[{1 - row.pi_hi:.2f}, {1 - row.pi_lo:.2f}]"
+        image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
+        undecidable = np.zeros(prob.shape, dtype=bool)
+        for row in pairs.itertuples(index=False):
+            if not row.decidable:
+                undecidable[index[row.arch_a], index[row.arch_b]] = undecidable[index[row.arch_b], index[row.arch_a]] = True
+        for (i, j), label in np.ndenumerate(labels):
+            if undecidable[i, j]:  # saturated colours at 3 vs 3 seeds would read as strong effects
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="#9a9a9a",
+                                       hatch="///", lw=0))
+            dark = abs(prob[i, j] - 0.5) > 0.3 and not undecidable[i, j]  # white on the dark ends of the scale
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        if variant is None:
+            fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
+        ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
+        ax.set_yticks(range(len(archs)), archs)
+        ax.grid(False)
+        ax.set_xlabel("column architecture")
+        ax.set_ylabel("row architecture")
+        ax.set_title("probability of improvement [interval]" if variant is None else variant)
+    if variants != [None]:
+        fig.colorbar(image, ax=axes, label="P(row has lower final perplexity than column)", shrink=0.85)
     return fig
 
 
