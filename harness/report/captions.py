@@ -35,7 +35,7 @@ CAPTIONS = {
         "architecture: the median over seeds with the seeds' range as a band; a diverged run counts as its "
         "initial loss (Wortsman et al. 2023). A cross marks a learning rate where runs diverged, with how many of "
         "the seeds; the dashed line is the initial loss. One panel per setting (the sweep's other values; "
-        "'base': only the learning rate was swept)."),
+        "'learning rate only': the study swept nothing else)."),
     "stability_map": (
         "Share of runs that were unstable (diverged, or a collapse or divergence event) per architecture and "
         "learning rate, k/n written in each cell; one panel per setting."),

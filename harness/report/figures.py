@@ -437,15 +437,17 @@ def fig_lr_curves(agg: Aggregate) -> Figure | None:
             for r in initial.itertuples(index=False):
                 ax.axhline(float(r.initial_loss), color=agg.colours.get(r.arch, "grey"), ls="--", lw=0.9)
         _lr_axis(ax, rows["lr"].unique())
+        ax.set_xlim(float(rows["lr"].min()) / 1.5, float(rows["lr"].max()) * 2.0)  # room for the labels
         if i % NCOLS == 0:
             ax.set_ylabel(f"final validation loss (nats per {agg.unit})")
         ax.set_title(_setting_title(setting))
-    handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=f"{a} (median)") for a in archs]
-    handles += [Patch(color="grey", alpha=0.3, label="range over seeds"),
+    handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=a) for a in archs]
+    handles += [Line2D([], [], color="grey", lw=1.8, marker="o", ms=4, label="median over seeds"),
+                Patch(color="grey", alpha=0.3, label="range over seeds"),
                 Line2D([], [], color="grey", ls="--", lw=1.0, label="initial loss")]
     if diverged_any:
         handles.append(Line2D([], [], color="black", marker="x", ls="", mew=2, label="runs diverged (k/n)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(axes)), fontsize=8)
     return fig
 
 

@@ -59,7 +59,7 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
     stability = [  # the learning-rate sweep and the diagnostics: each only when its tables hold rows
         ("lr-sensitivity", "lr sensitivity", s.sensitivity_section(agg, figure("lr_curves"))),
         ("stability-map", "stability map", s.stability_map_section(agg, figure("stability_map"))),
-        ("attribution", "before each collapse", s.attribution_section(agg, figure("diagnostic_traces"))),
+        ("attribution", "collapse precursors", s.attribution_section(agg, figure("diagnostic_traces"))),
         ("ablations", "ablations", s.ablations_section(agg))]
     sections += [(anchor, name) for anchor, name, html_ in stability if html_]
     sections += [("events", "events")]
