@@ -85,8 +85,9 @@ def _curves(trajectories: pd.DataFrame, arch: str, split: str, metric: str) -> p
     return wide.astype(float).replace([np.inf, -np.inf], np.nan)
 
 
-def _shade_events(ax, events: pd.DataFrame, x_end: float) -> None:
-    """Shade each event from onset to end (to the last step if it never recovered) and label it."""
+def _shade_events(ax, events: pd.DataFrame, x_end: float, variant: bool = False) -> None:
+    """Shade each event from onset to end (to the last step if it never recovered) and label it (with the
+    run's variant when ``variant``: a study with a sweep)."""
     labelled: list[tuple[float, float]] = []  # (x, y) of the labels so far: close onsets stack down
     for ev in events.sort_values(["onset_step", "seed"]).itertuples(index=False):
         if missing(ev.onset_step):
@@ -101,7 +102,8 @@ def _shade_events(ax, events: pd.DataFrame, x_end: float) -> None:
             y -= 0.32
         labelled.append((start, y))
         where = "" if ev.split == "val" else f" ({ev.split})"
-        ax.annotate(f"{ev.type}{where} s{int(ev.seed)}", xy=(start, y), xycoords=("data", "axes fraction"),
+        run = f"{ev.variant} s{int(ev.seed)}" if variant else f"s{int(ev.seed)}"
+        ax.annotate(f"{ev.type}{where} {run}", xy=(start, y), xycoords=("data", "axes fraction"),
                     rotation=90, va="top", ha="right", fontsize=7, color=colour)
 
 
@@ -139,7 +141,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
                             & (published["metric"] == "loss") & (published["step"] <= x_end)].sort_values("step")
             ax.plot(pub["step"], np.exp(pub["value"]), color="black", lw=1.2, ls=":")
             shown.append(np.exp(pub.loc[pub["step"] >= 0.1 * x_end, "value"].to_numpy()))
-        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end, agg.multi_variant)
         first, last = i % NCOLS == 0, i % NCOLS == NCOLS - 1 or i == len(archs) - 1
         _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})" if first else None,
                       right_label=last)
@@ -323,7 +325,7 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
             ax.plot(peak.index, peak.median(axis=1), color=colour, lw=0.9, ls=":")
         if clip > 0:
             ax.axhline(clip, color="grey", ls="--", lw=0.9)
-        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end, agg.multi_variant)
         ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
