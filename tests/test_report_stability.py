@@ -25,7 +25,7 @@ from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTIO
                                CLAIM_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, LR_CURVE_COLUMNS, METRIC_COLUMNS,
                                QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, SENSITIVITY_COLUMNS,
                                SENSITIVITY_PAIR_COLUMNS)
-from harness.report import figures, page as report, tables
+from harness.report import figures, page as report, sections as report_sections, tables
 
 ARCHS = ["mamba", "memnls", "transformer"]
 LRS = [1e-3, 3e-3, 1e-2, 3e-2]
@@ -351,3 +351,19 @@ def test_the_loader_requires_every_stability_table(tmp_path):
     pd.read_csv(agg / "lr_curves.csv").drop(columns="n_diverged").to_csv(agg / "lr_curves.csv", index=False)
     with pytest.raises(ValueError, match="n_diverged"):
         tables.load(agg)
+
+
+def test_one_panel_per_setting(swept):
+    root, _ = swept
+    agg = tables.load(root / "agg")
+    agg.lr_curves = pd.concat([agg.lr_curves.assign(setting="qk_norm=0"),
+                               agg.lr_curves.assign(setting="qk_norm=1", n_unstable=0, unstable_rate=0.0,
+                                                    n_diverged=0)], ignore_index=True)
+    curves = figures.fig_lr_curves(agg)
+    assert [ax.get_title() for ax in curves.axes if ax.get_title()] == ["qk_norm=0", "qk_norm=1"]
+    stability = figures.fig_stability_map(agg)
+    panels = [ax for ax in stability.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["qk_norm=0", "qk_norm=1"]
+    assert {t.get_text() for t in panels[1].texts} == {"0/3"}
+    grid = report_sections.stability_map_section(agg, "")
+    assert grid.count("<td>qk_norm=1</td>") == len(ARCHS)  # one grid row per architecture and setting

@@ -187,7 +187,7 @@ def _of(table: pd.DataFrame, arch: str, variant: str | None) -> pd.DataFrame:
 def _variant_label(ax, x: float, variant: str | None) -> None:
     if variant is not None:
         ax.annotate(variant, xy=(x, 0.01), xycoords=("data", "axes fraction"), rotation=90, ha="center",
-                    va="bottom", fontsize=6, color="#555555")
+                    va="bottom", fontsize=7, color="#555555")
 
 
 def fig_distributions(agg: Aggregate) -> Figure:
