@@ -1,4 +1,12 @@
 """The study's report, one concern per module: ``tables`` (load what `aggregate` wrote), ``figures``
 (draw them), ``sections`` (HTML text and tables), ``page`` (assemble and write the page),
 ``captions`` (every figure's caption, once). The report computes nothing: every number comes
-from the aggregate tables."""
+from the aggregate tables.
+
+A study with a sweep (several variants, harness.stability's tables non-empty) adds four sections after
+the gradient norm, each only when its table holds rows: "Learning-rate sensitivity" (figure lr_curves,
+sensitivity.csv and sensitivity_pairs.csv), "Stability map" (figure stability_map, lr_curves.csv as a
+k/n grid), "What preceded each collapse" (figure diagnostic_traces: up to six attributed events, from
+attribution.csv and the trajectories; attribution_summary.csv's sentences) and "Stabiliser ablations"
+(ablations.csv). Each says in one line how it was decided. The tables' ``variant`` column is shown only
+when the study has more than one variant, so a study without a sweep gets the page it had before."""

@@ -30,6 +30,20 @@ CAPTIONS = {
         "over seeds (line) and the seeds' range (band), one line per architecture. Left: the trained model against "
         "the width. Further panels, when the study kept weight snapshots: the same against training step, one "
         "panel per width. Symmetric-log y axis, linear within ±0.01."),
+    "lr_curves": (
+        "Final validation loss (nats per {unit}) against the peak learning rate (log scale), one line per "
+        "architecture: the median over seeds with the seeds' range as a band; a diverged run counts as its "
+        "initial loss (Wortsman et al. 2023). A cross marks a learning rate where runs diverged, with how many of "
+        "the seeds; the dashed line is the initial loss. One panel per setting (the sweep's other values; "
+        "'learning rate only': the study swept nothing else)."),
+    "stability_map": (
+        "Share of runs that were unstable (diverged, or a collapse or divergence event) per architecture and "
+        "learning rate, k/n written in each cell; one panel per setting."),
+    "diagnostic_traces": (
+        "What preceded each collapse: for up to six events with an attribution, the validation loss (left axis, "
+        "nats per {unit}) and the diagnostic(s) that left their own trailing baseline first (right axis, their own "
+        "scale) over the steps around the event. The solid vertical line is the event's onset, the dotted one the "
+        "step the diagnostic left its baseline (its lead, in steps, in the legend)."),
 }
 PUBLISHED_CURVE = " The published curve (one seed) is dotted, cut at this study's last step."
 

@@ -18,10 +18,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
-from harness.contracts import FULL_PRECISION_BITS
+from harness.contracts import ATTRIBUTION_COLUMNS, BASE_VARIANT, FULL_PRECISION_BITS
 from harness.report.captions import caption
 from harness.report.tables import Aggregate
-from harness.text import missing
+from harness.text import missing, num, step
 
 DPI = 100
 PANEL_INCHES = (5.0, 3.5)
@@ -77,16 +77,17 @@ def _log_ppl_axis(ax, unit: str, left_label: str | None = None, right_label: boo
 
 
 def _curves(trajectories: pd.DataFrame, arch: str, split: str, metric: str) -> pd.DataFrame:
-    """step x seed table of one metric; non-finite values become gaps."""
+    """step x run table of one metric, a run's column keyed (variant, seed); non-finite values become gaps."""
     sel = trajectories[(trajectories["arch"] == arch) & (trajectories["split"] == split)
                        & (trajectories["metric"] == metric)]
-    sel = sel.drop_duplicates(["seed", "step"], keep="last")
-    wide = sel.pivot(index="step", columns="seed", values="value").sort_index()
+    sel = sel.drop_duplicates(["variant", "seed", "step"], keep="last")
+    wide = sel.pivot(index="step", columns=["variant", "seed"], values="value").sort_index()
     return wide.astype(float).replace([np.inf, -np.inf], np.nan)
 
 
-def _shade_events(ax, events: pd.DataFrame, x_end: float) -> None:
-    """Shade each event from onset to end (to the last step if it never recovered) and label it."""
+def _shade_events(ax, events: pd.DataFrame, x_end: float, variant: bool = False) -> None:
+    """Shade each event from onset to end (to the last step if it never recovered) and label it (with the
+    run's variant when ``variant``: a study with a sweep)."""
     labelled: list[tuple[float, float]] = []  # (x, y) of the labels so far: close onsets stack down
     for ev in events.sort_values(["onset_step", "seed"]).itertuples(index=False):
         if missing(ev.onset_step):
@@ -101,7 +102,8 @@ def _shade_events(ax, events: pd.DataFrame, x_end: float) -> None:
             y -= 0.32
         labelled.append((start, y))
         where = "" if ev.split == "val" else f" ({ev.split})"
-        ax.annotate(f"{ev.type}{where} s{int(ev.seed)}", xy=(start, y), xycoords=("data", "axes fraction"),
+        run = f"{ev.variant} s{int(ev.seed)}" if variant else f"s{int(ev.seed)}"
+        ax.annotate(f"{ev.type}{where} {run}", xy=(start, y), xycoords=("data", "axes fraction"),
                     rotation=90, va="top", ha="right", fontsize=7, color=colour)
 
 
@@ -115,7 +117,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
     fig, axes = _figure(len(archs), sharey=True)
     published = agg.published_curves
     x_end = float(agg.trajectories["step"].max()) if len(agg.trajectories) else 1.0
-    status = agg.runs.set_index(["arch", "seed"])["status"]
+    status = agg.runs.set_index(["arch", "variant", "seed"])["status"]
     shown = []  # every plotted perplexity after the first tenth of training: the y range
     for i, (ax, arch) in enumerate(zip(axes, archs)):
         colour = colours[arch]
@@ -123,7 +125,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
         marker = "o" if len(val.index) <= 3 else None  # a pipeline (eam) is evaluated once, at the end
         for seed in val.columns:
             ax.plot(val.index, val[seed], color=colour, alpha=0.3, lw=0.8, marker=marker)
-            if status.get((arch, seed)) == "diverged" and val[seed].notna().any():
+            if status.get((arch, *seed)) == "diverged" and val[seed].notna().any():
                 last = val[seed].last_valid_index()
                 ax.plot([last], [val[seed][last]], marker="x", ms=8, mew=2, color="black")
         if len(val.columns):
@@ -139,7 +141,7 @@ def fig_trajectories(agg: Aggregate) -> Figure:
                             & (published["metric"] == "loss") & (published["step"] <= x_end)].sort_values("step")
             ax.plot(pub["step"], np.exp(pub["value"]), color="black", lw=1.2, ls=":")
             shown.append(np.exp(pub.loc[pub["step"] >= 0.1 * x_end, "value"].to_numpy()))
-        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end, agg.multi_variant)
         first, last = i % NCOLS == 0, i % NCOLS == NCOLS - 1 or i == len(archs) - 1
         _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})" if first else None,
                       right_label=last)
@@ -147,8 +149,9 @@ def fig_trajectories(agg: Aggregate) -> Figure:
         ax.set_xlabel("training step")
         trained = len(val.columns)
         seeds = int((agg.runs["arch"] == arch).sum())
-        ax.set_title(f"{arch} ({trained} seeds)" if trained == seeds
-                     else f"{arch} ({trained} of {seeds} seeds trained)",
+        what = "runs" if agg.multi_variant else "seeds"  # a sweep: every variant's seeds in one panel
+        ax.set_title(f"{arch} ({trained} {what})" if trained == seeds
+                     else f"{arch} ({trained} of {seeds} {what} trained)",
                      color=colour)
     values = np.concatenate(shown) if shown else np.array([])
     values = values[np.isfinite(values)]
@@ -167,9 +170,30 @@ def fig_trajectories(agg: Aggregate) -> Figure:
     return fig
 
 
+def _variant_slots(agg: Aggregate) -> list[tuple[str | None, float, float]]:
+    """(variant, centre offset, width scale) of each variant's place beside its architecture's tick; one
+    slot (None, 0, 1) when the study has one variant, so the figures look as they did before sweeps."""
+    if not (agg.multi_variant and "variant" in agg.summary):
+        return [(None, 0.0, 1.0)]
+    n = len(agg.variants)
+    return [(v, float(c), 1.0 / n) for v, c in zip(agg.variants, np.linspace(-0.36, 0.36, n))]
+
+
+def _of(table: pd.DataFrame, arch: str, variant: str | None) -> pd.DataFrame:
+    rows = table[table["arch"] == arch]
+    return rows if variant is None else rows[rows["variant"].astype(str) == variant]
+
+
+def _variant_label(ax, x: float, variant: str | None) -> None:
+    if variant is not None:
+        ax.annotate(variant, xy=(x, 0.01), xycoords=("data", "axes fraction"), rotation=90, ha="center",
+                    va="bottom", fontsize=7, color="#555555")
+
+
 def fig_distributions(agg: Aggregate) -> Figure:
-    fig, axes = _figure(2, ncols=2, size=(max(4.0, 1.1 * len(agg.archs) + 2.5), 3.8))
-    summary = agg.summary.set_index("arch")
+    slots = _variant_slots(agg)
+    width = max(4.0, 1.1 * len(agg.archs) + 2.5) * (1 if len(slots) == 1 else min(len(slots), 3))
+    fig, axes = _figure(2, ncols=2 if len(slots) == 1 else 1, size=(width, 3.8))
     trained = agg.runs[agg.runs["status"] != "failed"]
     for ax, column, prefix, title in ((axes[0], "final_smoothed_loss", "final_ppl", "final (smoothed)"),
                                       (axes[1], "best_loss", "best_ppl", "best")):
@@ -178,18 +202,24 @@ def fig_distributions(agg: Aggregate) -> Figure:
         top = float(finite.max()) * 1.25 if len(finite) else 10.0
         bottom = float(finite.min()) / 1.25 if len(finite) else 1.0
         for i, arch in enumerate(agg.archs):
-            values = np.exp(trained.loc[trained["arch"] == arch].sort_values("seed")[column].astype(float)).to_numpy()
-            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(len(values))
-            ok, broken = np.isfinite(values), np.isposinf(values)  # inf: diverged; nan: nothing measured
-            ax.scatter(i - 0.1 + offsets[ok], values[ok], color=agg.colours[arch], s=28, zorder=3,
-                       edgecolor="white", linewidth=0.5)
-            ax.scatter(i - 0.1 + offsets[broken], np.full(broken.sum(), top / 1.1), marker="^", color="black", zorder=3)
-            if arch in summary.index:
-                med, lo, hi = (float(summary.loc[arch, f"{prefix}_{k}"]) for k in ("median", "lo", "hi"))
-                if math.isfinite(med):
-                    lo, hi = (min(max(v, bottom), top) if math.isfinite(v) else top for v in (lo, hi))
-                    ax.errorbar([i + 0.25], [med], yerr=[[max(med - lo, 0)], [max(hi - med, 0)]], fmt="D",
-                                color="black", ms=5, capsize=4, lw=1.2, zorder=4)
+            for variant, centre, scale in slots:
+                x = i + centre
+                values = np.exp(_of(trained, arch, variant).sort_values("seed")[column].astype(float)).to_numpy()
+                offsets = np.linspace(-0.15, 0.15, len(values)) * scale if len(values) > 1 else np.zeros(len(values))
+                ok, broken = np.isfinite(values), np.isposinf(values)  # inf: diverged; nan: nothing measured
+                ax.scatter(x - 0.1 * scale + offsets[ok], values[ok], color=agg.colours[arch], s=28, zorder=3,
+                           edgecolor="white", linewidth=0.5)
+                ax.scatter(x - 0.1 * scale + offsets[broken], np.full(broken.sum(), top / 1.1), marker="^",
+                           color="black", zorder=3)
+                rows = _of(agg.summary, arch, variant)
+                if len(rows):
+                    med, lo, hi = (float(rows.iloc[0][f"{prefix}_{k}"]) for k in ("median", "lo", "hi"))
+                    if math.isfinite(med):
+                        lo, hi = (min(max(v, bottom), top) if math.isfinite(v) else top for v in (lo, hi))
+                        ax.errorbar([x + 0.25 * scale], [med], yerr=[[max(med - lo, 0)], [max(hi - med, 0)]],
+                                    fmt="D", color="black", ms=5 if scale == 1 else 3, capsize=4 * scale ** 0.5,
+                                    lw=1.2, zorder=4)
+                _variant_label(ax, x, variant)
         ax.set_ylim(bottom, top)
         _log_ppl_axis(ax, agg.unit, left_label=f"validation perplexity (per {agg.unit})")
         ax.set_xticks(range(len(agg.archs)), agg.archs)
@@ -204,19 +234,23 @@ def fig_distributions(agg: Aggregate) -> Figure:
 
 
 def fig_collapse_rate(agg: Aggregate) -> Figure:
-    fig, (ax,) = _figure(1, size=(max(4.0, 1.1 * len(agg.archs) + 2.0), 3.4))
-    summary = agg.summary.set_index("arch")
+    slots = _variant_slots(agg)
+    width = max(4.0, 1.1 * len(agg.archs) + 2.0) * (1 if len(slots) == 1 else min(len(slots), 3))
+    fig, (ax,) = _figure(1, size=(width, 3.4))
     for i, arch in enumerate(agg.archs):
-        if arch not in summary.index:
-            continue
-        row = summary.loc[arch]
-        rate, lo, hi = (float(row[k]) for k in ("collapse_rate", "collapse_rate_lo", "collapse_rate_hi"))
-        k, n = collapse_k_n(row)
-        if math.isfinite(rate):
-            ax.bar([i], [rate], color=agg.colours[arch], alpha=0.75, width=0.55)
-            ax.errorbar([i], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5, lw=1.2)
-        ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(i, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
-                    ha="center", fontsize=9)
+        for variant, centre, scale in slots:
+            rows = _of(agg.summary, arch, variant)
+            if rows.empty:
+                continue
+            row, x = rows.iloc[0], i + centre
+            rate, lo, hi = (float(row[k]) for k in ("collapse_rate", "collapse_rate_lo", "collapse_rate_hi"))
+            k, n = collapse_k_n(row)
+            if math.isfinite(rate):
+                ax.bar([x], [rate], color=agg.colours[arch], alpha=0.75, width=0.55 * scale)
+                ax.errorbar([x], [rate], yerr=[[rate - lo], [hi - rate]], color="black", capsize=5 * scale, lw=1.2)
+            ax.annotate(f"{k}/{n}" if n else "not\nmeasurable", xy=(x, min(hi if math.isfinite(hi) else 0, 1.0) + 0.03),
+                        ha="center", fontsize=9 if scale == 1 else 7)
+            _variant_label(ax, x, variant)
     ax.set_ylim(0, 1.12)
     ax.set_xticks(range(len(agg.archs)), agg.archs)
     ax.set_ylabel("share of seeds with a collapse or divergence")
@@ -225,37 +259,49 @@ def fig_collapse_rate(agg: Aggregate) -> Figure:
 
 
 def fig_pairs(agg: Aggregate) -> Figure | None:
+    """The probability-of-improvement matrix; one panel per variant when the study has more than one."""
     archs = agg.archs
     if len(archs) < 2 or agg.pairs.empty:
         return None
+    by_variant = agg.multi_variant and "variant" in agg.pairs
+    variants = sorted(set(agg.pairs["variant"].astype(str))) if by_variant else [None]
     index = {a: i for i, a in enumerate(archs)}
-    prob = np.full((len(archs), len(archs)), np.nan)
-    labels = np.full(prob.shape, "", dtype=object)
-    for row in agg.pairs.itertuples(index=False):
-        a, b = index[row.arch_a], index[row.arch_b]
-        prob[a, b], prob[b, a] = row.prob_improvement, 1 - row.prob_improvement
-        labels[a, b] = f"{row.prob_improvement:.2f}\n[{row.pi_lo:.2f}, {row.pi_hi:.2f}]"
-        labels[b, a] = f"{1 - row.prob_improvement:.2f}\n[{1 - row.pi_hi:.2f}, {1 - row.pi_lo:.2f}]"
     side = 0.9 * len(archs) + 2.0
-    fig, (ax,) = _figure(1, size=(side + 1.4, side))
-    image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
-    undecidable = np.zeros(prob.shape, dtype=bool)
-    for row in agg.pairs.itertuples(index=False):
-        if not row.decidable:
-            undecidable[index[row.arch_a], index[row.arch_b]] = undecidable[index[row.arch_b], index[row.arch_a]] = True
-    for (i, j), label in np.ndenumerate(labels):
-        if undecidable[i, j]:  # saturated colours at 3 vs 3 seeds would read as strong effects
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="#9a9a9a",
-                                   hatch="///", lw=0))
-        dark = abs(prob[i, j] - 0.5) > 0.3 and not undecidable[i, j]  # white on the dark ends of the scale
-        ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
-    ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
-    ax.set_yticks(range(len(archs)), archs)
-    ax.grid(False)
-    ax.set_xlabel("column architecture")
-    ax.set_ylabel("row architecture")
-    ax.set_title("probability of improvement [interval]")
+    if variants == [None]:
+        fig, axes = _figure(1, size=(side + 1.4, side))
+    else:
+        fig, axes = _figure(len(variants), ncols=min(len(variants), 2), size=(side + 0.4, side))
+    image = None
+    for ax, variant in zip(axes, variants):
+        pairs = agg.pairs if variant is None else agg.pairs[agg.pairs["variant"].astype(str) == variant]
+        prob = np.full((len(archs), len(archs)), np.nan)
+        labels = np.full(prob.shape, "", dtype=object)
+        for row in pairs.itertuples(index=False):
+            a, b = index[row.arch_a], index[row.arch_b]
+            prob[a, b], prob[b, a] = row.prob_improvement, 1 - row.prob_improvement
+            labels[a, b] = f"{row.prob_improvement:.2f}\n[{row.pi_lo:.2f}, {row.pi_hi:.2f}]"
+            labels[b, a] = f"{1 - row.prob_improvement:.2f}\n[{1 - row.pi_hi:.2f}, {1 - row.pi_lo:.2f}]"
+        image = ax.imshow(np.ma.masked_invalid(prob), cmap=sns.color_palette("vlag_r", as_cmap=True), vmin=0, vmax=1)
+        undecidable = np.zeros(prob.shape, dtype=bool)
+        for row in pairs.itertuples(index=False):
+            if not row.decidable:
+                undecidable[index[row.arch_a], index[row.arch_b]] = undecidable[index[row.arch_b], index[row.arch_a]] = True
+        for (i, j), label in np.ndenumerate(labels):
+            if undecidable[i, j]:  # saturated colours at 3 vs 3 seeds would read as strong effects
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#e6e6e6", edgecolor="#9a9a9a",
+                                       hatch="///", lw=0))
+            dark = abs(prob[i, j] - 0.5) > 0.3 and not undecidable[i, j]  # white on the dark ends of the scale
+            ax.text(j, i, label, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+        if variant is None:
+            fig.colorbar(image, ax=ax, label="P(row has lower final perplexity than column)", shrink=0.85)
+        ax.set_xticks(range(len(archs)), archs, rotation=30, ha="right")
+        ax.set_yticks(range(len(archs)), archs)
+        ax.grid(False)
+        ax.set_xlabel("column architecture")
+        ax.set_ylabel("row architecture")
+        ax.set_title("probability of improvement [interval]" if variant is None else variant)
+    if variants != [None]:
+        fig.colorbar(image, ax=axes, label="P(row has lower final perplexity than column)", shrink=0.85)
     return fig
 
 
@@ -279,7 +325,7 @@ def fig_grad_norm(agg: Aggregate) -> Figure | None:
             ax.plot(peak.index, peak.median(axis=1), color=colour, lw=0.9, ls=":")
         if clip > 0:
             ax.axhline(clip, color="grey", ls="--", lw=0.9)
-        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end)
+        _shade_events(ax, agg.events[agg.events["arch"] == arch], x_end, agg.multi_variant)
         ax.set_xlim(-0.02 * x_end, 1.03 * x_end)
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
@@ -345,10 +391,181 @@ def fig_quantization(agg: Aggregate) -> Figure | None:
     return fig
 
 
+def _settings(table: pd.DataFrame | None) -> list[str]:
+    return [] if table is None or table.empty else sorted(set(table["setting"].astype(str)))
+
+
+def _setting_title(setting: str) -> str:
+    return "learning rate only" if setting == BASE_VARIANT else setting
+
+
+def _lr_axis(ax, lrs) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(lrs)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("peak learning rate")
+
+
+def fig_lr_curves(agg: Aggregate) -> Figure | None:
+    """Final validation loss against lr per architecture (median, seeds' range), one panel per setting."""
+    curves = agg.lr_curves
+    settings = _settings(curves)
+    if not settings:
+        return None
+    curves = curves.astype({"setting": str})
+    fig, axes = _figure(len(settings), sharey=True)
+    archs = [a for a in agg.archs if a in set(curves["arch"])]
+    diverged_any = False
+    for i, (ax, setting) in enumerate(zip(axes, settings)):
+        rows = curves[curves["setting"] == setting]
+        for arch in archs:
+            r = rows[rows["arch"] == arch].sort_values("lr")
+            if r.empty:
+                continue
+            colour = agg.colours[arch]
+            ax.fill_between(r["lr"], r["final_loss_min"], r["final_loss_max"], color=colour, alpha=0.2, lw=0)
+            ax.plot(r["lr"], r["final_loss_median"], color=colour, lw=1.8, marker="o", ms=4)
+            bad = r[r["n_diverged"].fillna(0) > 0]
+            diverged_any |= not bad.empty
+            for b in bad.itertuples(index=False):
+                ax.plot([b.lr], [b.final_loss_median], marker="x", ms=9, mew=2, color="black", zorder=4)
+                ax.annotate(f"{int(b.n_diverged)}/{int(b.n)} div.", xy=(b.lr, b.final_loss_median),
+                            xytext=(4, 5), textcoords="offset points", fontsize=7, color=colour)
+        initial = rows.drop_duplicates("arch")[["arch", "initial_loss"]].dropna()
+        if initial["initial_loss"].nunique() == 1:
+            ax.axhline(float(initial["initial_loss"].iloc[0]), color="grey", ls="--", lw=1.0)
+        else:
+            for r in initial.itertuples(index=False):
+                ax.axhline(float(r.initial_loss), color=agg.colours.get(r.arch, "grey"), ls="--", lw=0.9)
+        _lr_axis(ax, rows["lr"].unique())
+        ax.set_xlim(float(rows["lr"].min()) / 1.5, float(rows["lr"].max()) * 2.0)  # room for the labels
+        if i % NCOLS == 0:
+            ax.set_ylabel(f"final validation loss (nats per {agg.unit})")
+        ax.set_title(_setting_title(setting))
+    handles = [Line2D([], [], color=agg.colours[a], lw=1.8, marker="o", ms=4, label=a) for a in archs]
+    handles += [Line2D([], [], color="grey", lw=1.8, marker="o", ms=4, label="median over seeds"),
+                Patch(color="grey", alpha=0.3, label="range over seeds"),
+                Line2D([], [], color="grey", ls="--", lw=1.0, label="initial loss")]
+    if diverged_any:
+        handles.append(Line2D([], [], color="black", marker="x", ls="", mew=2, label="runs diverged (k/n)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(axes)), fontsize=8)
+    return fig
+
+
+def fig_stability_map(agg: Aggregate) -> Figure | None:
+    """unstable_rate per (arch, lr) as a heat map with k/n in each cell, one panel per setting."""
+    curves = agg.lr_curves
+    settings = _settings(curves)
+    if not settings:
+        return None
+    curves = curves.astype({"setting": str})
+    archs = [a for a in agg.archs if a in set(curves["arch"])]
+    n_lrs = curves["lr"].nunique()
+    fig, axes = _figure(len(settings), ncols=2, size=(0.85 * n_lrs + 2.4, 0.55 * len(archs) + 1.6))
+    image = None
+    for ax, setting in zip(axes, settings):
+        rows = curves[curves["setting"] == setting]
+        lrs = sorted(rows["lr"].unique())
+        rate = rows.pivot_table(index="arch", columns="lr", values="unstable_rate", aggfunc="first")
+        rate = rate.reindex(index=archs, columns=lrs)
+        image = ax.imshow(np.ma.masked_invalid(rate.to_numpy(dtype=float)), cmap="Reds", vmin=0, vmax=1,
+                          aspect="auto")
+        cells = {(r.arch, r.lr): r for r in rows.itertuples(index=False)}
+        for i, arch in enumerate(archs):
+            for j, lr in enumerate(lrs):
+                r = cells.get((arch, lr))
+                if r is None:
+                    continue
+                value = float(r.unstable_rate)
+                ax.text(j, i, f"{int(r.n_unstable)}/{int(r.n)}", ha="center", va="center", fontsize=9,
+                        color="white" if math.isfinite(value) and value > 0.6 else "black")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(archs)), archs)
+        ax.grid(False)
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(_setting_title(setting))
+    fig.colorbar(image, ax=axes, label="unstable share of runs", shrink=0.9)
+    return fig
+
+
+MAX_TRACES = 6  # events shown in the diagnostic-traces figure (the caption says six)
+TRACE_COLOURS = ("#0072b2", "#009e73", "#cc79a7")
+
+
+def _trace_events(agg: Aggregate) -> pd.DataFrame:
+    """The first MAX_TRACES attributed events (arch, variant, seed, event_type, onset_step), in table order."""
+    att = agg.attribution
+    if att is None or att.empty:
+        return pd.DataFrame(columns=ATTRIBUTION_COLUMNS[:5])
+    keys = att[ATTRIBUTION_COLUMNS[:5]].astype({"variant": str}).drop_duplicates()
+    return keys.sort_values(["arch", "variant", "seed", "onset_step"], kind="stable").head(MAX_TRACES)
+
+
+def fig_diagnostic_traces(agg: Aggregate) -> Figure | None:
+    """Validation loss and the first diagnostic(s) around each attributed event, onset and lead marked."""
+    events = _trace_events(agg)
+    if events.empty:
+        return None
+    att = agg.attribution.astype({"variant": str})
+    traj = agg.trajectories
+    traj_variant = traj["variant"].astype(str) if "variant" in traj else pd.Series(BASE_VARIANT, index=traj.index)
+    fig, axes = _figure(len(events), size=(4.6, 3.2))
+    for ax, ev in zip(axes, events.itertuples(index=False)):
+        colour = agg.colours.get(ev.arch, "black")
+        rows = att[(att["arch"] == ev.arch) & (att["variant"] == ev.variant) & (att["seed"] == ev.seed)
+                   & (att["event_type"] == ev.event_type) & (att["onset_step"] == ev.onset_step)]
+        first = rows[rows["first"].astype(str).str.lower() == "true"]
+        shown = (first if len(first) else rows).sort_values(["left_step", "diagnostic"]).head(len(TRACE_COLOURS))
+        run = traj[(traj["arch"] == ev.arch) & (traj_variant == ev.variant) & (traj["seed"] == ev.seed)]
+        onset = float(ev.onset_step)
+        earliest = float(shown["left_step"].min()) if len(shown) else onset
+        lead = max(onset - earliest, 0.05 * float(run["step"].max() or 1) if len(run) else 1.0, 1.0)
+        lo, hi = earliest - 1.5 * lead, onset + 1.5 * lead  # the view: the lead and as much on either side
+
+        def window(split: str, metric: str) -> pd.DataFrame:
+            sel = run[(run["split"] == split) & (run["metric"] == metric) & (run["step"] >= lo) & (run["step"] <= hi)]
+            return sel.sort_values("step").drop_duplicates("step", keep="last")
+
+        val = window("val", "loss")
+        ax.plot(val["step"], val["value"].astype(float).replace([np.inf, -np.inf], np.nan), color=colour, lw=1.8,
+                marker="o" if len(val) <= 30 else None, ms=3, label="val loss")
+        ax.set_ylabel(f"val loss (nats per {agg.unit})", color=colour, fontsize=8)
+        twin = ax.twinx()
+        twin.grid(False)
+        for colour_d, d in zip(TRACE_COLOURS, shown.itertuples(index=False)):
+            trace = window("train", d.diagnostic)
+            if trace.empty:
+                trace = run[(run["metric"] == d.diagnostic) & (run["step"] >= lo) & (run["step"] <= hi)]
+                trace = trace.sort_values("step").drop_duplicates("step", keep="last")
+            label = f"{d.diagnostic} (lead {step(d.lead_steps)}, z {num(d.z, 1)})"
+            twin.plot(trace["step"], trace["value"].astype(float).replace([np.inf, -np.inf], np.nan),
+                      color=colour_d, lw=1.0, label=label)
+            ax.axvline(float(d.left_step), color=colour_d, ls=":", lw=1.3)
+        values = pd.concat([window("train", d.diagnostic)["value"] for d in shown.itertuples(index=False)]
+                           + [pd.Series(dtype=float)]).astype(float)
+        values = values[np.isfinite(values)]
+        if len(values) and values.min() > 0 and values.max() / values.min() > 50:
+            twin.set_yscale("log")
+        ax.axvline(onset, color=EVENT_COLOURS.get(ev.event_type, "#d62728"), lw=1.5)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("training step")
+        variant = "" if ev.variant == BASE_VARIANT else f" {ev.variant}"
+        ax.set_title(f"{ev.arch}{variant} s{int(ev.seed)}: {ev.event_type} at {step(onset)}", fontsize=9)
+        twin.tick_params(axis="y", labelsize=7)
+        lines = ax.get_lines()[:1] + twin.get_lines()
+        ax.legend(handles=lines, labels=[line.get_label() for line in lines], fontsize=6.5, loc="upper left")
+    handles = [Line2D([], [], color="#d62728", lw=1.5, label="event onset"),
+               Line2D([], [], color="grey", ls=":", lw=1.3, label="diagnostic left its baseline")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
 def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
     """name -> (figure, caption), in page order; figures that have nothing to show are left out."""
     made = {"trajectories": fig_trajectories(agg), "distributions": fig_distributions(agg),
             "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg),
-            "quantization": fig_quantization(agg)}
+            "quantization": fig_quantization(agg), "lr_curves": fig_lr_curves(agg),
+            "stability_map": fig_stability_map(agg), "diagnostic_traces": fig_diagnostic_traces(agg)}
     return {name: (fig, caption(name, agg.unit, agg.published_curves is not None))
             for name, fig in made.items() if fig is not None}

@@ -56,6 +56,12 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
         ("pairs", "pairs"), ("grad-norm", "gradient norm")]
     quantization = s.quantization_section(agg, figure("quantization"))
     sections += [("quantization", "quantization")] if quantization else []
+    stability = [  # the learning-rate sweep and the diagnostics: each only when its tables hold rows
+        ("lr-sensitivity", "lr sensitivity", s.sensitivity_section(agg, figure("lr_curves"))),
+        ("stability-map", "stability map", s.stability_map_section(agg, figure("stability_map"))),
+        ("attribution", "collapse precursors", s.attribution_section(agg, figure("diagnostic_traces"))),
+        ("ablations", "ablations", s.ablations_section(agg))]
+    sections += [(anchor, name) for anchor, name, html_ in stability if html_]
     sections += [("events", "events")]
     sections += [("pipelines", "pipelines")] if any(c.startswith(s.PREFIX) for c in agg.runs.columns) else []
     sections += [("params", "parameters"), ("recipe", "recipe"), ("provenance", "provenance")]
@@ -70,6 +76,7 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
         s.section("pairs", "Pairwise comparison", [figure("pairs"), s.pairs_table(agg)]),
         s.section("grad-norm", "Gradient norm", [figure("grad_norm") or s.p("No gradient norm was logged.")]),
         quantization,
+        *(html_ for _, _, html_ in stability if html_),
         s.events_section(agg),
         s.pipeline_section(agg),
         s.params_section(agg),

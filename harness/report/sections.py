@@ -8,7 +8,7 @@ import html
 import json
 import math
 
-from harness.contracts import FULL_PRECISION_BITS, PIPELINE_KEY
+from harness.contracts import BASE_VARIANT, FULL_PRECISION_BITS, PIPELINE_KEY
 from harness.stats import ALPHA
 from harness.report.figures import collapse_k_n
 from harness.report.tables import Aggregate
@@ -93,7 +93,9 @@ def summary_section(agg: Aggregate) -> str:
     header += [f"median steps to ppl {target:g}"] if target else []
     header += ["collapsed or diverged", "collapse rate [95% Wilson]", "seeds without a score"]
     rows = []
-    for s in agg.summary.sort_values("arch").to_dict("records"):
+    by_variant = _variant_shown(agg, agg.summary)
+    records = agg.summary.sort_values(["arch", "variant"] if by_variant else "arch").to_dict("records")
+    for s in records:
         k, n = collapse_k_n(s)
         row = [s["arch"], f"{s['n_completed']}/{s['n_diverged']}/{s['n_failed']} of {s['n_seeds']}",
                num(s["final_ppl_median"]), num(s["final_ppl_iqm"]),
@@ -113,13 +115,16 @@ def summary_section(agg: Aggregate) -> str:
     note = p(f"Perplexity is per {agg.unit} on the validation split. Final = exp(mean validation loss of the "
               f"last 3 evaluations), the value the statistics use{published}. A diverged run is kept and counts "
               "as infinite perplexity; a failed run (a crash) has no score.", "note")
-    table = _table(header, rows, numeric={2, 3, 5, 6} | ({9} if target else set()))
+    numeric = {2, 3, 5, 6} | ({9} if target else set())
+    if by_variant:
+        header, rows, numeric = _insert_variant(header, rows, [s["variant"] for s in records], numeric)
+    table = _table(header, rows, numeric=numeric)
     caveats = [p(agg.notes[key], "warn") for key in ("seed_caveat", "final_window") if agg.notes.get(key)]
     return section("summary", "Summary over seeds", [table, note, *caveats])
 
 
 def not_completed_section(agg: Aggregate) -> str:
-    runs = agg.runs.sort_values(["arch", "seed"])
+    runs = agg.runs.sort_values(["arch", "variant", "seed"] if _variant_shown(agg, agg.runs) else ["arch", "seed"])
     bad = runs[runs["status"] != "completed"]
     expected = {(a, int(s)) for a in agg.study.get("archs", {}) for s in agg.study.get("seeds", [])}
     absent = sorted(expected - set(zip(runs["arch"], runs["seed"].astype(int))))
@@ -129,11 +134,13 @@ def not_completed_section(agg: Aggregate) -> str:
     if len(bad):
         rows = [[r.arch, int(r.seed), r.status, step(r.steps_done) if "steps_done" in runs else "", r.reason]
                 for r in bad.itertuples(index=False)]
+        header = ["arch", "seed", "status", "steps done", "reason"]
+        if _variant_shown(agg, bad):
+            header, rows, _ = _insert_variant(header, rows, list(bad["variant"]))
         parts.append(p(f"{len(bad)} of {len(runs)} runs did not complete, listed here with their reason. A "
                         "diverged run stays in every statistic, as infinite perplexity and as a collapse; a failed "
                         "run (a crash of the harness, not of the model) has no score and is only counted."))
-        parts.append(_table(["arch", "seed", "status", "steps done", "reason"], rows,
-                            row_classes=list(bad["status"])))
+        parts.append(_table(header, rows, row_classes=list(bad["status"])))
     if absent:
         parts.append(p("Runs of the study with no run folder in the aggregate: "
                         + ", ".join(f"{a} seed {s}" for a, s in absent) + ".", "warn"))
@@ -154,7 +161,8 @@ def _untested(agg: Aggregate) -> str:
 
 
 def events_section(agg: Aggregate) -> str:
-    ev = agg.events.sort_values(["arch", "seed", "onset_step"])
+    by_variant = _variant_shown(agg, agg.events)
+    ev = agg.events.sort_values(["arch", "variant", "seed", "onset_step"] if by_variant else ["arch", "seed", "onset_step"])
     if ev.empty:
         return section("events", "Events", [p("The detector found no event in any run."), _untested(agg),
                                             p(DETECTOR_READS, "note")])
@@ -165,10 +173,14 @@ def events_section(agg: Aggregate) -> str:
              "yes" if str(e["recovered"]).lower() == "true" else "no", num(e["score"]), num(e["threshold"])]
             + ([e["note"] if not missing(e["note"]) else ""] if notes else [])
             for e in ev.to_dict("records")]
+    header = (["arch", "seed", "type", "split", "onset step", "train onset step", "peak step",
+               f"peak ppl (per {agg.unit})", "magnitude", "end step", "recovered", "score", "threshold"]
+              + (["note"] if notes else []))
+    numeric = {4, 5, 6, 7, 8, 9, 11, 12}
+    if by_variant:
+        header, rows, numeric = _insert_variant(header, rows, list(ev["variant"]), numeric)
     return section("events", "Events", [
-        _table(["arch", "seed", "type", "split", "onset step", "train onset step", "peak step",
-                f"peak ppl (per {agg.unit})", "magnitude", "end step", "recovered", "score", "threshold"]
-               + (["note"] if notes else []), rows, numeric={4, 5, 6, 7, 8, 9, 11, 12}),
+        _table(header, rows, numeric=numeric),
         _untested(agg),
         p(DETECTOR_READS, "note"),
         p("Onset: the last evaluation still at the pre-event level, on the curve that defines the event; "
@@ -181,13 +193,18 @@ def pipeline_section(agg: Aggregate) -> str:
     columns = sorted(c for c in agg.runs.columns if c.startswith(PREFIX))
     if not columns:
         return ""
-    runs = agg.runs.dropna(subset=columns, how="all").sort_values(["arch", "seed"])
+    by_variant = _variant_shown(agg, agg.runs)
+    runs = agg.runs.dropna(subset=columns, how="all").sort_values(["arch", "variant", "seed"] if by_variant
+                                                                 else ["arch", "seed"])
     shown = [c for c in columns if runs[c].notna().any()]
     rows = [[r["arch"], int(r["seed"])] + [_cell(c, r[c]) for c in shown] for r in runs.to_dict("records")]
-    header = [(c.removeprefix(PREFIX).removesuffix("_loss") + " ppl" if c.endswith("_loss")
-               else c.removeprefix(PREFIX)).replace("_", " ") for c in shown]
+    header = ["arch", "seed"] + [(c.removeprefix(PREFIX).removesuffix("_loss") + " ppl" if c.endswith("_loss")
+                                  else c.removeprefix(PREFIX)).replace("_", " ") for c in shown]
+    numeric = set(range(1, len(shown) + 2))
+    if by_variant:
+        header, rows, numeric = _insert_variant(header, rows, list(runs["variant"]), numeric)
     return section("pipelines", "Pipeline architectures", [
-        _table(["arch", "seed"] + header, rows, numeric=set(range(1, len(shown) + 2))),
+        _table(header, rows, numeric=numeric),
         p("Numbers each pipeline run recorded about itself (run.json, key 'pipeline'): a loss is shown as its "
           f"perplexity per {agg.unit}; a throughput is a timing of this machine, not a model property.", "note")])
 
@@ -291,7 +308,8 @@ def recipe_section(agg: Aggregate) -> str:
 
 
 def provenance_section(agg: Aggregate) -> str:
-    runs = agg.runs.sort_values(["arch", "seed"])
+    by_variant = _variant_shown(agg, agg.runs)
+    runs = agg.runs.sort_values(["arch", "variant", "seed"] if by_variant else ["arch", "seed"])
     versions = sorted(c for c in runs.columns if c.startswith("version_"))
     fields = ["status", "steps_done", "wall_time_s", "device", "dtype", "threads", "config_hash", "data_sha256"]
     fields = [f for f in fields if f in runs.columns]
@@ -300,6 +318,8 @@ def provenance_section(agg: Aggregate) -> str:
     rows = [[r["arch"], int(r["seed"])] + ["" if missing(r[f]) else shown.get(f, str)(r[f]) for f in fields + versions]
             for r in runs.to_dict("records")]
     header = ["arch", "seed"] + [f.replace("_", " ") for f in fields] + [v.removeprefix("version_") for v in versions]
+    if by_variant:
+        header, rows, _ = _insert_variant(header, rows, list(runs["variant"]))
     return section("provenance", "Provenance", [
         _table(header, rows, row_classes=list(runs["status"])),
         p("Wall time in seconds. data sha256 is shortened to 12 hex digits; config hash is shared by the "
@@ -311,7 +331,8 @@ def pairs_table(agg: Aggregate) -> str:
     once above the table, not in every row; a pair with an architecture outside the budget is flagged."""
     if agg.pairs.empty:
         return p("One architecture: no pairs to compare.")
-    pairs = agg.pairs.sort_values(["arch_a", "arch_b"])
+    by_variant = _variant_shown(agg, agg.pairs)
+    pairs = agg.pairs.sort_values(["variant", "arch_a", "arch_b"] if by_variant else ["arch_a", "arch_b"])
     undecidable = ~pairs["decidable"].astype(bool)
     rows = [[r.arch_a, r.arch_b, f"{r.n_a} vs {r.n_b}", num(r.prob_improvement),
              f"[{num(r.pi_lo)}, {num(r.pi_hi)}]" + ("" if missing(r.pi_interval) else f" {r.pi_interval}"),
@@ -328,9 +349,142 @@ def pairs_table(agg: Aggregate) -> str:
     if not pairs["unmatched"].map(missing).all():
         parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
                        "there is partly a difference of budget.", "warn"))
-    parts.append(_table(["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p",
-                         "Fisher p (collapse rates, Holm)", "smallest possible p", "verdict", "shape"], rows,
-                        numeric={3, 5, 6, 7, 8}))
+    header = ["A", "B", "seeds", "P(A better)", "interval", "Mann-Whitney p", "Holm p",
+              "Fisher p (collapse rates, Holm)", "smallest possible p", "verdict", "shape"]
+    numeric = {3, 5, 6, 7, 8}
+    if by_variant:
+        header, rows, numeric = _insert_variant(header, rows, list(pairs["variant"]), numeric, at=0)
+    parts.append(_table(header, rows, numeric=numeric))
     return "".join(parts)
 
 
+
+
+def _variant_shown(agg: Aggregate, table) -> bool:
+    """A table's variant column is shown only when the study has more than one variant."""
+    return agg.multi_variant and "variant" in table.columns
+
+
+def _insert_variant(header: list[str], rows: list[list], variants: list, numeric: set[int] = frozenset(),
+                    at: int = 1) -> tuple[list[str], list[list], set[int]]:
+    """The table with a variant column inserted at ``at`` (numeric column indices shifted)."""
+    header = header[:at] + ["variant"] + header[at:]
+    rows = [row[:at] + [v] + row[at:] for row, v in zip(rows, variants)]
+    return header, rows, {c + 1 if c >= at else c for c in numeric}
+
+
+def _setting(value) -> str:
+    return "learning rate only" if str(value) == BASE_VARIANT else str(value)
+
+
+def _k_n(k, n) -> str:
+    return "" if missing(k) or missing(n) else f"{int(k)}/{int(n)}"
+
+
+def _lr(value) -> str:
+    return "" if missing(value) else f"{float(value):g}"
+
+
+def _empty(table) -> bool:
+    return table is None or table.empty
+
+
+SENSITIVITY_METHOD = (
+    "How it was decided: sensitivity after Wortsman et al. 2023 (per seed, the mean over the learning-rate grid of "
+    "min(final loss, initial loss) minus the seed's best final loss, in nats; a diverged run counts as its initial "
+    "loss); the mean over seeds with its 95% interval; stable lr: the largest grid learning rate up to which every "
+    "learning rate has a majority of stable runs (k/n stable at it); pairs: exact two-sided Mann–Whitney test on "
+    "the per-seed sensitivities, Holm-corrected over the study's pairs.")
+STABILITY_METHOD = (
+    "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
+    "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
+ATTRIBUTION_METHOD = (
+    "How it was decided: for each collapse, spike or divergence event, every diagnostic (and the gradient norm) is "
+    "compared with its own trailing baseline before the event; the step it first exceeds the detector's threshold "
+    "in robust z is the step it left; lead = onset − that step; the earliest diagnostic(s) of an event are 'first'. "
+    "A diagnostic that leads is a precursor, not shown to be the cause.")
+ABLATION_METHOD = (
+    "How it was decided: unstable runs (diverged, or a collapse or divergence event) k of n with the stabiliser off "
+    "and on, at the same architecture and the rest of the sweep's values; two-sided Fisher exact test per row.")
+
+
+def sensitivity_section(agg: Aggregate, figure: str) -> str:
+    """Learning-rate sensitivity per (arch, setting) and its pairs, from sensitivity(.csv, _pairs.csv)."""
+    if _empty(agg.sensitivity) and _empty(agg.lr_curves):
+        return ""
+    parts = [figure] if figure else []
+    if not _empty(agg.sensitivity):
+        sens = agg.sensitivity.sort_values(["setting", "arch"], key=lambda c: c.astype(str))
+        rows = [[r["arch"], _setting(r["setting"]), step(r["n_seeds"]), step(r["n_lrs"]),
+                 f"{num(r['sensitivity'], 3)} [{num(r['lo'], 3)}, {num(r['hi'], 3)}]", num(r["best_final_loss"], 3),
+                 "none" if missing(r["stable_lr"]) else f"{_lr(r['stable_lr'])} ({_k_n(r['stable_k'], r['stable_n'])})",
+                 "" if missing(r["sentence"]) else r["sentence"]]
+                for r in sens.to_dict("records")]
+        parts.append(_table(["arch", "setting", "seeds", "learning rates", "sensitivity [95% interval] (nats)",
+                             "best final loss (nats)", "largest stable lr (k/n stable)", "in words"], rows,
+                            numeric={2, 3, 4, 5}))
+    if not _empty(agg.sensitivity_pairs):
+        pairs = agg.sensitivity_pairs.sort_values(["setting", "arch_a", "arch_b"], key=lambda c: c.astype(str))
+        rows = [[_setting(r["setting"]), r["arch_a"], r["arch_b"], f"{step(r['n_a'])} vs {step(r['n_b'])}",
+                 num(r["difference"], 3), num(r["p"], 3), num(r["p_holm"], 3),
+                 "" if missing(r["sentence"]) else r["sentence"]] for r in pairs.to_dict("records")]
+        parts.append('<h3 id="lr-sensitivity-pairs">Sensitivity, pair by pair</h3>')
+        parts.append(_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "Mann–Whitney p", "Holm p",
+                             "in words"], rows, numeric={4, 5, 6}))
+    parts.append(p(SENSITIVITY_METHOD, "note"))
+    return section("lr-sensitivity", "Learning-rate sensitivity", parts)
+
+
+def stability_map_section(agg: Aggregate, figure: str) -> str:
+    """Unstable runs k/n per (arch, lr), one grid per setting, from lr_curves.csv."""
+    if _empty(agg.lr_curves):
+        return ""
+    curves = agg.lr_curves
+    lrs = sorted(curves["lr"].unique())
+    rows = []
+    for (setting, arch), g in curves.groupby([curves["setting"].astype(str), "arch"], sort=True):
+        cells = {r.lr: _k_n(r.n_unstable, r.n) for r in g.itertuples(index=False)}
+        rows.append([_setting(setting), arch] + [cells.get(lr, "") for lr in lrs])
+    table = _table(["setting", "arch"] + [f"lr {_lr(lr)}" for lr in lrs], rows, numeric=set(range(2, 2 + len(lrs))))
+    parts = ([figure] if figure else []) + [p("Unstable runs of the seeds, k/n, per learning rate:"), table,
+                                            p(STABILITY_METHOD, "note")]
+    return section("stability-map", "Stability map", parts)
+
+
+def attribution_section(agg: Aggregate, figure: str) -> str:
+    """The diagnostics that left their baseline before each event, from attribution(.csv, _summary.csv)."""
+    if _empty(agg.attribution) and _empty(agg.attribution_summary):
+        return ""
+    parts = [figure] if figure else []
+    if not _empty(agg.attribution_summary):
+        summary = agg.attribution_summary.sort_values(["arch", "variant"], key=lambda c: c.astype(str))
+        parts.append("<ul>" + "".join(f"<li>{html.escape(str(r['sentence']))}</li>"
+                                      for r in summary.to_dict("records") if not missing(r["sentence"])) + "</ul>")
+    if not _empty(agg.attribution):
+        att = agg.attribution.sort_values(["arch", "variant", "seed", "onset_step", "left_step", "diagnostic"],
+                                          key=lambda c: c.astype(str) if c.dtype == object else c)
+        records = att.to_dict("records")
+        rows = [[r["arch"], step(r["seed"]), r["event_type"], step(r["onset_step"]), r["diagnostic"],
+                 step(r["left_step"]), step(r["lead_steps"]), num(r["z"], 1),
+                 "yes" if str(r["first"]).lower() == "true" else ""] for r in records]
+        header = ["arch", "seed", "event", "onset step", "diagnostic", "left its baseline at step", "lead (steps)",
+                  "robust z", "first"]
+        numeric = {1, 3, 5, 6, 7}
+        if _variant_shown(agg, att):
+            header, rows, numeric = _insert_variant(header, rows, [r["variant"] for r in records], numeric)
+        parts.append(_table(header, rows, numeric=numeric))
+    parts.append(p(ATTRIBUTION_METHOD, "note"))
+    return section("attribution", "What preceded each collapse", parts)
+
+
+def ablations_section(agg: Aggregate) -> str:
+    """Unstable runs with a stabiliser off and on, from ablations.csv."""
+    if _empty(agg.ablations):
+        return ""
+    abl = agg.ablations.sort_values(["arch", "switch", "setting"], key=lambda c: c.astype(str))
+    rows = [[r["arch"], r["switch"], _setting(r["setting"]), _k_n(r["off_k"], r["off_n"]), _k_n(r["on_k"], r["on_n"]),
+             num(r["p"], 3), "" if missing(r["sentence"]) else r["sentence"]] for r in abl.to_dict("records")]
+    return section("ablations", "Stabiliser ablations", [
+        _table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "in words"],
+               rows, numeric={5}),
+        p(ABLATION_METHOD, "note")])

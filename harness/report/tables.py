@@ -12,8 +12,9 @@ import seaborn as sns
 
 from harness import stats
 from harness.aggregate import read_table
-from harness.contracts import (CLAIM_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS, QUANTIZATION_COLUMNS,
-                               QUANTIZATION_SUMMARY_COLUMNS)
+from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, CLAIM_COLUMNS,
+                               EVENT_COLUMNS, ID_COLUMNS, LR_CURVE_COLUMNS, METRIC_COLUMNS, QUANTIZATION_COLUMNS,
+                               QUANTIZATION_SUMMARY_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS)
 from harness.claims import HEADLINE_COLUMNS
 from harness.text import UNITS
 
@@ -34,6 +35,13 @@ class Aggregate:
     published_curves: pd.DataFrame | None = None
     quantization: pd.DataFrame | None = None  # every run's rows (harness.quantize); empty when the stage is off
     quantization_summary: pd.DataFrame | None = None  # per (arch, step, bits) over the seeds
+    # the stability tables (harness.stability); empty when the study sweeps no learning rate / has no event
+    lr_curves: pd.DataFrame | None = None  # per (arch, setting, lr) over the seeds
+    sensitivity: pd.DataFrame | None = None  # per (arch, setting): Wortsman et al. lr sensitivity
+    sensitivity_pairs: pd.DataFrame | None = None  # per (setting, pair of archs)
+    attribution: pd.DataFrame | None = None  # per (event, diagnostic that left its baseline before it)
+    attribution_summary: pd.DataFrame | None = None  # per (arch, variant) with events
+    ablations: pd.DataFrame | None = None  # per (arch, stabiliser switch, setting)
 
     @property
     def archs(self) -> list[str]:
@@ -44,6 +52,16 @@ class Aggregate:
         """A fixed colour per architecture, from the sorted list, identical in every figure."""
         palette = sns.color_palette("colorblind" if len(self.archs) <= 10 else "husl", len(self.archs))
         return dict(zip(self.archs, palette))
+
+    @property
+    def variants(self) -> list[str]:
+        """The study's variants (BASE_VARIANT alone in a study without a sweep)."""
+        return sorted(set(self.runs["variant"].astype(str))) if "variant" in self.runs else []
+
+    @property
+    def multi_variant(self) -> bool:
+        """Whether the tables' ``variant`` column tells runs apart (shown only then)."""
+        return len(self.variants) > 1
 
     @property
     def unit(self) -> str:
@@ -82,4 +100,10 @@ def load(aggregate_dir: Path, published_curves: Path | None = None) -> Aggregate
         published_curves=curves,
         quantization=table("quantization", QUANTIZATION_COLUMNS[:-1]),
         quantization_summary=table("quantization_summary", QUANTIZATION_SUMMARY_COLUMNS),
+        lr_curves=table("lr_curves", LR_CURVE_COLUMNS),
+        sensitivity=table("sensitivity", SENSITIVITY_COLUMNS),
+        sensitivity_pairs=table("sensitivity_pairs", SENSITIVITY_PAIR_COLUMNS),
+        attribution=table("attribution", ATTRIBUTION_COLUMNS),
+        attribution_summary=table("attribution_summary", ATTRIBUTION_SUMMARY_COLUMNS),
+        ablations=table("ablations", ABLATION_COLUMNS),
     )
