@@ -22,28 +22,28 @@ from harness.contracts import PARAM_GROUPS
 
 
 def param_groups(model: nn.Module, vocab_size: int) -> dict[str, list[torch.Tensor]]:
-    """The model's parameters by group (PARAM_GROUPS), by rule, for any architecture: embed = the
-    weights of nn.Embedding tables; head = another 2-D parameter with a vocabulary-sized side (a tied
-    head is the embedding, counted there); norm = parameters of a module whose class name contains
-    'Norm'; ffn = parameters under a module path containing 'ffn' or 'mlp'; mixer = the rest (attention,
+    """The model's parameters by group (PARAM_GROUPS), by rule, for any architecture, the first rule
+    that holds: embed = an nn.Embedding table, or another 2-D parameter outside any nn.Linear with
+    vocab_size rows (a table indexed by token); norm = a parameter of a module whose class name contains
+    'Norm'; ffn = under a module path containing 'ffn' or 'mlp'; head = the parameters of an nn.Linear
+    with vocab_size outputs (a tied head is the embedding, counted there); mixer = the rest (attention,
     the sequence mixers, their projections). Groups with no parameters are left out."""
-    groups: dict[str, list[torch.Tensor]] = {g: [] for g in PARAM_GROUPS}
-    seen: set[int] = set()
     embeds = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    in_linear = {id(p) for m in model.modules() if isinstance(m, nn.Linear) for p in m.parameters()}
+    heads = {id(p) for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == vocab_size
+             for p in m.parameters()}
     norm_params = {id(p) for m in model.modules() if "Norm" in type(m).__name__ for p in m.parameters()}
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
-        path = name.lower().split(".")
-        if id(p) in embeds:
+    groups: dict[str, list[torch.Tensor]] = {g: [] for g in PARAM_GROUPS}
+    for name, p in model.named_parameters():  # a tied parameter is listed once
+        path = name.lower().split(".")[:-1]
+        if id(p) in embeds or (p.ndim == 2 and p.shape[0] == vocab_size and id(p) not in in_linear):
             group = "embed"
-        elif p.ndim == 2 and vocab_size in p.shape:
-            group = "head"
         elif id(p) in norm_params:
             group = "norm"
-        elif any("ffn" in part or "mlp" in part for part in path[:-1]):
+        elif any("ffn" in part or "mlp" in part for part in path):
             group = "ffn"
+        elif id(p) in heads:
+            group = "head"
         else:
             group = "mixer"
         groups[group].append(p)

@@ -62,7 +62,7 @@ def test_each_diagnostic_equals_a_direct_computation(clip):
     logits = reference(x_y[0]).detach()
     assert got["logz_mean"] == pytest.approx(float(torch.logsumexp(logits, -1).mean()), rel=1e-5)
     assert got["logit_abs_max"] == pytest.approx(float(logits.abs().max()), rel=1e-5)
-    assert got["embed_std"] == pytest.approx(float(reference.tok_emb(x_y[0]).std()), rel=1e-5)
+    assert got["embed_std"] == pytest.approx(float(reference.tok_emb(x_y[0]).detach().std()), rel=1e-5)
     next_token_loss(reference(x_y[0]), x_y[1]).backward()  # unclipped gradients
     ref_groups = param_groups(reference, VOCAB)
     after = dict(model.named_parameters())
@@ -85,18 +85,19 @@ def test_z_loss_adds_the_mean_squared_log_partition_function():
 
 
 def test_z_loss_pulls_log_z_toward_zero():
-    """The same model, data and lr, with and without z-loss: log Z ends nearer 0 with it."""
+    """The same model, data and lr for 60 steps: log Z, about log V = 4.16 without z-loss, ends nearer 0
+    the larger the coefficient (measured: 4.18, 2.17, 0.50 for 0, 0.1, 1)."""
     ends = {}
-    for z_loss in (0.0, 1e-1):
+    for z_loss in (0.0, 1e-1, 1.0):
         model = tiny_transformer()
-        with torch.no_grad():
-            model.tok_emb.weight.mul_(20)  # a tied head whose logits start far from log Z = 0
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         for step in range(60):
             train_step(lambda b: training_loss(model(b[0]), b[1], z_loss), list(model.parameters()), optimizer,
                        batch(step), 3e-3, 1.0)
-        ends[z_loss] = float(torch.logsumexp(model(batch(99)[0]), -1).mean())
-    assert abs(ends[1e-1]) < 0.5 * abs(ends[0.0]), ends
+        with torch.no_grad():
+            ends[z_loss] = float(torch.logsumexp(model(batch(99)[0]), -1).mean())
+    assert ends[0.0] == pytest.approx(math.log(VOCAB), abs=0.2)
+    assert ends[1.0] < 0.25 * ends[0.0] and ends[1.0] < ends[1e-1] < 0.6 * ends[0.0], ends
 
 
 def test_the_trainer_logs_diagnostics_at_log_steps_only(tmp_path, shared_data):

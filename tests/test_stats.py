@@ -19,7 +19,7 @@ def _scores(final_ppl: dict[str, list[float]], status: dict[tuple[str, int], str
     for arch, values in final_ppl.items():
         for seed, ppl in enumerate(values):
             loss = math.log(ppl) if np.isfinite(ppl) else ppl
-            rows.append({"study": "s", "arch": arch, "seed": seed,
+            rows.append({"study": "s", "arch": arch, "variant": "base", "seed": seed,
                          "status": (status or {}).get((arch, seed), "completed"),
                          "final_loss": loss, "final_smoothed_loss": loss, "best_loss": loss, "best_step": 100.0,
                          "time_to_target": math.nan,
@@ -30,7 +30,7 @@ def _scores(final_ppl: dict[str, list[float]], status: dict[tuple[str, int], str
 
 def _trajectory(arch: str, seed: int, val: list[float], study: str = "s") -> pd.DataFrame:
     steps = 100 * np.arange(1, len(val) + 1)
-    return pd.DataFrame({"study": study, "arch": arch, "seed": seed, "step": steps, "split": "val",
+    return pd.DataFrame({"study": study, "arch": arch, "variant": "base", "seed": seed, "step": steps, "split": "val",
                          "metric": "loss", "value": val})
 
 
@@ -41,9 +41,9 @@ def test_run_scores_reads_final_smoothed_best_and_time_to_target():
         _trajectory("a", 2, [3.0, 2.0, math.nan]),
         _trajectory("a", 0, [9.0] * 5).assign(split="train"),  # train rows are not scores
     ], ignore_index=True)
-    runs = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1, 2, 3],
+    runs = pd.DataFrame({"study": "s", "arch": "a", "variant": "base", "seed": [0, 1, 2, 3],
                          "status": ["completed", "completed", "diverged", "failed"]})
-    events = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1, 1], "type": ["spike", "collapse", "spike"]})
+    events = pd.DataFrame({"study": "s", "arch": "a", "variant": "base", "seed": [0, 1, 1], "type": ["spike", "collapse", "spike"]})
     scores = stats.run_scores(traj, events, runs, target_ppl=math.exp(1.5), min_evals=3)
     assert list(scores.columns) == stats.SCORE_COLUMNS
     s0, s1, s2, s3 = (scores.iloc[i] for i in range(4))
@@ -60,9 +60,9 @@ def test_run_scores_reads_final_smoothed_best_and_time_to_target():
 def test_a_run_that_diverged_between_evaluations_scores_infinite_and_a_rare_one_is_not_measured():
     traj = pd.concat([_trajectory("a", 0, [3.0, 2.0, 1.8]),  # its training loss went NaN after the last eval
                       _trajectory("b", 0, [2.0]), _trajectory("b", 1, [2.1])], ignore_index=True)
-    runs = pd.DataFrame({"study": "s", "arch": ["a", "a", "b", "b"], "seed": [0, 1, 0, 1],
+    runs = pd.DataFrame({"study": "s", "arch": ["a", "a", "b", "b"], "variant": "base", "seed": [0, 1, 0, 1],
                          "status": ["diverged", "diverged", "completed", "completed"]})  # a/1: NaN before any eval
-    events = pd.DataFrame(columns=["study", "arch", "seed", "type"])
+    events = pd.DataFrame(columns=["study", "arch", "variant", "seed", "type"])
     scores = stats.run_scores(traj, events, runs, min_evals=3)
     a0, a1, b0, b1 = (scores.iloc[i] for i in range(4))
     assert a0["final_loss"] == a0["final_smoothed_loss"] == math.inf and a0["best_loss"] == 1.8
@@ -202,8 +202,8 @@ def test_bad_input_names_the_missing_columns():
     with pytest.raises(ValueError, match="runs: missing column"):
         stats.run_scores(pd.DataFrame(), pd.DataFrame(), pd.DataFrame({"arch": []}))
     with pytest.raises(ValueError, match="target_ppl"):
-        stats.run_scores(_trajectory("a", 0, [1.0]), pd.DataFrame(columns=["study", "arch", "seed", "type"]),
-                         pd.DataFrame({"study": ["s"], "arch": ["a"], "seed": [0], "status": ["completed"]}),
+        stats.run_scores(_trajectory("a", 0, [1.0]), pd.DataFrame(columns=["study", "arch", "variant", "seed", "type"]),
+                         pd.DataFrame({"study": ["s"], "arch": ["a"], "variant": ["base"], "seed": [0], "status": ["completed"]}),
                          target_ppl=0.5)
 
 
@@ -216,7 +216,7 @@ def _pi_coverage(n: int, delta: float, sims: int, rng: np.random.Generator) -> f
     covered = 0
     for _ in range(sims):
         scores = _scores({"a": list(np.exp(rng.normal(1, 0.1, n))), "b": list(np.exp(rng.normal(1 + 0.1 * delta, 0.1, n)))})
-        row = stats.compare(scores, n_boot=500).iloc[0]
+        row = stats.compare(scores).iloc[0]
         # compare's probability is P(a has the lower perplexity), i.e. P(a < b)
         covered += row["pi_lo"] <= truth <= row["pi_hi"]
     return covered / sims
@@ -269,8 +269,8 @@ def test_nan_finals_are_counted_as_dropped_not_silently_lost():
 def test_run_scores_smooths_over_finite_evaluations_and_a_run_ending_nan_is_infinite():
     traj = pd.concat([_trajectory("a", 0, [3.0, 2.0, 1.5, math.nan, 1.4, 1.6]),  # an isolated NaN
                       _trajectory("a", 1, [3.0, 2.0, 1.5, 1.4, math.nan])], ignore_index=True)  # ends NaN
-    runs = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1], "status": ["completed", "completed"]})
-    scores = stats.run_scores(traj, pd.DataFrame(columns=["study", "arch", "seed", "type"]), runs)
+    runs = pd.DataFrame({"study": "s", "arch": "a", "variant": "base", "seed": [0, 1], "status": ["completed", "completed"]})
+    scores = stats.run_scores(traj, pd.DataFrame(columns=["study", "arch", "variant", "seed", "type"]), runs)
     assert scores.iloc[0]["final_smoothed_loss"] == pytest.approx((1.5 + 1.4 + 1.6) / 3)
     assert scores.iloc[1]["final_loss"] == scores.iloc[1]["final_smoothed_loss"] == math.inf
 
@@ -305,8 +305,8 @@ def test_run_scores_marks_runs_the_detector_cannot_test():
     n = cfg.min_history  # exactly min_history evaluations: none of them is ever tested
     traj = pd.concat([_trajectory("a", 0, list(np.linspace(3, 2, n))),
                       _trajectory("a", 1, list(np.linspace(3, 2, n + 1)))], ignore_index=True)
-    runs = pd.DataFrame({"study": "s", "arch": "a", "seed": [0, 1], "status": ["completed", "completed"]})
-    scores = stats.run_scores(traj, pd.DataFrame(columns=["study", "arch", "seed", "type"]), runs,
+    runs = pd.DataFrame({"study": "s", "arch": "a", "variant": "base", "seed": [0, 1], "status": ["completed", "completed"]})
+    scores = stats.run_scores(traj, pd.DataFrame(columns=["study", "arch", "variant", "seed", "type"]), runs,
                               min_evals=cfg.min_history)
     assert not testable(n, cfg) and testable(n + 1, cfg)
     assert scores["testable"].tolist() == [False, True]

@@ -139,12 +139,12 @@ def test_checkpoint_interval_must_align_with_log_window():
 
 def test_run_spec_and_hash_ignore_the_seed():
     study = resolve(micro_config())["micro"]
-    a, b = run_spec(study, "memnls", 0), run_spec(study, "memnls", 1)
+    a, b = run_spec(study, "memnls", "base", 0), run_spec(study, "memnls", "base", 1)
     assert a["seed"] == 0 and b["seed"] == 1
     assert config_hash(a) == config_hash(b)
-    assert config_hash(a) != config_hash(run_spec(study, "transformer", 0))
+    assert config_hash(a) != config_hash(run_spec(study, "transformer", "base", 0))
     with pytest.raises(ValueError, match="no architecture 'gru'"):
-        run_spec(study, "gru", 0)
+        run_spec(study, "gru", "base", 0)
 
 
 def test_eam_is_wired_to_its_same_seed_teacher():
