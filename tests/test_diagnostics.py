@@ -29,7 +29,7 @@ def batch(seed=1):
 
 
 def rms(tensors):
-    flat = torch.cat([t.flatten().double() for t in tensors])
+    flat = torch.cat([t.detach().flatten().double() for t in tensors])
     return float(flat.square().mean().sqrt())
 
 

@@ -150,10 +150,10 @@ def test_run_spec_and_hash_ignore_the_seed():
 def test_eam_is_wired_to_its_same_seed_teacher():
     study = {**MICRO_STUDY, "archs": [*MICRO_STUDY["archs"], {"name": "eam", "hparams": {"teacher": "transformer"}}]}
     resolved = resolve(micro_config(study))["micro"]
-    spec = run_spec(resolved, "eam", 2)
+    spec = run_spec(resolved, "eam", "base", 2)
     assert spec["inputs"] == {"teacher": "results/micro/transformer/base/seed2"}
-    assert config_hash(spec) == config_hash(run_spec(resolved, "eam", 3))
-    assert "inputs" not in run_spec(resolved, "memnls", 2)
+    assert config_hash(spec) == config_hash(run_spec(resolved, "eam", "base", 3))
+    assert "inputs" not in run_spec(resolved, "memnls", "base", 2)
     for bad in ({}, {"teacher": "eam"}, {"teacher": "absent"}):
         study["archs"][-1] = {"name": "eam", "hparams": bad}
         with pytest.raises(ValueError, match="needs hparams.teacher"):
