@@ -228,7 +228,7 @@ def sensitivity(outcomes: pd.DataFrame) -> pd.DataFrame:
             text += "no learning-rate sensitivity (no seed has a final loss at every learning rate)"
         if 0 < len(x) < seeds:
             gone = seeds - len(x)
-            text += f"; {gone} seed{'s' * (gone != 1)} without a final loss at every learning rate left out"
+            text += f"; {gone} seed{'s' * (gone != 1)} without a final loss at every learning rate of the grid left out"
         if best is not None:
             text += f"; best final loss {num(best['final_loss_median'], LOSS_DIGITS)} at lr={_value_text(best['lr'])}"
         if math.isnan(stable_lr):
@@ -466,7 +466,8 @@ def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd
                 text += "; first otherwise: " + ", ".join(f"{f} ({len(per_family[f])})" for f in others)
         else:
             leading, k, median_lead = "", 0, math.nan
-            text = f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline"
+            text = (f"{where}: no diagnostic left its baseline before the {noun}" if n == 1 else
+                    f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline")
         silent = n - n_attributed
         if silent and per_family:
             text += (f"; {silent} with no diagnostic leaving its baseline in the {LOOKBACK_LOGS} log intervals "

@@ -279,9 +279,11 @@ def test_ablation_fisher_matches_scipy():
 
 
 def test_empty_inputs_give_contract_columns():
-    empty_runs = pd.DataFrame(columns=ID_COLUMNS + ["status", "steps_done"])
+    empty_runs = pd.DataFrame(columns=ID_COLUMNS + ["status", "steps_done", "sweep_lr", "sweep_qk_norm"])
+    _, no_traj, no_events = frames([], [], [])
     for study in ({"sweep": {}}, {}, {"sweep": {"lr": [0.01, 0.1], "qk_norm": [False, True]}}):
-        out = stability.tables(study, *frames([], [], []) if False else (empty_runs, *frames([], [], [])[1:]))
+        out = stability.tables(study, empty_runs, no_traj, no_events)
+        assert list(out) == list(CONTRACT)
         for name, columns in CONTRACT.items():
             assert out[name].empty and list(out[name].columns) == columns, name
     # runs but no sweep and no events
@@ -289,3 +291,23 @@ def test_empty_inputs_give_contract_columns():
     out = stability.tables({"sweep": {}}, *frames(runs, val(runs[0], {0: 5.0, 100: 2.0}), []))
     for name, columns in CONTRACT.items():
         assert out[name].empty and list(out[name].columns) == columns, name
+
+
+def test_robust_z_is_the_detectors_trailing_z():
+    """harness.collapse.robust_z by hand at one point: level = median of the 5 points before it, noise =
+    1.4826 * MAD of the second differences among the 20 points before it / sqrt(6), widened by the level's
+    variance (pi / 10 for a median of 5): z = (x - level) / (noise * sqrt(1 + pi / 10)). Causal: changing
+    later points does not change it; the first min_history (6) points have none."""
+    from harness.collapse import robust_z
+    x = 2.0 + np.random.default_rng(3).normal(0, 0.1, 40)
+    x[30] += 3.0
+    p = 30
+    d = np.diff(x[p - 20:p], 2)
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(6)
+    expected = (x[p] - np.median(x[p - 5:p])) / (noise * math.sqrt(1 + math.pi / 10))
+    z = robust_z(x)
+    assert z[p] == pytest.approx(expected) and z[p] > 6
+    assert np.isnan(z[:6]).all() and np.isfinite(z[6:]).all()
+    y = x.copy()
+    y[31:] += 100.0
+    np.testing.assert_allclose(robust_z(y)[:31], z[:31])
