@@ -337,12 +337,14 @@ def held_z(config: DetectConfig) -> float:
 class _Series:
     """One diagnostic of one run: steps, values, and each point's baseline and departure tests."""
 
-    def __init__(self, steps: np.ndarray, x: np.ndarray, cfg: DetectConfig):
+    def __init__(self, steps: np.ndarray, x: np.ndarray, cfg: DetectConfig, interval: float | None = None):
         self.steps, self.x, self.cfg = steps, x, cfg
         finite = np.isfinite(x)
         self.level, self.spread = np.full(len(x), np.nan), np.full(len(x), np.nan)
         self.level[finite], self.spread[finite] = trailing_baseline(x[finite], cfg)
-        self.interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
+        if interval is None:
+            interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
+        self.interval = interval
         self.bar = held_z(cfg)
 
     def z(self, p: int) -> float:
@@ -377,6 +379,30 @@ class _Series:
         return next((int(p) for p in window if self.left(int(p)) and not self.left(int(p) - 1)), None)
 
 
+def departure(steps: np.ndarray, values: np.ndarray, onset: float,
+              config: DetectConfig | None = None) -> tuple[float, float] | None:
+    """(left_step, z) of a diagnostic series' departure before ``onset`` (the rule of ``attribution``), or
+    None. ``steps`` sorted and unique. Only the points the window and their trailing history need are
+    scanned (the baseline of a point looks back noise_window points), so a long series costs little."""
+    cfg = DetectConfig() if config is None else config
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(steps) < 2:
+        return None
+    interval = float(np.median(np.diff(steps)))
+    window = np.flatnonzero((steps <= onset) & (steps >= onset - LOOKBACK_LOGS * interval))
+    if not len(window):
+        return None
+    # history for the point before the window: noise_window finite points (non-finite ones are skipped
+    # by the baseline, so reach back past them too)
+    finite_before = np.flatnonzero(np.isfinite(values[:window[0]]))
+    need = max(cfg.noise_window, cfg.level_window, cfg.min_history) + 1
+    lo = int(finite_before[-need]) if len(finite_before) >= need else 0
+    hi = min(len(steps), int(window[-1]) + cfg.min_sustained)
+    series = _Series(steps[lo:hi], values[lo:hi], cfg, interval)
+    p = series.departure(onset)
+    return None if p is None else (float(series.steps[p]), series.z(p))
+
+
 def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
                 config: DetectConfig | None = None) -> pd.DataFrame:
     """ATTRIBUTION_COLUMNS: for each event of ``precursor_events``, every diagnostic series of its run (train
@@ -398,24 +424,25 @@ def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataF
     if todo.empty or trajectories.empty:
         return pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
     diag = trajectories[(trajectories["split"].astype(str) == "train") & is_diagnostic(trajectories["metric"])]
+    diag = diag[pd.MultiIndex.from_frame(diag[ID_COLUMNS]).isin(pd.MultiIndex.from_frame(todo[ID_COLUMNS]))]
     diag = diag.assign(value=pd.to_numeric(diag["value"], errors="coerce").astype(float))
-    diag = diag.sort_values("step", kind="stable").drop_duplicates(ID_COLUMNS + ["metric", "step"], keep="last")
-    by_run = {key: g for key, g in diag.groupby(ID_COLUMNS, sort=False)}
-    rows, cache = [], {}
+    series = {}
+    for key, g in diag.groupby(ID_COLUMNS + ["metric"], sort=True):
+        steps, values = g["step"].to_numpy(float), g["value"].to_numpy(float)
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+        last = np.r_[steps[1:] != steps[:-1], True]  # a resume re-logs a step: keep the last value
+        series.setdefault(key[:-1], []).append((str(key[-1]), steps[last], values[last]))
+    rows = []
     for ev in todo.itertuples(index=False):
-        key = tuple(getattr(ev, c) for c in ID_COLUMNS)
-        if key not in cache:
-            g = by_run.get(key, diag.iloc[:0])
-            cache[key] = {str(m): _Series(s["step"].to_numpy(float), s["value"].to_numpy(float), cfg)
-                          for m, s in g.groupby("metric", sort=True)}
         found = []
-        for metric, series in cache[key].items():
-            p = series.departure(ev.onset_step)
-            if p is not None:
-                left = float(series.steps[p])
+        for metric, steps, values in series.get(tuple(getattr(ev, c) for c in ID_COLUMNS), []):
+            hit = departure(steps, values, ev.onset_step, cfg)
+            if hit is not None:
+                left, z = hit
                 found.append({"arch": ev.arch, "variant": ev.variant, "seed": ev.seed, "event_type": ev.event_type,
                               "onset_step": ev.onset_step, "diagnostic": metric, "left_step": left,
-                              "lead_steps": ev.onset_step - left, "z": series.z(p), "first": False})
+                              "lead_steps": ev.onset_step - left, "z": z, "first": False})
         if found:
             earliest = min(f["left_step"] for f in found)
             for f in found:

@@ -311,3 +311,17 @@ def test_robust_z_is_the_detectors_trailing_z():
     y = x.copy()
     y[31:] += 100.0
     np.testing.assert_allclose(robust_z(y)[:31], z[:31])
+
+
+def test_departure_on_a_slice_equals_the_full_series():
+    """departure() scans only the window and its history: the same answer as the whole series (with
+    non-finite points in the history too)."""
+    rng = np.random.default_rng(7)
+    cfg = stability.DetectConfig()
+    for trial in range(30):
+        x = 3.0 + rng.normal(0, 0.1, len(STEPS)) + np.where(STEPS >= 1500 - 10 * rng.integers(0, 25), 1.5, 0.0)
+        x[rng.integers(0, len(STEPS), 3)] = np.nan
+        full = stability._Series(STEPS, x, cfg)
+        p = full.departure(ONSET)
+        expected = None if p is None else (float(STEPS[p]), full.z(p))
+        assert stability.departure(STEPS, x, ONSET, cfg) == expected
