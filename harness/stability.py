@@ -70,6 +70,8 @@ def _value_text(v) -> str:
     if isinstance(v, str):
         low = v.strip().lower()
         return {"true": "on", "false": "off"}.get(low, v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
     if isinstance(v, numbers.Real):
         return format(float(v), "g")
     return str(v)
@@ -78,9 +80,10 @@ def _value_text(v) -> str:
 def variant_name(values: dict) -> str:
     """The name of a combination of sweep values, keys in the given (the sweep's) order: ``key=value``
     joined by ",", keys aliased (grad_clip -> clip, warmup_steps -> warmup, precision -> prec), bools
-    as on/off (also the strings "True"/"False" a CSV gives back), every other number as
-    ``format(float(v), "g")`` (so 0 and 0.0 are both "0", 1e-2 is "0.01"), text as it is.
-    BASE_VARIANT for no values."""
+    as on/off, floats as ``format(v, "g")`` (1e-2 -> "0.01", 0.0 -> "0"), integers as written, text as it
+    is; BASE_VARIANT for no values. The same names as harness.study.variant_name gives the config's values,
+    and also for what a CSV gives back: numpy bools and the strings "True"/"False" are on/off, numpy
+    numbers like Python's (so a run's sweep_* columns name the variant its folder has)."""
     if not values:
         return BASE_VARIANT
     return ",".join(f"{ALIASES.get(k, k)}={_value_text(v)}" for k, v in values.items())

@@ -55,6 +55,7 @@ def test_variant_name():
     # what a CSV gives back names the same variant
     assert stability.variant_name({"qk_norm": np.bool_(False), "z_loss": np.float64(1e-4)}) == "qk_norm=off,z_loss=0.0001"
     assert stability.variant_name({"qk_norm": "True", "warmup_steps": 100.0}) == "qk_norm=on,warmup=100"
+    assert stability.variant_name({"warmup_steps": np.int64(2000), "z_loss": 0}) == "warmup=2000,z_loss=0"
 
 
 def test_sensitivity_known_value():
