@@ -223,7 +223,8 @@ def sensitivity(outcomes: pd.DataFrame) -> pd.DataFrame:
         lrs = sorted(curve["lr"])
         text = f"{_where(arch, setting)}: "
         if len(x):
-            text += f"learning-rate sensitivity {num(mean, LOSS_DIGITS)} nats (mean over {len(x)} seed{'s' * (len(x) != 1)} " \
+            seeds_text = f"{len(x)} seed{'s' * (len(x) != 1)}"
+            text += f"learning-rate sensitivity {num(mean, LOSS_DIGITS)} nats (mean over {seeds_text} " \
                     f"and {len(lrs)} learning rates, "
             text += (f"95% t interval {num(lo, LOSS_DIGITS)} to {num(hi, LOSS_DIGITS)})" if len(x) > 1
                      else "no interval from one seed)")
@@ -235,9 +236,11 @@ def sensitivity(outcomes: pd.DataFrame) -> pd.DataFrame:
         if best is not None:
             text += f"; best final loss {num(best['final_loss_median'], LOSS_DIGITS)} at lr={_value_text(best['lr'])}"
         if math.isnan(stable_lr):
-            text += f"; no learning rate of the grid is stable in a majority of runs (lr={_value_text(lrs[0])}: {k} of {n} stable)."
+            text += (f"; no learning rate of the grid is stable in a majority of runs "
+                     f"(lr={_value_text(lrs[0])}: {k} of {n} stable).")
         elif stable_lr == lrs[-1]:
-            text += f"; stable at every learning rate of the grid, up to lr={_value_text(stable_lr)} ({k} of {n} runs stable there)."
+            text += (f"; stable at every learning rate of the grid, up to lr={_value_text(stable_lr)} "
+                     f"({k} of {n} runs stable there).")
         else:
             text += f"; stable up to lr={_value_text(stable_lr)} ({k} of {n} runs stable there)."
         rows.append({"arch": arch, "setting": setting, "n_seeds": len(x), "n_lrs": len(lrs), "sensitivity": mean,
@@ -277,11 +280,13 @@ def _pair_sentence(r, n_pairs: int) -> str:
                 f"run at least {seeds_needed(n_pairs)} seeds of each.")
     if r.p_holm <= ALPHA:
         low, high = (r.arch_a, r.arch_b) if r.difference < 0 else (r.arch_b, r.arch_a)
-        return (f"{where}{low} is less sensitive to the learning rate than {high} (by {num(abs(r.difference), LOSS_DIGITS)} "
+        return (f"{where}{low} is less sensitive to the learning rate than {high} "
+                f"(by {num(abs(r.difference), LOSS_DIGITS)} "
                 f"nats; exact Mann-Whitney p = {r.p:.2g}, Holm-corrected {r.p_holm:.2g}, {seeds}).")
     floor = min_possible_p(r.n_a, r.n_b)
     text = (f"{where}{r.arch_a} vs {r.arch_b}: no significant difference in learning-rate sensitivity "
-            f"(a - b = {num(r.difference, LOSS_DIGITS)} nats; exact Mann-Whitney p = {r.p:.2g}, Holm-corrected {r.p_holm:.2g}, {seeds})")
+            f"(a - b = {num(r.difference, LOSS_DIGITS)} nats; exact Mann-Whitney p = {r.p:.2g}, "
+            f"Holm-corrected {r.p_holm:.2g}, {seeds})")
     if floor * n_pairs > ALPHA:
         text += (f"; the smallest p {seeds} allow is {floor:.2g}, so across {n_pairs} comparisons a difference "
                  f"needs at least {seeds_needed(n_pairs)} seeds of each")
@@ -301,14 +306,16 @@ def precursor_events(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     keep = set(_ids(trained))
     rows = []
     if len(events):
-        ev = events[events["type"].isin(ATTRIBUTED_TYPES) & pd.to_numeric(events["onset_step"], errors="coerce").notna()]
+        dated = pd.to_numeric(events["onset_step"], errors="coerce").notna()
+        ev = events[events["type"].isin(ATTRIBUTED_TYPES) & dated]
         ev = ev[_ids(ev).isin(keep)]
         rows += [{**{c: r[c] for c in ID_COLUMNS}, "event_type": r["type"], "onset_step": float(r["onset_step"])}
                  for _, r in ev.iterrows()]
     reported = set(_ids(events[events["type"] == "divergence"])) if len(events) else set()
     for _, r in trained[trained["status"] == "diverged"].iterrows():
         if tuple(r[c] for c in ID_COLUMNS) not in reported and pd.notna(r.get("steps_done")):
-            rows.append({**{c: r[c] for c in ID_COLUMNS}, "event_type": "divergence", "onset_step": float(r["steps_done"])})
+            rows.append({**{c: r[c] for c in ID_COLUMNS}, "event_type": "divergence",
+                         "onset_step": float(r["steps_done"])})
     out = pd.DataFrame(rows, columns=EVENT_LIST_COLUMNS)
     return out.sort_values(ID_COLUMNS + ["onset_step"], kind="stable", ignore_index=True)
 
@@ -472,22 +479,23 @@ def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd
     for (arch, variant), evs in todo.groupby(["arch", "variant"], sort=True):
         rows_av = attributed[(attributed["arch"] == arch) & (attributed["variant"] == variant)] \
             if len(attributed) else attributed
-        firsts = rows_av[rows_av["first"].astype(bool)] if len(rows_av) else rows_av
+        firsts = rows_av[rows_av["first"].astype(str).str.lower() == "true"] if len(rows_av) else rows_av
         per_family: dict[str, list[tuple[float, float]]] = {}
         event_keys = ["seed", "event_type", "onset_step"]
         n_attributed = len(rows_av.groupby(event_keys)) if len(rows_av) else 0
         if len(firsts):
             for _, e in firsts.groupby(event_keys, sort=False):
                 for fam, f in e.groupby(e["diagnostic"].map(family), sort=True):
-                    per_family.setdefault(fam, []).append((float(f["lead_steps"].iloc[0]), float(np.sign(f["z"]).sum())))
+                    lead, direction = float(f["lead_steps"].iloc[0]), float(np.sign(f["z"]).sum())
+                    per_family.setdefault(fam, []).append((lead, direction))
         n = len(evs)
         types = sorted(evs["event_type"].unique())
         noun = (_PLURAL[types[0]] if n != 1 else types[0]) if len(types) == 1 else ("events" if n != 1 else "event")
         where = _where(arch, variant)
         if per_family:
-            leading = max(per_family, key=lambda f: (len(per_family[f]), float(np.median([l for l, _ in per_family[f]])),
-                                                     [-ord(c) for c in f]))
-            leads = [l for l, _ in per_family[leading]]
+            leading = min(per_family, key=lambda f: (-len(per_family[f]),
+                                                     -float(np.median([lead for lead, _ in per_family[f]])), f))
+            leads = [lead for lead, _ in per_family[leading]]
             k, median_lead = len(leads), float(np.median(leads))
             motion = "growth" if sum(s for _, s in per_family[leading]) >= 0 else "decline"
             text = f"{where}: {k} of {n} {noun} preceded by {leading} {motion} (median lead {step(median_lead)} steps)"
@@ -496,14 +504,14 @@ def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd
                 text += "; first otherwise: " + ", ".join(f"{f} ({len(per_family[f])})" for f in others)
         else:
             leading, k, median_lead = "", 0, math.nan
-            text = (f"{where}: no diagnostic left its baseline before the {noun}" if n == 1 else
-                    f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline")
+            text = (f"{where}: no diagnostic left its baseline in the {LOOKBACK_LOGS} log intervals before "
+                    f"the {noun}" if n == 1 else
+                    f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline in the "
+                    f"{LOOKBACK_LOGS} log intervals before the onset")
         silent = n - n_attributed
         if silent and per_family:
             text += (f"; {silent} with no diagnostic leaving its baseline in the {LOOKBACK_LOGS} log intervals "
                      "before the onset")
-        elif not per_family:
-            text += f" in the {LOOKBACK_LOGS} log intervals before the onset"
         rows.append({"arch": arch, "variant": variant, "n_events": n, "n_attributed": n_attributed,
                      "leading": leading, "k": k, "median_lead": median_lead, "sentence": text + "."})
     return pd.DataFrame(rows, columns=ATTRIBUTION_SUMMARY_COLUMNS)
@@ -544,7 +552,8 @@ def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
                     if off_n and on_n else math.nan
                 switch = f"{ALIASES.get(key, key)}={on_value}"
                 off_name = f"{ALIASES.get(key, key)}={sorted(offs)[0]}"
-                text = f"{_where(arch, setting)}: {off_k} of {off_n} runs unstable with {off_name}, {on_k} of {on_n} with {switch}"
+                text = (f"{_where(arch, setting)}: {off_k} of {off_n} runs unstable with {off_name}, "
+                        f"{on_k} of {on_n} with {switch}")
                 if math.isnan(p):
                     text += " (no comparison: one side has no trained run)."
                 elif p <= ALPHA:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -202,6 +203,10 @@ def test_attribution_finds_the_leading_diagnostic():
     assert summary["sentence"].startswith("transformer lr=0.03: 3 of 4 collapses preceded by attn_logit_max growth "
                                           "(median lead 40 steps)")
     assert "1 with no diagnostic leaving its baseline" in summary["sentence"]
+    # the summary reads the table as aggregate writes it (first as text after a CSV round trip)
+    back = pd.read_csv(io.StringIO(att.to_csv(index=False)), dtype={"first": str})
+    again = stability.attribution_summary(back, *frames(runs, traj, events)[::2])
+    pd.testing.assert_frame_equal(again, out["attribution_summary"])
 
 
 def test_attribution_on_shapes_the_generator_does_not_draw():
