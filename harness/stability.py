@@ -379,18 +379,19 @@ class _Series:
         d = np.where(np.isfinite(ahead), sign * (ahead - level), math.inf)
         return bool(np.all(d > self.bar * spread) and np.all(d > MIN_CHANGE * abs(level)))
 
-    def departure(self, onset: float) -> int | None:
+    def departure(self, onset: float, since: float = -math.inf) -> int | None:
         """The first point in the LOOKBACK_LOGS log intervals up to the onset that left (``left``) while
         the point before it had not: a series already out at the window's start is a standing trend,
         not a precursor, and is not listed."""
         if math.isnan(self.interval):
             return None
-        window = np.flatnonzero((self.steps <= onset) & (self.steps >= onset - LOOKBACK_LOGS * self.interval))
+        start = max(onset - LOOKBACK_LOGS * self.interval, since)
+        window = np.flatnonzero((self.steps <= onset) & (self.steps >= start) & (self.steps > since))
         return next((int(p) for p in window if self.left(int(p)) and not self.left(int(p) - 1)), None)
 
 
-def departure(steps: np.ndarray, values: np.ndarray, onset: float,
-              config: DetectConfig | None = None) -> tuple[float, float] | None:
+def departure(steps: np.ndarray, values: np.ndarray, onset: float, config: DetectConfig | None = None,
+              since: float = -math.inf) -> tuple[float, float] | None:
     """(left_step, z) of a diagnostic series' departure before ``onset`` (the rule of ``attribution``), or
     None. ``steps`` sorted and unique. Only the points the window and their trailing history need are
     scanned (the baseline of a point looks back noise_window points), so a long series costs little."""
@@ -399,7 +400,7 @@ def departure(steps: np.ndarray, values: np.ndarray, onset: float,
     if len(steps) < 2:
         return None
     interval = float(np.median(np.diff(steps)))
-    window = np.flatnonzero((steps <= onset) & (steps >= onset - LOOKBACK_LOGS * interval))
+    window = np.flatnonzero((steps <= onset) & (steps >= onset - LOOKBACK_LOGS * interval) & (steps > since))
     if not len(window):
         return None
     # history for the point before the window: noise_window finite points (non-finite ones are skipped
@@ -409,7 +410,7 @@ def departure(steps: np.ndarray, values: np.ndarray, onset: float,
     lo = int(finite_before[-need]) if len(finite_before) >= need else 0
     hi = min(len(steps), int(window[-1]) + cfg.min_sustained)
     series = _Series(steps[lo:hi], values[lo:hi], cfg, interval)
-    p = series.departure(onset)
+    p = series.departure(onset, since)
     return None if p is None else (float(series.steps[p]), series.z(p))
 
 
@@ -423,7 +424,8 @@ def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataF
     min_sustained - 1 (2) points all lie beyond ITS baseline on the same side, each by |z| > held_z (4.8,
     the detector's threshold for a jump that holds) and by MIN_CHANGE of the level: one noisy blip is no
     departure (a non-finite value is always out). The departure counted is the first point within
-    LOOKBACK_LOGS log intervals up to the onset that left while its predecessor had not (a diagnostic out
+    LOOKBACK_LOGS log intervals up to the onset (and after the run's previous event's onset, whose
+    precursors are its own) that left while its predecessor had not (a diagnostic out
     at the window's start is a standing trend, not listed; a drift slower than about 2 noise SDs per log
     interval never leaves, the baseline follows it); a departure after the onset is no precursor.
     lead_steps = onset - left_step >= 0; z is the departing point's; ``first`` marks the earliest
@@ -443,11 +445,17 @@ def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataF
         steps, values = steps[order], values[order]
         last = np.r_[steps[1:] != steps[:-1], True]  # a resume re-logs a step: keep the last value
         series.setdefault(key[:-1], []).append((str(key[-1]), steps[last], values[last]))
+    onsets: dict[tuple, list[float]] = {}
+    for ev in todo.itertuples(index=False):
+        onsets.setdefault(tuple(getattr(ev, c) for c in ID_COLUMNS), []).append(ev.onset_step)
     rows = []
     for ev in todo.itertuples(index=False):
+        key = tuple(getattr(ev, c) for c in ID_COLUMNS)
+        # the window starts after the run's previous event: what moved before it belongs to that one
+        since = max((o for o in onsets[key] if o < ev.onset_step), default=-math.inf)
         found = []
-        for metric, steps, values in series.get(tuple(getattr(ev, c) for c in ID_COLUMNS), []):
-            hit = departure(steps, values, ev.onset_step, cfg)
+        for metric, steps, values in series.get(key, []):
+            hit = departure(steps, values, ev.onset_step, cfg, since)
             if hit is not None:
                 left, z = hit
                 found.append({"arch": ev.arch, "variant": ev.variant, "seed": ev.seed, "event_type": ev.event_type,

@@ -331,3 +331,19 @@ def test_departure_on_a_slice_equals_the_full_series():
         p = full.departure(ONSET)
         expected = None if p is None else (float(STEPS[p]), full.z(p))
         assert stability.departure(STEPS, x, ONSET, cfg) == expected
+
+
+def test_window_starts_after_the_previous_event():
+    """A spike at 1,400 preceded by a grad_norm jump at 1,380 (which stays up), then a collapse at 1,500:
+    the jump is the spike's precursor (lead 20); the collapse, whose 20-log window (1,300-1,500) holds the
+    jump too, only looks after the spike's onset, where nothing new left: no precursor."""
+    grad = _flat(1, 1.0, 0.05) + np.where(STEPS >= 1380, 2.0, 0.0)
+    r, traj, events = _attribution_run(shapes={"grad_norm": grad})
+    events.insert(0, event(r, "spike", 1400))
+    runs, traj, events = frames([r], traj, events)
+    att = stability.attribution(runs, traj, events)
+    assert att[["event_type", "onset_step", "lead_steps"]].values.tolist() == [["spike", 1400.0, 20.0]]
+    summary = stability.attribution_summary(att, runs, events).iloc[0]
+    assert (summary["n_events"], summary["n_attributed"], summary["k"]) == (2, 1, 1)
+    assert summary["sentence"].startswith("transformer lr=0.03: 1 of 2 events preceded by grad_norm growth "
+                                          "(median lead 20 steps); 1 with no diagnostic leaving its baseline")
