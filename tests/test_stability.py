@@ -275,6 +275,12 @@ def test_ablation_fisher_matches_scipy():
     assert row["p"] == pytest.approx(fisher_exact([[3, 1], [0, 4]]).pvalue)
     assert "3 of 4 runs unstable with qk_norm=off, 0 of 4 with qk_norm=on" in row["sentence"]
     assert out["lr_curves"].empty  # one lr: no lr sweep to speak of
+    # the same from runs.csv as aggregate writes it (a switch column with a gap reads back as text)
+    table = pd.DataFrame(runs + [{**run("t", 5, "failed", lr=0.01, qk_norm=True), "sweep_qk_norm": None}])
+    back = pd.read_csv(io.StringIO(table.to_csv(index=False)))
+    assert back["sweep_qk_norm"].dtype == object
+    again = stability.ablations(study, back, frames(runs, [], events)[2])
+    pd.testing.assert_frame_equal(again, ab)
 
     study = {"sweep": {"z_loss": [0, 1e-4, 1e-3]}}
     runs = [run("m", seed, z_loss=z) for z in (0.0, 1e-4, 1e-3) for seed in range(3)]
