@@ -49,7 +49,7 @@ def main() -> None:
           f"{stability.MIN_CHANGE:.0%} of the level; lookback {stability.LOOKBACK_LOGS} logs")
     for noise in ("normal 10%", "t3", "cauchy", "lognormal 30%", "ar1 wander 2%", "ar1 wander 9%"):
         rng = np.random.default_rng(args.seed)
-        hits = [stability._Series(STEPS, flat(noise, rng), cfg).departure(ONSET) is not None
+        hits = [stability.departure(STEPS, flat(noise, rng), ONSET, cfg) is not None
                 for _ in range(args.series)]
         print(f"flat, {noise:>14}: false departure in {np.mean(hits):.2%} of series")
     for size_sd in (6, 8, 10, 15):
@@ -57,8 +57,8 @@ def main() -> None:
         leads = []
         for _ in range(args.series):
             x = 5 + rng.normal(0, 0.1, len(STEPS)) + np.where(STEPS >= RISE, 0.1 * size_sd, 0.0)
-            p = stability._Series(STEPS, x, cfg).departure(ONSET)
-            leads.append(np.nan if p is None else ONSET - STEPS[p])
+            hit = stability.departure(STEPS, x, ONSET, cfg)
+            leads.append(np.nan if hit is None else ONSET - hit[0])
         leads = np.array(leads)
         found = np.isfinite(leads)
         where = (f", lead median {np.median(leads[found]):.0f} (range {leads[found].min():.0f}-"
