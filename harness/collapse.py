@@ -321,6 +321,29 @@ def _trailing_stats(v: np.ndarray, cfg: DetectConfig, k: int) -> tuple[np.ndarra
     return level, level_variance, np.maximum(np.nan_to_num(sigma), 1e-12), smoothed
 
 
+def trailing_baseline(x: np.ndarray, config: DetectConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's trailing baseline of every point of a finite series, from earlier points only
+    (causal): (level, spread), the median of the last level_window points and the robust noise of
+    the last noise_window (MAD of second differences / sqrt 6) widened by the level's own variance,
+    exactly what the scan tests against. ``(x - level) / spread`` is the detector's robust z
+    (robust_z); NaN for the first min_history points, which have too little history."""
+    cfg = DetectConfig() if config is None else config
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return np.empty(0), np.empty(0)
+    level, level_variance, sigma, _ = _trailing_stats(x, cfg, 1)
+    spread = sigma * np.sqrt(1 + level_variance)
+    early = np.arange(len(x)) < cfg.min_history
+    return np.where(early, np.nan, level), np.where(early, np.nan, spread)
+
+
+def robust_z(x: np.ndarray, config: DetectConfig | None = None) -> np.ndarray:
+    """The detector's robust z of every point of a finite series against its own trailing baseline
+    (trailing_baseline; signed, NaN where the history is too short)."""
+    level, spread = trailing_baseline(x, config)
+    return (np.asarray(x, dtype=float) - level) / spread
+
+
 def _centred_median(x: np.ndarray, k: int) -> np.ndarray:
     """Median of the k values centred on each position (fewer at the ends), vectorised."""
     half = k // 2

@@ -81,13 +81,17 @@ LR_CURVE_COLUMNS = ["arch", "setting", "lr", "n", "n_unstable", "unstable_rate",
 """lr_curves.csv (harness.stability): per (arch, setting, lr) over the seeds. ``setting`` is the variant
 without its lr (BASE_VARIANT when lr is the only sweep key); a run is unstable when it diverged or had a
 collapse or divergence event; final losses are the last validation loss (a diverged run counts as its
-initial loss, the Wortsman et al. convention); n_diverged counts runs that ended non-finite."""
+initial loss, the Wortsman et al. convention); n_diverged counts runs that ended non-finite. Failed runs
+are left out of n; initial_loss is the median step-0 validation loss. A study needs at least two swept
+lrs to have these tables."""
 SENSITIVITY_COLUMNS = ["arch", "setting", "n_seeds", "n_lrs", "sensitivity", "lo", "hi", "best_final_loss",
                        "stable_lr", "stable_k", "stable_n", "sentence"]
 """sensitivity.csv: learning-rate sensitivity per (arch, setting), Wortsman et al. 2023: per seed, the mean
 over the lr grid of min(final loss, initial loss) minus the seed's best final loss (nats); the mean over
-seeds with its 95% interval (lo, hi). stable_lr: the largest grid lr up to which every lr has a majority
-of runs stable; stable_k of stable_n runs were stable at it (NaN lr: none)."""
+seeds with its 95% interval (lo, hi: Student t over the seeds, NaN below 2); n_seeds counts the seeds
+with a final loss at every lr of the grid (only they enter). best_final_loss: the lowest per-lr median
+final loss of the grid. stable_lr: the largest grid lr up to which every lr has a majority
+of runs stable; stable_k of stable_n runs were stable at it (NaN lr: none; then the smallest lr's counts)."""
 SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "difference", "p", "p_holm", "sentence"]
 """sensitivity_pairs.csv: the per-seed sensitivities of two architectures compared (difference of means
 a - b; exact two-sided Mann-Whitney p, Holm-corrected over the study's pairs)."""
@@ -95,14 +99,17 @@ ATTRIBUTION_COLUMNS = ["arch", "variant", "seed", "event_type", "onset_step", "d
                        "lead_steps", "z", "first"]
 """attribution.csv: per (collapse, spike or divergence event, diagnostic that left its own trailing
 baseline before the event): the step it left (robust z beyond the detector's threshold), the lead in
-steps (onset - left_step), its z; ``first`` marks the earliest diagnostic(s) of each event."""
+steps (onset - left_step), its z; ``first`` marks the earliest diagnostic(s) of each event. A diverged run
+without a divergence event contributes its end (onset steps_done, type divergence). The departure rule
+(held for min_sustained log points, within a lookback window): harness.stability.attribution."""
 ATTRIBUTION_SUMMARY_COLUMNS = ["arch", "variant", "n_events", "n_attributed", "leading", "k", "median_lead",
                                "sentence"]
 """attribution_summary.csv: per (arch, variant) with events: the diagnostic family most often first
 (``leading``), in k of n_events events, its median lead in steps, and the sentence the report prints."""
 ABLATION_COLUMNS = ["arch", "switch", "setting", "off_k", "off_n", "on_k", "on_n", "p", "sentence"]
 """ablations.csv: per (arch, stabiliser switch of the sweep, rest of the variant): unstable runs k of n
-without and with the switch, two-sided Fisher exact p."""
+without and with the switch, two-sided Fisher exact p. ``switch`` names the on value as a variant does
+(qk_norm=on, z_loss=0.0001): one row per on value of the sweep; failed runs are left out."""
 
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
                     "quantization_summary", "lr_curves", "sensitivity", "sensitivity_pairs", "attribution",

@@ -1,0 +1,594 @@
+"""Stability tables of a study: learning-rate curves and sensitivity, precursor attribution, ablations.
+
+From the tidy tables harness.aggregate builds (runs, trajectories, events) this module derives the
+tables whose columns harness.contracts defines (LR_CURVE_COLUMNS, SENSITIVITY_COLUMNS,
+SENSITIVITY_PAIR_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, ABLATION_COLUMNS); ``tables``
+builds them all. Conventions:
+
+- A run is *unstable* when it diverged (status) or had a collapse or divergence event (the statistics'
+  COLLAPSE_TYPES); failed runs (a crash of the harness, not of the model) are left out of every count.
+- Final loss: the last finite validation loss; a run that diverged (status, or a validation curve that
+  ends non-finite) counts as its initial loss (step 0), the Wortsman et al. 2023 convention.
+- Learning-rate sensitivity (Wortsman et al. 2023, arXiv 2309.14322), per seed over the lr grid:
+  mean_lr min(final, initial) - min_lr final, in nats; averaged over the seeds that have a run at
+  every lr, with a Student t 95% interval over those seeds (a percentile bootstrap undercovers at
+  the few seeds a study has, harness.stats). Architectures are compared by the exact Mann-Whitney
+  test of harness.stats on the per-seed values, Holm-corrected over the table.
+- Attribution applies the detector's robust z (harness.collapse.trailing_baseline) to every diagnostic
+  series; see ``attribution`` for the rule and LOOKBACK_LOGS / MIN_CHANGE for the choices.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import fisher_exact
+from scipy.stats import t as student_t
+
+from harness.collapse import DetectConfig, _median_variance, trailing_baseline
+from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, BASE_VARIANT,
+                               DIAGNOSTICS, ID_COLUMNS, LR_CURVE_COLUMNS, SENSITIVITY_COLUMNS,
+                               SENSITIVITY_PAIR_COLUMNS, SWEEP_PREFIX)
+from harness.logs import is_loss
+from harness.stats import ALPHA, COLLAPSE_TYPES, _holm, mann_whitney, min_possible_p, seeds_needed
+from harness.text import num, step
+
+ALIASES = {"grad_clip": "clip", "warmup_steps": "warmup", "precision": "prec"}
+"""Short names of sweep keys in a variant name (lr=0.01,clip=0)."""
+SWITCHES = ("qk_norm", "z_loss")
+"""Stabiliser switches an ablation compares: off is False / 0, every other value of the sweep is on."""
+ATTRIBUTED_TYPES = ("collapse", "spike", "divergence")
+"""Events whose precursors attribution looks for (a diverged run's end counts as a divergence)."""
+EXTRA_DIAGNOSTICS = ("grad_norm",)
+"""Train metrics attribution reads besides the DIAGNOSTICS prefixes (exact names)."""
+LOOKBACK_LOGS = 20
+"""Log intervals of a diagnostic before an event's onset within which its departure counts as a precursor.
+A precursor is what moved in the run-up to the event: 20 logs cover several validation intervals (the
+onset is only dated to one of them) and leads of a few hundred steps at the usual log intervals, while a
+departure further back is more likely an unrelated drift of training than the start of this event. The
+trailing baseline itself needs min_history (6) earlier points, so the first points of a run are never a
+departure."""
+MIN_CHANGE = 0.10
+"""Besides its robust z, a departure must move the diagnostic by this fraction of its trailing level (as the
+detector asks a loss for both a z and a perplexity ratio): the z alone flags tiny wiggles of a very smooth
+series (a norm that barely moves has a near-zero noise estimate). 10%, the detector's recovery tolerance."""
+INTERVAL_LABEL = "t 95% over seeds"
+"""The sensitivity interval: mean over seeds +- t(n - 1) * SD / sqrt(n) (NaN with fewer than 2 seeds)."""
+LOSS_DIGITS = 3
+
+
+# ----------------------------------------------------------------------------------------- names
+
+def _value_text(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "on" if v else "off"
+    if isinstance(v, str):
+        low = v.strip().lower()
+        return {"true": "on", "false": "off"}.get(low, v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        return format(float(v), "g")
+    return str(v)
+
+
+def variant_name(values: dict) -> str:
+    """The name of a combination of sweep values, keys in the given (the sweep's) order: ``key=value``
+    joined by ",", keys aliased (grad_clip -> clip, warmup_steps -> warmup, precision -> prec), bools
+    as on/off, floats as ``format(v, "g")`` (1e-2 -> "0.01", 0.0 -> "0"), integers as written, text as it
+    is; BASE_VARIANT for no values. The same names as harness.study.variant_name gives the config's values,
+    and also for what a CSV gives back: numpy bools and the strings "True"/"False" are on/off, numpy
+    numbers like Python's (so a run's sweep_* columns name the variant its folder has)."""
+    if not values:
+        return BASE_VARIANT
+    return ",".join(f"{ALIASES.get(k, k)}={_value_text(v)}" for k, v in values.items())
+
+
+def _where(arch: str, setting: str) -> str:
+    return arch if setting == BASE_VARIANT else f"{arch} {setting}"
+
+
+def _sweep(study: dict) -> dict:
+    return dict((study or {}).get("sweep") or {})
+
+
+def _keys(study: dict, runs: pd.DataFrame, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Sweep keys (the sweep's order) that runs has a column for, less ``exclude``."""
+    return [k for k in _sweep(study) if k not in exclude and SWEEP_PREFIX + k in runs.columns]
+
+
+def _settings(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """The variant name of each run over ``keys`` only."""
+    return pd.Series([variant_name({k: r[SWEEP_PREFIX + k] for k in keys}) for _, r in runs.iterrows()],
+                     index=runs.index, dtype=object)
+
+
+def _ids(df: pd.DataFrame) -> pd.Series:
+    return pd.Series(list(zip(*(df[c] for c in ID_COLUMNS))), index=df.index, dtype=object)
+
+
+def _unstable(runs: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
+    """Diverged, or a collapse or divergence event (COLLAPSE_TYPES), per run of ``runs``."""
+    hit = set(_ids(events[events["type"].isin(COLLAPSE_TYPES)])) if len(events) else set()
+    return (runs["status"] == "diverged") | _ids(runs).isin(hit)
+
+
+# ---------------------------------------------------------------------------- lr curves, sensitivity
+
+OUTCOME_COLUMNS = ID_COLUMNS + ["setting", "lr", "unstable", "diverged", "initial_loss", "final_loss"]
+
+
+def run_outcomes(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """One row per trained (not failed) run of an lr sweep (OUTCOME_COLUMNS): its setting (the variant
+    without lr), lr, unstable, diverged (status diverged or a validation curve ending non-finite), initial
+    loss (validation loss at step 0; a run without one takes its architecture's median) and final loss
+    (the last finite validation loss; a diverged run's initial loss). Empty without an lr sweep of at
+    least two values."""
+    if len(_sweep(study).get("lr") or []) < 2 or SWEEP_PREFIX + "lr" not in runs.columns or runs.empty:
+        return pd.DataFrame(columns=OUTCOME_COLUMNS)
+    runs = runs[runs["status"] != "failed"]
+    val = trajectories[(trajectories["split"].astype(str) == "val") & is_loss(trajectories["metric"])]
+    val = val.assign(value=val["value"].astype(float)).sort_values("step", kind="stable")
+    curves = {key: g for key, g in val.groupby(ID_COLUMNS, sort=False)}
+    rows = []
+    for run, unstable in zip(runs.itertuples(index=False), _unstable(runs, events)):
+        curve = curves.get(tuple(getattr(run, c) for c in ID_COLUMNS), val.iloc[:0])
+        steps, losses = curve["step"].to_numpy(), curve["value"].to_numpy(dtype=float)
+        at0 = losses[steps == 0]
+        initial = float(at0[np.isfinite(at0)][-1]) if np.isfinite(at0).any() else math.nan
+        finite = losses[np.isfinite(losses)]
+        diverged = run.status == "diverged" or (len(losses) > 0 and not np.isfinite(losses[-1]))
+        rows.append({**{c: getattr(run, c) for c in ID_COLUMNS}, "lr": float(getattr(run, SWEEP_PREFIX + "lr")),
+                     "unstable": bool(unstable), "diverged": bool(diverged), "initial_loss": initial,
+                     "final_loss": float(finite[-1]) if len(finite) else math.nan})
+    out = pd.DataFrame(rows, columns=[c for c in OUTCOME_COLUMNS if c != "setting"])
+    out.insert(len(ID_COLUMNS), "setting", _settings(runs, _keys(study, runs, ("lr",))).to_numpy())
+    fallback = out.groupby("arch")["initial_loss"].transform("median")
+    out["initial_loss"] = out["initial_loss"].fillna(fallback)
+    out.loc[out["diverged"], "final_loss"] = out.loc[out["diverged"], "initial_loss"]
+    return out
+
+
+def lr_curves(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """LR_CURVE_COLUMNS: per (arch, setting, lr) over the seeds of ``run_outcomes``."""
+    rows = []
+    for (arch, setting, lr), g in outcomes.groupby(["arch", "setting", "lr"], sort=True):
+        final = g["final_loss"].dropna()
+        n, k = len(g), int(g["unstable"].sum())
+        rows.append({"arch": arch, "setting": setting, "lr": lr, "n": n, "n_unstable": k, "unstable_rate": k / n,
+                     "initial_loss": float(g["initial_loss"].median()),
+                     "final_loss_median": float(final.median()) if len(final) else math.nan,
+                     "final_loss_min": float(final.min()) if len(final) else math.nan,
+                     "final_loss_max": float(final.max()) if len(final) else math.nan,
+                     "n_diverged": int(g["diverged"].sum())})
+    return pd.DataFrame(rows, columns=LR_CURVE_COLUMNS)
+
+
+def seed_sensitivities(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, setting, seed) with a finite final loss at every lr of its (arch, setting) grid: the
+    Wortsman et al. sensitivity mean_lr min(final, initial) - min_lr final (columns arch, setting, seed,
+    sensitivity, n_lrs). Seeds missing an lr are left out (the sentence of ``sensitivity`` says so)."""
+    rows = []
+    for (arch, setting), g in outcomes.groupby(["arch", "setting"], sort=True):
+        grid = sorted(g["lr"].unique())
+        for seed, s in g.groupby("seed", sort=True):
+            s = s.dropna(subset=["final_loss", "initial_loss"]).drop_duplicates("lr")
+            if sorted(s["lr"]) != grid:
+                continue
+            final, initial = s["final_loss"].to_numpy(float), s["initial_loss"].to_numpy(float)
+            rows.append({"arch": arch, "setting": setting, "seed": seed, "n_lrs": len(grid),
+                         "sensitivity": float(np.mean(np.minimum(final, initial)) - np.min(final))})
+    return pd.DataFrame(rows, columns=["arch", "setting", "seed", "n_lrs", "sensitivity"])
+
+
+def mean_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student t interval of the mean over seeds (NaN below 2 seeds)."""
+    x = np.asarray(x, dtype=float)
+    if len(x) < 2:
+        return math.nan, math.nan
+    half = float(student_t.ppf(0.5 + level / 2, len(x) - 1)) * float(np.std(x, ddof=1)) / math.sqrt(len(x))
+    return float(np.mean(x)) - half, float(np.mean(x)) + half
+
+
+def _stable_lr(curve: pd.DataFrame) -> tuple[float, int, int]:
+    """(largest lr up to which every lr has a majority of stable runs, its stable k, its n); NaN lr and the
+    smallest lr's counts when the smallest lr already fails."""
+    found = (math.nan, int(curve["n"].iloc[0] - curve["n_unstable"].iloc[0]), int(curve["n"].iloc[0]))
+    for r in curve.sort_values("lr").itertuples(index=False):
+        k = int(r.n - r.n_unstable)
+        if not k > r.n / 2:
+            break
+        found = (float(r.lr), k, int(r.n))
+    return found
+
+
+def sensitivity(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """SENSITIVITY_COLUMNS: per (arch, setting) the mean over seeds of ``seed_sensitivities`` with its t 95%
+    interval, best_final_loss (the lowest per-lr median final loss of the grid), the stable lr with its k
+    of n, and a sentence."""
+    curves, per_seed = lr_curves(outcomes), seed_sensitivities(outcomes)
+    rows = []
+    for (arch, setting), curve in curves.groupby(["arch", "setting"], sort=True):
+        x = per_seed.loc[(per_seed["arch"] == arch) & (per_seed["setting"] == setting), "sensitivity"].to_numpy()
+        seeds = outcomes.loc[(outcomes["arch"] == arch) & (outcomes["setting"] == setting), "seed"].nunique()
+        mean = float(np.mean(x)) if len(x) else math.nan
+        lo, hi = mean_interval(x)
+        best = curve.loc[curve["final_loss_median"].idxmin()] if curve["final_loss_median"].notna().any() else None
+        stable_lr, k, n = _stable_lr(curve)
+        lrs = sorted(curve["lr"])
+        text = f"{_where(arch, setting)}: "
+        if len(x):
+            seeds_text = f"{len(x)} seed{'s' * (len(x) != 1)}"
+            text += f"learning-rate sensitivity {num(mean, LOSS_DIGITS)} nats (mean over {seeds_text} " \
+                    f"and {len(lrs)} learning rates, "
+            text += (f"95% t interval {num(lo, LOSS_DIGITS)} to {num(hi, LOSS_DIGITS)})" if len(x) > 1
+                     else "no interval from one seed)")
+        else:
+            text += "no learning-rate sensitivity (no seed has a final loss at every learning rate)"
+        if 0 < len(x) < seeds:
+            gone = seeds - len(x)
+            text += f"; {gone} seed{'s' * (gone != 1)} without a final loss at every learning rate of the grid left out"
+        if best is not None:
+            text += f"; best final loss {num(best['final_loss_median'], LOSS_DIGITS)} at lr={_value_text(best['lr'])}"
+        if math.isnan(stable_lr):
+            text += (f"; no learning rate of the grid is stable in a majority of runs "
+                     f"(lr={_value_text(lrs[0])}: {k} of {n} stable).")
+        elif stable_lr == lrs[-1]:
+            text += (f"; stable at every learning rate of the grid, up to lr={_value_text(stable_lr)} "
+                     f"({k} of {n} runs stable there).")
+        else:
+            text += f"; stable up to lr={_value_text(stable_lr)} ({k} of {n} runs stable there)."
+        rows.append({"arch": arch, "setting": setting, "n_seeds": len(x), "n_lrs": len(lrs), "sensitivity": mean,
+                     "lo": lo, "hi": hi,
+                     "best_final_loss": float(best["final_loss_median"]) if best is not None else math.nan,
+                     "stable_lr": stable_lr, "stable_k": k, "stable_n": n, "sentence": text})
+    return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+
+
+def sensitivity_pairs(outcomes: pd.DataFrame) -> pd.DataFrame:
+    """SENSITIVITY_PAIR_COLUMNS: every pair of architectures within a setting, their per-seed sensitivities
+    compared (difference of means a - b; harness.stats.mann_whitney: exact two-sided p without ties, the
+    exact permutation distribution with them); Holm over every pair of the table; NaN p below 2 seeds."""
+    per_seed = seed_sensitivities(outcomes)
+    rows = []
+    for setting, g in per_seed.groupby("setting", sort=True):
+        values = {arch: s["sensitivity"].to_numpy(float) for arch, s in g.groupby("arch", sort=True)}
+        for a, b in combinations(sorted(values), 2):
+            xa, xb = values[a], values[b]
+            p = mann_whitney(xa, xb)[1] if len(xa) >= 2 and len(xb) >= 2 else math.nan
+            rows.append({"setting": setting, "arch_a": a, "arch_b": b, "n_a": len(xa), "n_b": len(xb),
+                         "difference": float(np.mean(xa) - np.mean(xb)), "p": p, "p_holm": math.nan, "sentence": ""})
+    table = pd.DataFrame(rows, columns=SENSITIVITY_PAIR_COLUMNS)
+    if table.empty:
+        return table
+    table["p_holm"] = _holm(table["p"])
+    m = len(table)
+    table["sentence"] = [_pair_sentence(r, m) for r in table.itertuples(index=False)]
+    return table
+
+
+def _pair_sentence(r, n_pairs: int) -> str:
+    where = "" if r.setting == BASE_VARIANT else f"{r.setting}: "
+    seeds = f"{r.n_a} seeds" if r.n_a == r.n_b else f"{r.n_a} and {r.n_b} seeds"
+    if math.isnan(r.p_holm):
+        return (f"{where}{r.arch_a} vs {r.arch_b}: cannot compare learning-rate sensitivity with {seeds}; "
+                f"run at least {seeds_needed(n_pairs)} seeds of each.")
+    if r.p_holm <= ALPHA:
+        low, high = (r.arch_a, r.arch_b) if r.difference < 0 else (r.arch_b, r.arch_a)
+        return (f"{where}{low} is less sensitive to the learning rate than {high} "
+                f"(by {num(abs(r.difference), LOSS_DIGITS)} "
+                f"nats; exact Mann-Whitney p = {r.p:.2g}, Holm-corrected {r.p_holm:.2g}, {seeds}).")
+    floor = min_possible_p(r.n_a, r.n_b)
+    text = (f"{where}{r.arch_a} vs {r.arch_b}: no significant difference in learning-rate sensitivity "
+            f"(a - b = {num(r.difference, LOSS_DIGITS)} nats; exact Mann-Whitney p = {r.p:.2g}, "
+            f"Holm-corrected {r.p_holm:.2g}, {seeds})")
+    if floor * n_pairs > ALPHA:
+        text += (f"; the smallest p {seeds} allow is {floor:.2g}, so across {n_pairs} comparisons a difference "
+                 f"needs at least {seeds_needed(n_pairs)} seeds of each")
+    return text + "."
+
+
+# ----------------------------------------------------------------------------------------- attribution
+
+EVENT_LIST_COLUMNS = ID_COLUMNS + ["event_type", "onset_step"]
+
+
+def precursor_events(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """The events attribution explains (EVENT_LIST_COLUMNS): every collapse, spike and divergence with an
+    onset, and the end of each diverged run (onset steps_done, type divergence) that no divergence event
+    of the run already reports. Only runs of ``runs`` that did not fail."""
+    trained = runs[runs["status"] != "failed"]
+    keep = set(_ids(trained))
+    rows = []
+    if len(events):
+        dated = pd.to_numeric(events["onset_step"], errors="coerce").notna()
+        ev = events[events["type"].isin(ATTRIBUTED_TYPES) & dated]
+        ev = ev[_ids(ev).isin(keep)]
+        rows += [{**{c: r[c] for c in ID_COLUMNS}, "event_type": r["type"], "onset_step": float(r["onset_step"])}
+                 for _, r in ev.iterrows()]
+    reported = set(_ids(events[events["type"] == "divergence"])) if len(events) else set()
+    for _, r in trained[trained["status"] == "diverged"].iterrows():
+        if tuple(r[c] for c in ID_COLUMNS) not in reported and pd.notna(r.get("steps_done")):
+            rows.append({**{c: r[c] for c in ID_COLUMNS}, "event_type": "divergence",
+                         "onset_step": float(r["steps_done"])})
+    out = pd.DataFrame(rows, columns=EVENT_LIST_COLUMNS)
+    return out.sort_values(ID_COLUMNS + ["onset_step"], kind="stable", ignore_index=True)
+
+
+def is_diagnostic(metric: pd.Series) -> pd.Series:
+    """Which metric names are diagnostics attribution reads (DIAGNOSTICS prefixes, plus grad_norm)."""
+    metric = metric.astype(str)
+    return metric.str.startswith(DIAGNOSTICS) | metric.isin(EXTRA_DIAGNOSTICS)
+
+
+def held_z(config: DetectConfig) -> float:
+    """The robust z every point of a departure must pass: the detector's threshold for a jump that holds
+    (harness.collapse._scan: z_threshold times the spread of a median of min_sustained points over one
+    point's, the level a median of level_window points), 4.8 at the defaults (6, 3, 5). Attribution asks
+    it of EVERY one of the min_sustained points, not of their median: stricter than the detector, because
+    an event has tens of diagnostic series and the earliest false departure among them would be "first".
+    Measured on 600 synthetic flat series per noise model (benchmarks/attribution_calibration.py), the
+    chance that a series shows a false departure in the window: 0 (normal, 10% noise), 0 (t3), 0.5%
+    (Cauchy), 0.2% (lognormal 30%), 0 (AR(1) 0.9 wandering 2% of its level), but 25% for an AR(1)
+    wandering 9%: a slowly wandering series leaves a trailing baseline whose noise (second differences)
+    sees only its fast part. A step of 10 noise SDs (20% of the level) 40 steps before the onset is found
+    in 95.5% of series, median lead 40 (range 20-40: a noisy first point can delay it by two logs); 8 SDs
+    80%, 6 SDs 38%, 15 SDs 100% (lead 40 always)."""
+    k = np.array([config.min_sustained])
+    level = _median_variance(np.array([config.level_window]))[0]
+    return float(config.z_threshold * math.sqrt((_median_variance(k)[0] + level) / (1 + level)))
+
+
+class _Series:
+    """One diagnostic of one run: steps, values, and each point's baseline and departure tests."""
+
+    def __init__(self, steps: np.ndarray, x: np.ndarray, cfg: DetectConfig, interval: float | None = None):
+        self.steps, self.x, self.cfg = steps, x, cfg
+        finite = np.isfinite(x)
+        self.level, self.spread = np.full(len(x), np.nan), np.full(len(x), np.nan)
+        self.level[finite], self.spread[finite] = trailing_baseline(x[finite], cfg)
+        if interval is None:
+            interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
+        self.interval = interval
+        self.bar = held_z(cfg)
+
+    def z(self, p: int) -> float:
+        if not np.isfinite(self.x[p]):
+            return math.inf
+        return float((self.x[p] - self.level[p]) / self.spread[p])
+
+    def left(self, p: int) -> bool:
+        """Point p is out of its own trailing baseline and stays out: p and the next min_sustained - 1
+        points (as many as the series has) all lie beyond p's baseline (its level and spread) on the same
+        side, by more than held_z spreads and by more than MIN_CHANGE of the level. A single blip is no
+        departure. A non-finite value is out, whatever follows."""
+        if p < 0:
+            return False
+        if not np.isfinite(self.x[p]):
+            return True
+        if np.isnan(self.level[p]):
+            return False
+        level, spread = self.level[p], self.spread[p]
+        sign = 1.0 if self.x[p] > level else -1.0
+        ahead = self.x[p:p + self.cfg.min_sustained]
+        d = np.where(np.isfinite(ahead), sign * (ahead - level), math.inf)
+        return bool(np.all(d > self.bar * spread) and np.all(d > MIN_CHANGE * abs(level)))
+
+    def departure(self, onset: float, since: float = -math.inf) -> int | None:
+        """The first point in the LOOKBACK_LOGS log intervals up to the onset that left (``left``) while
+        the point before it had not: a series already out at the window's start is a standing trend,
+        not a precursor, and is not listed."""
+        if math.isnan(self.interval):
+            return None
+        start = max(onset - LOOKBACK_LOGS * self.interval, since)
+        window = np.flatnonzero((self.steps <= onset) & (self.steps >= start) & (self.steps > since))
+        return next((int(p) for p in window if self.left(int(p)) and not self.left(int(p) - 1)), None)
+
+
+def departure(steps: np.ndarray, values: np.ndarray, onset: float, config: DetectConfig | None = None,
+              since: float = -math.inf) -> tuple[float, float] | None:
+    """(left_step, z) of a diagnostic series' departure before ``onset`` (the rule of ``attribution``), or
+    None. ``steps`` sorted and unique. Only the points the window and their trailing history need are
+    scanned (the baseline of a point looks back noise_window points), so a long series costs little."""
+    cfg = DetectConfig() if config is None else config
+    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+    if len(steps) < 2:
+        return None
+    interval = float(np.median(np.diff(steps)))
+    window = np.flatnonzero((steps <= onset) & (steps >= onset - LOOKBACK_LOGS * interval) & (steps > since))
+    if not len(window):
+        return None
+    # history for the point before the window: noise_window finite points (non-finite ones are skipped
+    # by the baseline, so reach back past them too)
+    finite_before = np.flatnonzero(np.isfinite(values[:window[0]]))
+    need = max(cfg.noise_window, cfg.level_window, cfg.min_history) + 1
+    lo = int(finite_before[-need]) if len(finite_before) >= need else 0
+    hi = min(len(steps), int(window[-1]) + cfg.min_sustained)
+    series = _Series(steps[lo:hi], values[lo:hi], cfg, interval)
+    p = series.departure(onset, since)
+    return None if p is None else (float(series.steps[p]), series.z(p))
+
+
+def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
+                config: DetectConfig | None = None) -> pd.DataFrame:
+    """ATTRIBUTION_COLUMNS: for each event of ``precursor_events``, every diagnostic series of its run (train
+    metrics matching DIAGNOSTICS, plus grad_norm) that left its own trailing baseline before the onset.
+
+    The rule: each point's robust z is the detector's (harness.collapse.trailing_baseline: trailing median
+    level and MAD noise of the points before it, causal). A point *leaves* when it and the next
+    min_sustained - 1 (2) points all lie beyond ITS baseline on the same side, each by |z| > held_z (4.8,
+    the detector's threshold for a jump that holds) and by MIN_CHANGE of the level: one noisy blip is no
+    departure (a non-finite value is always out). The departure counted is the first point within
+    LOOKBACK_LOGS log intervals up to the onset (and after the run's previous event's onset, whose
+    precursors are its own) that left while its predecessor had not (a diagnostic out
+    at the window's start is a standing trend, not listed; a drift slower than about 2 noise SDs per log
+    interval never leaves, the baseline follows it); a departure after the onset is no precursor.
+    lead_steps = onset - left_step >= 0; z is the departing point's; ``first`` marks the earliest
+    diagnostic(s) of each event. Measured false-departure rates and power: held_z.
+    """
+    cfg = DetectConfig() if config is None else config
+    todo = precursor_events(runs, events)
+    if todo.empty or trajectories.empty:
+        return pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
+    diag = trajectories[(trajectories["split"].astype(str) == "train") & is_diagnostic(trajectories["metric"])]
+    diag = diag[pd.MultiIndex.from_frame(diag[ID_COLUMNS]).isin(pd.MultiIndex.from_frame(todo[ID_COLUMNS]))]
+    diag = diag.assign(value=pd.to_numeric(diag["value"], errors="coerce").astype(float))
+    series = {}
+    for key, g in diag.groupby(ID_COLUMNS + ["metric"], sort=True):
+        steps, values = g["step"].to_numpy(float), g["value"].to_numpy(float)
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+        last = np.r_[steps[1:] != steps[:-1], True]  # a resume re-logs a step: keep the last value
+        series.setdefault(key[:-1], []).append((str(key[-1]), steps[last], values[last]))
+    onsets: dict[tuple, list[float]] = {}
+    for ev in todo.itertuples(index=False):
+        onsets.setdefault(tuple(getattr(ev, c) for c in ID_COLUMNS), []).append(ev.onset_step)
+    rows = []
+    for ev in todo.itertuples(index=False):
+        key = tuple(getattr(ev, c) for c in ID_COLUMNS)
+        # the window starts after the run's previous event: what moved before it belongs to that one
+        since = max((o for o in onsets[key] if o < ev.onset_step), default=-math.inf)
+        found = []
+        for metric, steps, values in series.get(key, []):
+            hit = departure(steps, values, ev.onset_step, cfg, since)
+            if hit is not None:
+                left, z = hit
+                found.append({"arch": ev.arch, "variant": ev.variant, "seed": ev.seed, "event_type": ev.event_type,
+                              "onset_step": ev.onset_step, "diagnostic": metric, "left_step": left,
+                              "lead_steps": ev.onset_step - left, "z": z, "first": False})
+        if found:
+            earliest = min(f["left_step"] for f in found)
+            for f in found:
+                f["first"] = f["left_step"] == earliest
+        rows += found
+    return pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
+
+
+def family(diagnostic: str) -> str:
+    """The diagnostic family: the name before "/" (attn_logit_max/blocks.0.attn -> attn_logit_max)."""
+    return str(diagnostic).split("/", 1)[0]
+
+
+_PLURAL = {"collapse": "collapses", "spike": "spikes", "divergence": "divergences"}
+
+
+def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """ATTRIBUTION_SUMMARY_COLUMNS: per (arch, variant) with events (``precursor_events``): the family most
+    often among the first diagnostics of an event (each event counts a family once; ties go to the longer
+    median lead, then the name), in k of n_events, its median lead over those k events, and a sentence.
+    An event with no precursor counts in n_events, not in n_attributed, and the sentence says so."""
+    todo = precursor_events(runs, events)
+    rows = []
+    for (arch, variant), evs in todo.groupby(["arch", "variant"], sort=True):
+        rows_av = attributed[(attributed["arch"] == arch) & (attributed["variant"] == variant)] \
+            if len(attributed) else attributed
+        firsts = rows_av[rows_av["first"].astype(str).str.lower() == "true"] if len(rows_av) else rows_av
+        per_family: dict[str, list[tuple[float, float]]] = {}
+        event_keys = ["seed", "event_type", "onset_step"]
+        n_attributed = len(rows_av.groupby(event_keys)) if len(rows_av) else 0
+        if len(firsts):
+            for _, e in firsts.groupby(event_keys, sort=False):
+                for fam, f in e.groupby(e["diagnostic"].map(family), sort=True):
+                    lead, direction = float(f["lead_steps"].iloc[0]), float(np.sign(f["z"]).sum())
+                    per_family.setdefault(fam, []).append((lead, direction))
+        n = len(evs)
+        types = sorted(evs["event_type"].unique())
+        noun = (_PLURAL[types[0]] if n != 1 else types[0]) if len(types) == 1 else ("events" if n != 1 else "event")
+        where = _where(arch, variant)
+        if per_family:
+            leading = min(per_family, key=lambda f: (-len(per_family[f]),
+                                                     -float(np.median([lead for lead, _ in per_family[f]])), f))
+            leads = [lead for lead, _ in per_family[leading]]
+            k, median_lead = len(leads), float(np.median(leads))
+            motion = "growth" if sum(s for _, s in per_family[leading]) >= 0 else "decline"
+            text = f"{where}: {k} of {n} {noun} preceded by {leading} {motion} (median lead {step(median_lead)} steps)"
+            others = sorted((f for f in per_family if f != leading), key=lambda f: (-len(per_family[f]), f))
+            if others:
+                text += "; first otherwise: " + ", ".join(f"{f} ({len(per_family[f])})" for f in others)
+        else:
+            leading, k, median_lead = "", 0, math.nan
+            text = (f"{where}: no diagnostic left its baseline in the {LOOKBACK_LOGS} log intervals before "
+                    f"the {noun}" if n == 1 else
+                    f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline in the "
+                    f"{LOOKBACK_LOGS} log intervals before the onset")
+        silent = n - n_attributed
+        if silent and per_family:
+            text += (f"; {silent} with no diagnostic leaving its baseline in the {LOOKBACK_LOGS} log intervals "
+                     "before the onset")
+        rows.append({"arch": arch, "variant": variant, "n_events": n, "n_attributed": n_attributed,
+                     "leading": leading, "k": k, "median_lead": median_lead, "sentence": text + "."})
+    return pd.DataFrame(rows, columns=ATTRIBUTION_SUMMARY_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------- ablations
+
+def _is_off(v) -> bool:
+    return _value_text(v) in ("off", "0")
+
+
+def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """ABLATION_COLUMNS: for each switch of SWITCHES in the sweep with an off value (False / 0) and on values,
+    per (arch, setting = the other sweep values, lr included, BASE_VARIANT if none) and per on value: unstable
+    runs k of n off vs on, two-sided Fisher exact p (NaN when a side has no run). ``switch`` names the on value
+    as a variant does (qk_norm=on, z_loss=0.0001), so several strengths of one switch stay apart."""
+    sweep, rows = _sweep(study), []
+    trained = runs[runs["status"] != "failed"] if len(runs) else runs
+    for key in SWITCHES:
+        column = SWEEP_PREFIX + key
+        values = sweep.get(key) or []
+        offs = {_value_text(v) for v in values if _is_off(v)}
+        ons = list(dict.fromkeys(_value_text(v) for v in values if not _is_off(v)))
+        if not offs or not ons or column not in trained.columns or trained.empty:
+            continue
+        df = trained.assign(_unstable=_unstable(trained, events).to_numpy(),
+                            _setting=_settings(trained, _keys(study, trained, (key,))).to_numpy(),
+                            _value=[_value_text(v) for v in trained[column]])
+        for (arch, setting), g in df.groupby(["arch", "_setting"], sort=True):
+            off = g[g["_value"].isin(offs)]
+            off_k, off_n = int(off["_unstable"].sum()), len(off)
+            for on_value in ons:
+                on = g[g["_value"] == on_value]
+                on_k, on_n = int(on["_unstable"].sum()), len(on)
+                if not off_n and not on_n:
+                    continue
+                p = float(fisher_exact([[off_k, off_n - off_k], [on_k, on_n - on_k]]).pvalue) \
+                    if off_n and on_n else math.nan
+                switch = f"{ALIASES.get(key, key)}={on_value}"
+                off_name = f"{ALIASES.get(key, key)}={sorted(offs)[0]}"
+                text = (f"{_where(arch, setting)}: {off_k} of {off_n} runs unstable with {off_name}, "
+                        f"{on_k} of {on_n} with {switch}")
+                if math.isnan(p):
+                    text += " (no comparison: one side has no trained run)."
+                elif p <= ALPHA:
+                    text += f" (two-sided Fisher exact p = {p:.2g}: the switch changes the instability rate)."
+                else:
+                    text += f" (two-sided Fisher exact p = {p:.2g}: no significant difference at {ALPHA})."
+                rows.append({"arch": arch, "switch": switch, "setting": setting, "off_k": off_k, "off_n": off_n,
+                             "on_k": on_k, "on_n": on_n, "p": p, "sentence": text})
+    return pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ all
+
+def tables(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
+           config: DetectConfig | None = None) -> dict[str, pd.DataFrame]:
+    """Every stability table of a study, by its AGGREGATE_TABLES name, each with exactly its contract's
+    columns (empty frames where the study has no lr sweep, no events or no switch)."""
+    events = events if len(events) else pd.DataFrame(columns=ID_COLUMNS + ["type", "onset_step"])
+    outcomes = run_outcomes(study, runs, trajectories, events)
+    attributed = attribution(runs, trajectories, events, config) if len(runs) else \
+        pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
+    return {
+        "lr_curves": lr_curves(outcomes),
+        "sensitivity": sensitivity(outcomes),
+        "sensitivity_pairs": sensitivity_pairs(outcomes),
+        "attribution": attributed,
+        "attribution_summary": attribution_summary(attributed, runs, events) if len(runs) else
+        pd.DataFrame(columns=ATTRIBUTION_SUMMARY_COLUMNS),
+        "ablations": ablations(study, runs, events),
+    }

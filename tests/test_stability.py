@@ -1,0 +1,355 @@
+"""harness.stability on hand-built tables with known answers (no training, no torch)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import t as student_t
+
+from harness import stability
+from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, EVENT_COLUMNS,
+                               ID_COLUMNS, LR_CURVE_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS)
+
+STUDY = "s"
+CONTRACT = {"lr_curves": LR_CURVE_COLUMNS, "sensitivity": SENSITIVITY_COLUMNS,
+            "sensitivity_pairs": SENSITIVITY_PAIR_COLUMNS, "attribution": ATTRIBUTION_COLUMNS,
+            "attribution_summary": ATTRIBUTION_SUMMARY_COLUMNS, "ablations": ABLATION_COLUMNS}
+
+
+def run(arch, seed, status="completed", steps_done=1000, **sweep):
+    variant = stability.variant_name(sweep)
+    return {"study": STUDY, "arch": arch, "variant": variant, "seed": seed, "status": status,
+            "steps_done": steps_done, **{f"sweep_{k}": v for k, v in sweep.items()}}
+
+
+def val(r, losses):
+    """Validation loss rows of run r: {step: loss}."""
+    return [{**{c: r[c] for c in ID_COLUMNS}, "step": s, "split": "val", "metric": "loss", "value": v}
+            for s, v in losses.items()]
+
+
+def diag(r, metric, steps, values):
+    return [{**{c: r[c] for c in ID_COLUMNS}, "step": int(s), "split": "train", "metric": metric, "value": float(v)}
+            for s, v in zip(steps, values)]
+
+
+def event(r, type_, onset, split="val"):
+    row = {c: math.nan for c in EVENT_COLUMNS} | {"type": type_, "split": split, "onset_step": float(onset)}
+    return {**{c: r[c] for c in ID_COLUMNS}, **row}
+
+
+def frames(runs, traj, events):
+    return (pd.DataFrame(runs), pd.DataFrame(traj, columns=ID_COLUMNS + ["step", "split", "metric", "value"]),
+            pd.DataFrame(events, columns=ID_COLUMNS + EVENT_COLUMNS))
+
+
+def test_variant_name():
+    assert stability.variant_name({}) == "base"
+    assert stability.variant_name({"lr": 1e-2, "z_loss": 0.0}) == "lr=0.01,z_loss=0"
+    assert stability.variant_name({"lr": 0.01, "grad_clip": 0, "qk_norm": True, "warmup_steps": 100,
+                                   "precision": "bf16"}) == "lr=0.01,clip=0,qk_norm=on,warmup=100,prec=bf16"
+    # what a CSV gives back names the same variant
+    assert stability.variant_name({"qk_norm": np.bool_(False), "z_loss": np.float64(1e-4)}) == "qk_norm=off,z_loss=0.0001"
+    assert stability.variant_name({"qk_norm": "True", "warmup_steps": 100.0}) == "qk_norm=on,warmup=100"
+    assert stability.variant_name({"warmup_steps": np.int64(2000), "z_loss": 0}) == "warmup=2000,z_loss=0"
+
+
+def test_sensitivity_known_value():
+    """2 learning rates x 2 seeds, initial loss 5.0 everywhere.
+    seed 0: lr 0.01 final 2.0; lr 0.1 DIVERGED (last val inf) -> counts as its initial 5.0.
+            sensitivity = mean(min(2.0, 5), min(5.0, 5)) - min(2.0, 5.0) = 3.5 - 2.0 = 1.5
+    seed 1: lr 0.01 final 2.2; lr 0.1 final 2.6: mean(2.2, 2.6) - 2.2 = 0.2
+    mean 0.85; t interval 0.85 +- t(0.975, 1) * sd([1.5, 0.2]) / sqrt(2).
+    lr 0.01: 2 of 2 stable; lr 0.1: 1 of 2 (the diverged one) -> not a majority: stable_lr 0.01, 2 of 2.
+    best final loss: per-lr medians 2.1 (lr 0.01) and 3.8 (lr 0.1) -> 2.1."""
+    study = {"sweep": {"lr": [0.01, 0.1]}, "recipe": {"lr": 0.01}}
+    runs = [run("t", 0, lr=0.01), run("t", 0, "diverged", 400, lr=0.1), run("t", 1, lr=0.01), run("t", 1, lr=0.1)]
+    finals = [2.0, math.inf, 2.2, 2.6]
+    traj = [row for r, f in zip(runs, finals) for row in val(r, {0: 5.0, 200: 3.0, 400: f})]
+    out = stability.tables(study, *frames(runs, traj, []))
+    assert list(out) == list(CONTRACT)
+    for name, columns in CONTRACT.items():
+        assert list(out[name].columns) == columns, name
+    curves = out["lr_curves"].set_index("lr")
+    assert curves.loc[0.01, ["n", "n_unstable", "n_diverged"]].tolist() == [2, 0, 0]
+    assert curves.loc[0.1, ["n", "n_unstable", "n_diverged"]].tolist() == [2, 1, 1]
+    assert curves.loc[0.1, "final_loss_median"] == pytest.approx(3.8)
+    assert curves.loc[0.1, "final_loss_max"] == pytest.approx(5.0)
+    assert curves.loc[0.01, "initial_loss"] == 5.0 and curves["setting"].eq("base").all()
+    s = out["sensitivity"].iloc[0]
+    assert s["sensitivity"] == pytest.approx(0.85)
+    half = student_t.ppf(0.975, 1) * np.std([1.5, 0.2], ddof=1) / math.sqrt(2)
+    assert (s["lo"], s["hi"]) == (pytest.approx(0.85 - half), pytest.approx(0.85 + half))
+    assert (s["n_seeds"], s["n_lrs"], s["best_final_loss"]) == (2, 2, pytest.approx(2.1))
+    assert (s["stable_lr"], s["stable_k"], s["stable_n"]) == (0.01, 2, 2)
+    assert "sensitivity 0.850 nats" in s["sentence"] and "stable up to lr=0.01 (2 of 2" in s["sentence"]
+    # one arch: no pair; no events beyond the diverged end (attributed, no diagnostics: no precursor)
+    assert out["sensitivity_pairs"].empty and out["attribution"].empty and out["ablations"].empty
+    summary = out["attribution_summary"].iloc[0]
+    assert (summary["variant"], summary["n_events"], summary["n_attributed"]) == ("lr=0.1", 1, 0)
+
+
+def test_stable_lr_needs_every_smaller_lr():
+    """lr 1e-3: 3 of 3 stable; 1e-2: collapse events in 2 of 3 (1 of 3 stable); 1e-1: 3 of 3 stable.
+    The stable lr is 1e-3 (3 of 3): the largest lr up to which EVERY lr has a majority stable.
+    A setting (z_loss) is carried through."""
+    study = {"sweep": {"lr": [1e-3, 1e-2, 1e-1], "z_loss": [0.0]}}
+    runs = [run("m", seed, lr=lr, z_loss=0.0) for lr in (1e-3, 1e-2, 1e-1) for seed in range(3)]
+    traj = [row for r in runs for row in val(r, {0: 4.0, 100: 2.0})]
+    events = [event(r, "collapse", 50) for r in runs if r["sweep_lr"] == 1e-2 and r["seed"] < 2]
+    events.append(event(runs[0], "spike", 50))  # a spike is no instability
+    out = stability.tables(study, *frames(runs, traj, events))
+    s = out["sensitivity"].iloc[0]
+    assert (s["setting"], s["stable_lr"], s["stable_k"], s["stable_n"]) == ("z_loss=0", 1e-3, 3, 3)
+    assert out["lr_curves"].set_index("lr").loc[1e-2, "n_unstable"] == 2
+    # every lr ends at 2.0 below the initial 4.0: sensitivity 0 per seed
+    assert s["sensitivity"] == pytest.approx(0.0) and s["lo"] == pytest.approx(0.0)
+    # no lr stable at all: NaN, with the smallest lr's counts
+    events = [event(r, "collapse", 50) for r in runs]
+    s = stability.tables(study, *frames(runs, traj, events))["sensitivity"].iloc[0]
+    assert math.isnan(s["stable_lr"]) and (s["stable_k"], s["stable_n"]) == (0, 3)
+    assert "no learning rate of the grid is stable" in s["sentence"]
+
+
+def test_sensitivity_pairs_match_scipy_exact_mann_whitney():
+    """Two lrs, finals 2.0 and 2.0 + 2 s below the initial 10: sensitivity = s exactly, per seed."""
+    per_seed = {"a": [0.1, 0.2, 0.3], "b": [0.5, 0.6, 0.7], "c": [0.15, 0.25, 0.8]}
+    study = {"sweep": {"lr": [0.01, 0.02]}}
+    runs, traj = [], []
+    for arch, values in per_seed.items():
+        for seed, s in enumerate(values):
+            for lr, final in ((0.01, 2.0), (0.02, 2.0 + 2 * s)):
+                r = run(arch, seed, lr=lr)
+                runs.append(r)
+                traj += val(r, {0: 10.0, 100: final})
+    out = stability.tables(study, *frames(runs, traj, []))
+    sens = out["sensitivity"].set_index("arch")["sensitivity"]
+    assert sens.to_dict() == pytest.approx({k: np.mean(v) for k, v in per_seed.items()})
+    pairs = out["sensitivity_pairs"].set_index(["arch_a", "arch_b"])
+    assert list(pairs.index) == [("a", "b"), ("a", "c"), ("b", "c")]
+    raw = {}
+    for a, b in pairs.index:
+        raw[a, b] = mannwhitneyu(per_seed[a], per_seed[b], method="exact", alternative="two-sided").pvalue
+        assert pairs.loc[(a, b), "p"] == pytest.approx(raw[a, b])
+        assert pairs.loc[(a, b), "difference"] == pytest.approx(np.mean(per_seed[a]) - np.mean(per_seed[b]))
+    # Holm by hand: sorted p times 3, 2, 1, made monotone
+    order = sorted(raw, key=raw.get)
+    holm, running = {}, 0.0
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (3 - i) * raw[key]))
+        holm[key] = running
+    for key in pairs.index:
+        assert pairs.loc[key, "p_holm"] == pytest.approx(holm[key])
+    # 3 vs 3 seeds: smallest p 0.1, nothing can be significant; the sentence says so
+    assert "smallest p 3 seeds allow is 0.1" in pairs.loc[("a", "b"), "sentence"]
+
+
+# ------------------------------------------------------------------------------------------ attribution
+
+STEPS = np.arange(0, 2010, 10)  # log every 10 steps
+ONSET = 1500
+
+
+def _noise(seed, scale, n=len(STEPS)):
+    return np.random.default_rng(seed).normal(0, scale, n)
+
+
+def _attribution_run(arch="transformer", seed=0, shapes=None, status="completed", onset=ONSET, event_type="collapse"):
+    r = run(arch, seed, status, steps_done=2000, lr=0.03)
+    traj = val(r, {0: 5.0, 1000: 2.0, 2000: 2.0})
+    for metric, values in (shapes or {}).items():
+        traj += diag(r, metric, STEPS, values)
+    events = [event(r, event_type, onset)] if event_type else []
+    return r, traj, events
+
+
+def _flat(seed, level, scale):
+    return level + _noise(seed, scale)
+
+
+def test_attribution_finds_the_leading_diagnostic():
+    """attn_logit_max of block 0 leaves at 1460 (40 steps before the onset 1500), grad_rms/embed at 1490
+    (10 before); block 1, logz_mean and grad_norm are flat noise. Expected: attn_logit_max/blocks.0.attn
+    first with lead 40 (+- one log interval), grad_rms/embed lead 10, nothing else."""
+    attn = _flat(1, 5.0, 0.05) + np.where(STEPS >= 1460, 1.0 + 0.5 * (STEPS - 1460) / 10, 0.0)
+    grad = _flat(2, 0.01, 0.0005) + np.where(STEPS >= 1490, 0.01, 0.0)
+    shapes = {"attn_logit_max/blocks.0.attn": attn, "attn_logit_max/blocks.1.attn": _flat(3, 5.0, 0.05),
+              "grad_rms/embed": grad, "logz_mean": _flat(4, 3.0, 0.02), "grad_norm": _flat(5, 1.0, 0.1),
+              "grad_norm_max": _flat(6, 1.0, 0.1) * np.where(STEPS >= 1400, 3, 1),  # not a diagnostic
+              "loss": _flat(7, 2.0, 0.01) * np.where(STEPS >= 1400, 3, 1)}  # nor is the loss
+    runs, traj, events = [], [], []
+    for seed in range(3):
+        r, t, e = _attribution_run(seed=seed, shapes=shapes)
+        runs.append(r), traj.extend(t), events.extend(e)
+    # a run whose diagnostics are flat noise: its collapse has no precursor
+    r, t, e = _attribution_run(seed=3, shapes={k: _flat(10 + i, 1.0, 0.05) for i, k in enumerate(shapes)})
+    runs.append(r), traj.extend(t), events.extend(e)
+    out = stability.tables({"sweep": {"lr": [0.03]}}, *frames(runs, traj, events))
+    att = out["attribution"]
+    assert set(att["diagnostic"]) == {"attn_logit_max/blocks.0.attn", "grad_rms/embed"}
+    assert set(att["seed"]) == {0, 1, 2}
+    first = att[att["first"]]
+    assert (first["diagnostic"] == "attn_logit_max/blocks.0.attn").all() and len(first) == 3
+    assert first["lead_steps"].between(30, 50).all() and (first["z"] > 6).all()
+    assert (att.loc[att["diagnostic"] == "grad_rms/embed", "lead_steps"] == 10).all()
+    summary = out["attribution_summary"].iloc[0]
+    assert (summary["n_events"], summary["n_attributed"], summary["leading"], summary["k"]) == (4, 3, "attn_logit_max", 3)
+    assert summary["median_lead"] == 40
+    assert summary["sentence"].startswith("transformer lr=0.03: 3 of 4 collapses preceded by attn_logit_max growth "
+                                          "(median lead 40 steps)")
+    assert "1 with no diagnostic leaving its baseline" in summary["sentence"]
+    # the summary reads the table as aggregate writes it (first as text after a CSV round trip)
+    back = pd.read_csv(io.StringIO(att.to_csv(index=False)), dtype={"first": str})
+    again = stability.attribution_summary(back, *frames(runs, traj, events)[::2])
+    pd.testing.assert_frame_equal(again, out["attribution_summary"])
+
+
+def test_attribution_on_shapes_the_generator_does_not_draw():
+    """What the rule does with other shapes (onset 1500, log every 10 steps):
+    - slow linear drift (+0.01 per log on 5 with noise 0.05): the trailing median follows it (lag about
+      3 logs = 0.03, z < 1): never leaves, not listed;
+    - exponential growth all run long (+5% per log): out of its baseline at every point, a standing trend
+      with no departure inside the window: not listed;
+    - a step change of +30% at 1450: listed, left_step 1450 exactly (lead 50);
+    - heavy-tailed noise (Student t, 2 dof) with single-point blips of 10x at 1440 and 1480: no
+      departure (a blip does not stay out), not listed;
+    - a drop of 50% at 1480 (embed_std): listed, z negative, lead 20; the summary calls it a decline
+      only when that family leads;
+    - a non-finite grad_norm from 1490: listed with z = inf, lead 10."""
+    rng = np.random.default_rng(0)
+    heavy = 2.0 + 0.05 * rng.standard_t(2, len(STEPS))
+    heavy[np.isin(STEPS, (1440, 1480))] *= 10
+    shapes = {"attn_logit_max/blocks.0.attn": 5.0 + 0.01 * np.arange(len(STEPS)) + _noise(1, 0.05),
+              "logit_abs_max": 5.0 * 1.05 ** np.arange(len(STEPS)) * (1 + _noise(2, 0.005)),
+              "state_gate_max/blocks.1.mixer": _flat(3, 1.0, 0.02) + np.where(STEPS >= 1450, 0.3, 0.0),
+              "update_ratio/mixer": heavy,
+              "embed_std": _flat(4, 1.0, 0.02) * np.where(STEPS >= 1480, 0.5, 1.0),
+              "grad_norm": np.where(STEPS >= 1490, np.inf, _flat(5, 1.0, 0.05))}
+    r, traj, events = _attribution_run(arch="hybrid", shapes=shapes)
+    att = stability.attribution(*frames([r], traj, events)).set_index("diagnostic")
+    assert set(att.index) == {"state_gate_max/blocks.1.mixer", "embed_std", "grad_norm"}
+    assert att.loc["state_gate_max/blocks.1.mixer", ["left_step", "lead_steps"]].tolist() == [1450, 50]
+    assert att.loc["state_gate_max/blocks.1.mixer", "first"]
+    assert att.loc["embed_std", "lead_steps"] == 20 and att.loc["embed_std", "z"] < -6
+    assert att.loc["grad_norm", "lead_steps"] == 10 and att.loc["grad_norm", "z"] == math.inf
+    # a departure only after the onset is no precursor
+    late = {"state_gate_max/blocks.1.mixer": _flat(3, 1.0, 0.02) + np.where(STEPS >= 1510, 0.3, 0.0)}
+    r, traj, events = _attribution_run(shapes=late)
+    assert stability.attribution(*frames([r], traj, events)).empty
+
+
+def test_diverged_run_end_is_an_event_once():
+    """A diverged run without a divergence event: its end (steps_done) is attributed as a divergence;
+    with a divergence event it is not added twice."""
+    grad = _flat(1, 1.0, 0.05) + np.where(STEPS >= 1470, 2.0, 0.0)
+    r, traj, _ = _attribution_run(shapes={"grad_norm": grad}, status="diverged", event_type=None)
+    r["steps_done"] = 1500
+    att = stability.attribution(*frames([r], traj, []))
+    assert att[["event_type", "onset_step", "lead_steps"]].values.tolist() == [["divergence", 1500.0, 30.0]]
+    events = [event(r, "divergence", 1490)]
+    att = stability.attribution(*frames([r], traj, events))
+    assert att[["event_type", "onset_step", "lead_steps"]].values.tolist() == [["divergence", 1490.0, 20.0]]
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+
+def test_ablation_fisher_matches_scipy():
+    """qk_norm off: 3 of 4 runs unstable (2 collapse events, 1 diverged); on: 0 of 4. A failed run is not
+    counted. z_loss with two on values gives one row per strength."""
+    study = {"sweep": {"lr": [0.01], "qk_norm": [False, True]}}
+    runs = [run("t", seed, "diverged" if seed == 2 else "completed", lr=0.01, qk_norm=False) for seed in range(4)]
+    runs += [run("t", seed, lr=0.01, qk_norm=True) for seed in range(4)]
+    runs.append(run("t", 9, "failed", lr=0.01, qk_norm=True))
+    events = [event(runs[0], "collapse", 100), event(runs[1], "divergence", 100), event(runs[4], "spike", 100)]
+    out = stability.tables(study, *frames(runs, [], events))
+    ab = out["ablations"]
+    assert len(ab) == 1
+    row = ab.iloc[0]
+    assert (row["arch"], row["switch"], row["setting"]) == ("t", "qk_norm=on", "lr=0.01")
+    assert [row[c] for c in ("off_k", "off_n", "on_k", "on_n")] == [3, 4, 0, 4]
+    assert row["p"] == pytest.approx(fisher_exact([[3, 1], [0, 4]]).pvalue)
+    assert "3 of 4 runs unstable with qk_norm=off, 0 of 4 with qk_norm=on" in row["sentence"]
+    assert out["lr_curves"].empty  # one lr: no lr sweep to speak of
+    # the same from runs.csv as aggregate writes it (a switch column with a gap reads back as text)
+    table = pd.DataFrame(runs + [{**run("t", 5, "failed", lr=0.01, qk_norm=True), "sweep_qk_norm": None}])
+    back = pd.read_csv(io.StringIO(table.to_csv(index=False)))
+    assert back["sweep_qk_norm"].dtype == object
+    again = stability.ablations(study, back, frames(runs, [], events)[2])
+    pd.testing.assert_frame_equal(again, ab)
+
+    study = {"sweep": {"z_loss": [0, 1e-4, 1e-3]}}
+    runs = [run("m", seed, z_loss=z) for z in (0.0, 1e-4, 1e-3) for seed in range(3)]
+    events = [event(r, "collapse", 100) for r in runs if r["sweep_z_loss"] == 0.0]
+    ab = stability.ablations(study, *frames(runs, [], events)[::2])
+    assert ab["switch"].tolist() == ["z_loss=0.0001", "z_loss=0.001"]
+    assert ab["setting"].eq("base").all() and ab["p"].tolist() == pytest.approx([fisher_exact([[3, 0], [0, 3]]).pvalue] * 2)
+
+
+def test_empty_inputs_give_contract_columns():
+    empty_runs = pd.DataFrame(columns=ID_COLUMNS + ["status", "steps_done", "sweep_lr", "sweep_qk_norm"])
+    _, no_traj, no_events = frames([], [], [])
+    for study in ({"sweep": {}}, {}, {"sweep": {"lr": [0.01, 0.1], "qk_norm": [False, True]}}):
+        out = stability.tables(study, empty_runs, no_traj, no_events)
+        assert list(out) == list(CONTRACT)
+        for name, columns in CONTRACT.items():
+            assert out[name].empty and list(out[name].columns) == columns, name
+    # runs but no sweep and no events
+    runs = [run("t", 0)]
+    out = stability.tables({"sweep": {}}, *frames(runs, val(runs[0], {0: 5.0, 100: 2.0}), []))
+    for name, columns in CONTRACT.items():
+        assert out[name].empty and list(out[name].columns) == columns, name
+
+
+def test_robust_z_is_the_detectors_trailing_z():
+    """harness.collapse.robust_z by hand at one point: level = median of the 5 points before it, noise =
+    1.4826 * MAD of the second differences among the 20 points before it / sqrt(6), widened by the level's
+    variance (pi / 10 for a median of 5): z = (x - level) / (noise * sqrt(1 + pi / 10)). Causal: changing
+    later points does not change it; the first min_history (6) points have none."""
+    from harness.collapse import robust_z
+    x = 2.0 + np.random.default_rng(3).normal(0, 0.1, 40)
+    x[30] += 3.0
+    p = 30
+    d = np.diff(x[p - 20:p], 2)
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(6)
+    expected = (x[p] - np.median(x[p - 5:p])) / (noise * math.sqrt(1 + math.pi / 10))
+    z = robust_z(x)
+    assert z[p] == pytest.approx(expected) and z[p] > 6
+    assert np.isnan(z[:6]).all() and np.isfinite(z[6:]).all()
+    y = x.copy()
+    y[31:] += 100.0
+    np.testing.assert_allclose(robust_z(y)[:31], z[:31])
+
+
+def test_departure_on_a_slice_equals_the_full_series():
+    """departure() scans only the window and its history: the same answer as the whole series (with
+    non-finite points in the history too)."""
+    rng = np.random.default_rng(7)
+    cfg = stability.DetectConfig()
+    for trial in range(30):
+        x = 3.0 + rng.normal(0, 0.1, len(STEPS)) + np.where(STEPS >= 1500 - 10 * rng.integers(0, 25), 1.5, 0.0)
+        x[rng.integers(0, len(STEPS), 3)] = np.nan
+        full = stability._Series(STEPS, x, cfg)
+        p = full.departure(ONSET)
+        expected = None if p is None else (float(STEPS[p]), full.z(p))
+        assert stability.departure(STEPS, x, ONSET, cfg) == expected
+
+
+def test_window_starts_after_the_previous_event():
+    """A spike at 1,400 preceded by a grad_norm jump at 1,380 (which stays up), then a collapse at 1,500:
+    the jump is the spike's precursor (lead 20); the collapse, whose 20-log window (1,300-1,500) holds the
+    jump too, only looks after the spike's onset, where nothing new left: no precursor."""
+    grad = _flat(1, 1.0, 0.05) + np.where(STEPS >= 1380, 2.0, 0.0)
+    r, traj, events = _attribution_run(shapes={"grad_norm": grad})
+    events.insert(0, event(r, "spike", 1400))
+    runs, traj, events = frames([r], traj, events)
+    att = stability.attribution(runs, traj, events)
+    assert att[["event_type", "onset_step", "lead_steps"]].values.tolist() == [["spike", 1400.0, 20.0]]
+    summary = stability.attribution_summary(att, runs, events).iloc[0]
+    assert (summary["n_events"], summary["n_attributed"], summary["k"]) == (2, 1, 1)
+    assert summary["sentence"].startswith("transformer lr=0.03: 1 of 2 events preceded by grad_norm growth "
+                                          "(median lead 20 steps); 1 with no diagnostic leaving its baseline")
