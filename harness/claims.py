@@ -26,6 +26,7 @@ from scipy.stats import binomtest, fisher_exact, t as student_t
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
 from harness.stats import ALPHA, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
+from harness.variants import own_values, setting_name, variant_name
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
 FALSE_ALARM_RATE = 0.02
@@ -89,13 +90,8 @@ def recipe_variant(study: dict) -> str | None:
     """The variant trained at the study's own recipe with every stabiliser off (the published
     setting's training), where claims about one architecture's own behaviour are tested; None when
     the sweep has no such variant. BASE_VARIANT without a sweep."""
-    from harness.study import SWITCH_OFF  # no torch there either; study imports claims lazily too
-
-    own = {**SWITCH_OFF, **study.get("recipe", {})}
-    for name, values in (study.get("variants") or {BASE_VARIANT: {}}).items():
-        if all(own.get(k) == v for k, v in values.items()):
-            return name
-    return None
+    name = variant_name(own_values(study))
+    return name if name in (study.get("variants") or {BASE_VARIANT: {}}) else None
 
 
 # -------------------------------------------------------------------------------------- the data
@@ -302,18 +298,12 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
 
 
 def _setting_of(evidence: Evidence, variant: str) -> str:
-    from harness.study import variant_name
-
-    values = (evidence.study.get("variants") or {}).get(variant, {})
-    return variant_name({k: v for k, v in values.items() if k != "lr"})
+    return setting_name((evidence.study.get("variants") or {}).get(variant, {}))
 
 
 def _recipe_setting(evidence: Evidence) -> str:
     """The setting (variant without its lr) at the study's own recipe and switches."""
-    from harness.study import SWITCH_OFF, variant_name
-
-    own = {**SWITCH_OFF, **evidence.study.get("recipe", {})}
-    return variant_name({k: own.get(k) for k in (evidence.study.get("sweep") or {}) if k != "lr"})
+    return setting_name(own_values(evidence.study))
 
 
 def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
@@ -431,10 +421,7 @@ def _test(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
     if claim.kind in ACROSS_VARIANTS:
         return KINDS[claim.kind](claim, evidence, at_setting)
     if evidence.recipe is None:
-        from harness.study import SWITCH_OFF, variant_name
-
-        own = {**SWITCH_OFF, **evidence.study.get("recipe", {})}
-        wanted = variant_name({k: own.get(k) for k in evidence.study.get("sweep") or {}})
+        wanted = variant_name(own_values(evidence.study))
         return f"needs the variant at the study's own recipe ({wanted}) in its sweep"
     return KINDS[claim.kind](claim, evidence.variant(evidence.recipe), at_setting)
 

@@ -34,7 +34,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from harness import collapse, logs
-    from harness.contracts import EVENT_COLUMNS
+    from harness.contracts import BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS
     from harness.files import write_atomic
 
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
@@ -49,9 +49,10 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             metrics, _ = logs.read_log(path / "metrics.csv")  # every spelling of nan and inf
             # the trainer logs nats per token: a badly initialised model may start above ln(vocab)
             events = collapse.detect(metrics, config, vocab_size=vocab, nats=True)
-        for i, key in enumerate(("study", "arch", "seed")):
-            events.insert(i, key, manifest.get(key))
-        runs = [tuple(manifest.get(k) for k in ("study", "arch", "seed"))]
+        identity = {"variant": BASE_VARIANT, **manifest}  # a run.json written before variants has none
+        for i, key in enumerate(ID_COLUMNS):
+            events.insert(i, key, identity.get(key))
+        runs = [tuple(identity.get(k) for k in ID_COLUMNS)]
     else:  # any log harness.logs reads: CSV, W&B history (CSV or JSON), JSON lines, TensorBoard
         long, identity = logs.read(path, keys)
         events = collapse.detect_runs(long, identity, config)

@@ -37,11 +37,8 @@ from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTIO
 from harness.logs import is_loss
 from harness.stats import ALPHA, COLLAPSE_TYPES, _holm, mann_whitney, min_possible_p, seeds_needed
 from harness.text import num, step
+from harness.variants import STABILISERS, value_text, variant_name
 
-ALIASES = {"grad_clip": "clip", "warmup_steps": "warmup", "precision": "prec"}
-"""Short names of sweep keys in a variant name (lr=0.01,clip=0)."""
-SWITCHES = ("qk_norm", "z_loss")
-"""Stabiliser switches an ablation compares: off is False / 0, every other value of the sweep is on."""
 ATTRIBUTED_TYPES = ("collapse", "spike", "divergence")
 """Events whose precursors attribution looks for (a diverged run's end counts as a divergence)."""
 EXTRA_DIAGNOSTICS = ("grad_norm",)
@@ -63,31 +60,6 @@ LOSS_DIGITS = 3
 
 
 # ----------------------------------------------------------------------------------------- names
-
-def _value_text(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "on" if v else "off"
-    if isinstance(v, str):
-        low = v.strip().lower()
-        return {"true": "on", "false": "off"}.get(low, v)
-    if isinstance(v, numbers.Integral):
-        return str(int(v))
-    if isinstance(v, numbers.Real):
-        return format(float(v), "g")
-    return str(v)
-
-
-def variant_name(values: dict) -> str:
-    """The name of a combination of sweep values, keys in the given (the sweep's) order: ``key=value``
-    joined by ",", keys aliased (grad_clip -> clip, warmup_steps -> warmup, precision -> prec), bools
-    as on/off, floats as ``format(v, "g")`` (1e-2 -> "0.01", 0.0 -> "0"), integers as written, text as it
-    is; BASE_VARIANT for no values. The same names as harness.study.variant_name gives the config's values,
-    and also for what a CSV gives back: numpy bools and the strings "True"/"False" are on/off, numpy
-    numbers like Python's (so a run's sweep_* columns name the variant its folder has)."""
-    if not values:
-        return BASE_VARIANT
-    return ",".join(f"{ALIASES.get(k, k)}={_value_text(v)}" for k, v in values.items())
-
 
 def _where(arch: str, setting: str) -> str:
     return arch if setting == BASE_VARIANT else f"{arch} {setting}"
@@ -234,15 +206,15 @@ def sensitivity(outcomes: pd.DataFrame) -> pd.DataFrame:
             gone = seeds - len(x)
             text += f"; {gone} seed{'s' * (gone != 1)} without a final loss at every learning rate of the grid left out"
         if best is not None:
-            text += f"; best final loss {num(best['final_loss_median'], LOSS_DIGITS)} at lr={_value_text(best['lr'])}"
+            text += f"; best final loss {num(best['final_loss_median'], LOSS_DIGITS)} at lr={value_text(best['lr'])}"
         if math.isnan(stable_lr):
             text += (f"; no learning rate of the grid is stable in a majority of runs "
-                     f"(lr={_value_text(lrs[0])}: {k} of {n} stable).")
+                     f"(lr={value_text(lrs[0])}: {k} of {n} stable).")
         elif stable_lr == lrs[-1]:
-            text += (f"; stable at every learning rate of the grid, up to lr={_value_text(stable_lr)} "
+            text += (f"; stable at every learning rate of the grid, up to lr={value_text(stable_lr)} "
                      f"({k} of {n} runs stable there).")
         else:
-            text += f"; stable up to lr={_value_text(stable_lr)} ({k} of {n} runs stable there)."
+            text += f"; stable up to lr={value_text(stable_lr)} ({k} of {n} runs stable there)."
         rows.append({"arch": arch, "setting": setting, "n_seeds": len(x), "n_lrs": len(lrs), "sensitivity": mean,
                      "lo": lo, "hi": hi,
                      "best_final_loss": float(best["final_loss_median"]) if best is not None else math.nan,
@@ -528,26 +500,26 @@ def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd
 # ------------------------------------------------------------------------------------------- ablations
 
 def _is_off(v) -> bool:
-    return _value_text(v) in ("off", "0")
+    return value_text(v) in ("off", "0")
 
 
 def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """ABLATION_COLUMNS: for each switch of SWITCHES in the sweep with an off value (False / 0) and on values,
+    """ABLATION_COLUMNS: for each switch of STABILISERS in the sweep with an off value (False / 0) and on values,
     per (arch, setting = the other sweep values, lr included, BASE_VARIANT if none) and per on value: unstable
     runs k of n off vs on, two-sided Fisher exact p (NaN when a side has no run). ``switch`` names the on value
     as a variant does (qk_norm=on, z_loss=0.0001), so several strengths of one switch stay apart."""
     sweep, rows = _sweep(study), []
     trained = runs[runs["status"] != "failed"] if len(runs) else runs
-    for key in SWITCHES:
+    for key in STABILISERS:
         column = SWEEP_PREFIX + key
         values = sweep.get(key) or []
-        offs = {_value_text(v) for v in values if _is_off(v)}
-        ons = list(dict.fromkeys(_value_text(v) for v in values if not _is_off(v)))
+        offs = {value_text(v) for v in values if _is_off(v)}
+        ons = list(dict.fromkeys(value_text(v) for v in values if not _is_off(v)))
         if not offs or not ons or column not in trained.columns or trained.empty:
             continue
         df = trained.assign(_unstable=_unstable(trained, events).to_numpy(),
                             _setting=_settings(trained, _keys(study, trained, (key,))).to_numpy(),
-                            _value=[_value_text(v) for v in trained[column]])
+                            _value=[value_text(v) for v in trained[column]])
         for (arch, setting), g in df.groupby(["arch", "_setting"], sort=True):
             off = g[g["_value"].isin(offs)]
             off_k, off_n = int(off["_unstable"].sum()), len(off)
@@ -558,8 +530,7 @@ def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
                     continue
                 p = float(fisher_exact([[off_k, off_n - off_k], [on_k, on_n - on_k]]).pvalue) \
                     if off_n and on_n else math.nan
-                switch = f"{ALIASES.get(key, key)}={on_value}"
-                off_name = f"{ALIASES.get(key, key)}={sorted(offs)[0]}"
+                switch, off_name = variant_name({key: on_value}), variant_name({key: sorted(offs)[0]})
                 text = (f"{_where(arch, setting)}: {off_k} of {off_n} runs unstable with {off_name}, "
                         f"{on_k} of {on_n} with {switch}")
                 if math.isnan(p):

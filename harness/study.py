@@ -27,16 +27,11 @@ import yaml
 
 from harness import archs as registry
 from harness.contracts import BASE_VARIANT
+from harness.variants import MODEL_SWITCHES, variants
 
 OVERRIDES = ("archs", "seeds", "steps")  # top-level keys that change every study's results
 LIST_OVERRIDES = ("archs", "seeds")
 MAX_VALUE = 40  # an override value longer than this is named by a hash in the folder name
-SWITCHES = ("qk_norm",)
-"""Stabiliser switches that change the model: hyperparameters the architectures that can honour them
-declare in their module's SWITCHES; z_loss, which changes only the loss, is a recipe key (any architecture)."""
-SWITCH_OFF = {"qk_norm": False, "z_loss": 0}
-"""The value of each stabiliser switch (model or recipe) that leaves it off: the published models."""
-SHORT_NAMES = {"grad_clip": "clip", "warmup_steps": "warmup", "precision": "prec"}
 
 
 class ConfigError(ValueError):
@@ -126,29 +121,6 @@ def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
     return arch
 
 
-def _value_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return format(value, "g")
-    return str(value)
-
-
-def variant_name(values: dict[str, Any]) -> str:
-    """A variant's folder name, readable and filesystem-safe: {lr: 0.01, grad_clip: 0} -> 'lr=0.01,clip=0'
-    (keys in the sweep's order, a few long ones shortened); {} -> BASE_VARIANT."""
-    return ",".join(f"{SHORT_NAMES.get(k, k)}={_value_text(v)}" for k, v in values.items()) or BASE_VARIANT
-
-
-def variants(sweep: dict[str, list]) -> dict[str, dict[str, Any]]:
-    """Every combination of a sweep's values, by variant name, in the order the values are listed
-    (the last key varies fastest); {BASE_VARIANT: {}} without a sweep."""
-    combos: list[dict[str, Any]] = [{}]
-    for key, values in (sweep or {}).items():
-        combos = [{**c, key: v} for c in combos for v in values]
-    return {variant_name(c): c for c in combos}
-
-
 FIXED_KEYS = ("steps", "batch_size", "seq_len", "log_every", "eval_every", "eval_batches", "eval_sampling",
               "eval_seed", "checkpoint_every")
 """Recipe keys a sweep may not vary: the variants of a study are compared on the same data, steps and evaluation."""
@@ -158,7 +130,7 @@ def _check_sweep(name: str, sweep: dict[str, list], recipe_schema: dict[str, dic
     """Each sweep key is a recipe training key or a stabiliser switch, each value valid for it."""
     import jsonschema
 
-    known = [k for k in recipe_schema if k not in FIXED_KEYS] + list(SWITCHES)
+    known = [k for k in recipe_schema if k not in FIXED_KEYS] + list(MODEL_SWITCHES)
     for key, values in sweep.items():
         where = f"study {name!r}: sweep.{key}"
         if key in FIXED_KEYS:
@@ -181,7 +153,7 @@ def _check_switches(study: dict) -> None:
     sweep = study.get("sweep") or {}
     for arch, entry in study["archs"].items():
         honoured = registry.info(entry["build"]).switches
-        asked = {k for k in SWITCHES if entry["hparams"].get(k) or any(sweep.get(k, []))}
+        asked = {k for k in MODEL_SWITCHES if entry["hparams"].get(k) or any(sweep.get(k, []))}
         for switch in sorted(asked - set(honoured)):
             able = sorted(a for a, e in study["archs"].items() if switch in registry.info(e["build"]).switches)
             raise ConfigError(f"study {study['base']!r}: architecture {arch!r} does not implement the stabiliser "
@@ -434,8 +406,8 @@ def run_spec(study: dict, arch: str, variant: str, seed: int) -> dict[str, Any]:
         spec["recipe"], spec["recipe_name"] = recipe, name
     if variant != BASE_VARIANT:
         spec["variant"] = variant
-        spec["recipe"] = {**spec["recipe"], **{k: v for k, v in values.items() if k not in SWITCHES}}
-        if switches := {k: v for k, v in values.items() if k in SWITCHES}:
+        spec["recipe"] = {**spec["recipe"], **{k: v for k, v in values.items() if k not in MODEL_SWITCHES}}
+        if switches := {k: v for k, v in values.items() if k in MODEL_SWITCHES}:
             spec["switches"] = switches
     if inputs := pipeline_inputs(study, arch):
         spec["inputs"] = {key: run_dir(study["name"], upstream, variant, seed) for key, upstream in inputs.items()}

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from harness.aggregate import aggregate
-from harness.contracts import AGGREGATE_FILES, EVENT_COLUMNS as RUN_EVENT_COLUMNS, ID_COLUMNS
+from harness.contracts import AGGREGATE_FILES, BASE_VARIANT, EVENT_COLUMNS as RUN_EVENT_COLUMNS, ID_COLUMNS
 from harness.synthetic import make_run
 
 VOCAB = 256
@@ -99,7 +99,8 @@ def write_run(root: Path, study: dict, arch: str, seed: int, kind: str = "health
 
     events = []
     if truth is not None and truth.type is not None:
-        events.append({"study": study["name"], "arch": arch, "seed": seed, "type": truth.type, "split": "val",
+        events.append({"study": study["name"], "arch": arch, "variant": BASE_VARIANT, "seed": seed, "type": truth.type,
+                       "split": "val",
                        "onset_step": truth.onset_step, "train_onset_step": truth.onset_step - recipe["log_every"],
                        "peak_step": truth.onset_step + eval_every,
                        "end_step": truth.onset_step + 3 * eval_every if truth.recovered else None,
@@ -135,12 +136,13 @@ def test_tables_keep_every_run_and_name_the_columns(study_runs):
     study, run_dirs, out = study_runs
     aggregate(run_dirs, out, study)
     assert sorted(p.name for p in out.iterdir()) == sorted(AGGREGATE_FILES) == [
-        "claims.csv", "events.csv", "headlines.csv", "notes.json", "pairs.csv", "quantization.csv",
-        "quantization_summary.csv", "runs.csv", "study.json", "summary.csv", "trajectories.csv"]
+        "ablations.csv", "attribution.csv", "attribution_summary.csv", "claims.csv", "events.csv", "headlines.csv",
+        "lr_curves.csv", "notes.json", "pairs.csv", "quantization.csv", "quantization_summary.csv", "runs.csv",
+        "sensitivity.csv", "sensitivity_pairs.csv", "study.json", "summary.csv", "trajectories.csv"]
     assert json.loads((out / "study.json").read_text()) == study
 
     runs = pd.read_csv(out / "runs.csv")
-    for column in ["study", "arch", "seed", "status", "reason", "n_params", "deviation", "reconstruction",
+    for column in ["study", "arch", "variant", "seed", "status", "reason", "n_params", "deviation", "reconstruction",
                    "config_hash", "device", "dtype", "threads", "wall_time_s", "steps_done", "version_torch",
                    "data_sha256", "final_loss", "final_smoothed_loss", "best_loss", "collapsed"]:
         assert column in runs.columns, column
@@ -153,7 +155,7 @@ def test_tables_keep_every_run_and_name_the_columns(study_runs):
     assert runs.loc[runs["status"] == "completed", "reason"].isna().all()
 
     trajectories = pd.read_csv(out / "trajectories.csv")
-    assert list(trajectories.columns[:3]) == ["study", "arch", "seed"]
+    assert list(trajectories.columns[:4]) == ["study", "arch", "variant", "seed"] == ID_COLUMNS
     expected_rows = sum(len(pd.read_csv(d / "metrics.csv")) for d in run_dirs)
     assert len(trajectories) == expected_rows
     assert not ((trajectories["arch"] == "memnls") & (trajectories["seed"] == 1)).any()  # the crash logged nothing
@@ -181,7 +183,7 @@ def test_scores_land_on_their_own_run(study_runs):
     aggregate(run_dirs, out, study)
     runs = pd.read_csv(out / "runs.csv").set_index(["arch", "seed"])
     for run_dir in run_dirs:
-        arch, seed = run_dir.parent.name, int(run_dir.name.removeprefix("seed"))
+        arch, seed = run_dir.parent.parent.name, int(run_dir.name.removeprefix("seed"))
         if runs.loc[(arch, seed), "status"] != "completed":
             continue
         metrics = pd.read_csv(run_dir / "metrics.csv")

@@ -164,7 +164,7 @@ def test_killed_workflow_resumes_from_its_checkpoint(workdir, tmp_path, shared_d
     log = (workdir / "logs" / "micro" / "transformer" / "base" / "seed0" / "train.log").read_text()
     assert "resumed from" in log
 
-    spec = run_spec(resolve(micro_config(study))["micro"], "transformer", 0)
+    spec = run_spec(resolve(micro_config(study))["micro"], "transformer", "base", 0)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     straight = subprocess.run([sys.executable, "-m", "harness", "train", "--spec", str(tmp_path / "spec.json"),
                                "--out", str(tmp_path / "straight"), "--state", str(tmp_path / "state2")],
