@@ -36,7 +36,8 @@ SCHEMA = Path("workflow") / "schemas" / "config.schema.yaml"
 
 @dataclass
 class RunState:
-    arch: str  # the run's folder below the study's: arch/variant
+    arch: str
+    variant: str
     seed: int
     state: str  # completed, diverged, failed, running, stopped, left
     step: int | None = None
@@ -123,34 +124,33 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def run_state(root: Path, study: str, arch: str, seed: int, total: int | None, now: float) -> RunState:
-    run_dir = root / "results" / study / arch / f"seed{seed}"
+def run_state(root: Path, study: str, arch: str, variant: str, seed: int, total: int | None, now: float) -> RunState:
+    run_dir = root / "results" / study / arch / variant / f"seed{seed}"
     manifest = run_dir / "run.json"
     if manifest.is_file():
         try:
             m = json.loads(manifest.read_text())
         except json.JSONDecodeError:
-            return RunState(arch, seed, "failed", note="run.json unreadable")
+            return RunState(arch, variant, seed, "failed", note="run.json unreadable")
         state = m.get("status") if m.get("status") in ("completed", "diverged", "failed") else "failed"
-        return RunState(arch, seed, state, m.get("steps_done"), (m.get("recipe") or {}).get("steps", total),
+        return RunState(arch, variant, seed, state, m.get("steps_done"), (m.get("recipe") or {}).get("steps", total),
                         m.get("wall_time_s"), (m.get("reason") or "") if state != "completed" else "")
-    log = root / "logs" / study / arch / f"seed{seed}" / "train.log"
-    ckpt = root / "results" / study / ".state" / arch / f"seed{seed}" / "checkpoint.safetensors"
+    log = root / "logs" / study / arch / variant / f"seed{seed}" / "train.log"
+    ckpt = root / "results" / study / ".state" / arch / variant / f"seed{seed}" / "checkpoint.safetensors"
     if not log.is_file() and not ckpt.is_file():
-        return RunState(arch, seed, "left", total=total)
+        return RunState(arch, variant, seed, "left", total=total)
     progress = last_progress(log.read_text(errors="replace")) if log.is_file() else None
     step = progress["step"] if progress else (_checkpoint_step(ckpt) if ckpt.is_file() else None)
     touched = max(p.stat().st_mtime for p in (log, ckpt) if p.is_file())
     state = "running" if now - touched < STALE_S else "stopped"
     note = f"last written {duration(now - touched)} ago" + ("" if progress or step is None else ", from its checkpoint")
-    return RunState(arch, seed, state, step, progress["total"] if progress else total,
+    return RunState(arch, variant, seed, state, step, progress["total"] if progress else total,
                     progress["elapsed"] if progress else None, note)
 
 
-def _runs(study: dict) -> list[tuple[str, int]]:
-    """(arch/variant, seed) of every planned run: the run's folder below the study's, and its seed."""
-    return [(f"{a}/{v}", s) for a in study["archs"] for v in study.get("variants", [BASE_VARIANT])
-            for s in study["seeds"]]
+def _runs(study: dict) -> list[tuple[str, str, int]]:
+    """(arch, variant, seed) of every planned run."""
+    return [(a, v, s) for a in study["archs"] for v in study.get("variants", [BASE_VARIANT]) for s in study["seeds"]]
 
 
 def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config: dict | None,
@@ -161,20 +161,20 @@ def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config
     if plan is None:  # the runs found on disk
         study = json.loads((results / "study.json").read_text()) if (results / "study.json").is_file() else None
         if study:
-            pairs = _runs(study)
+            runs = _runs(study)
             total = study["recipe"]["steps"]
         else:
-            found = {(f"{p.parent.parent.name}/{p.parent.name}", int(p.name[4:]))
+            found = {(p.parent.parent.name, p.parent.name, int(p.name[4:]))
                      for base in (results, results / ".state", root / "logs" / folder)
                      for p in base.glob("*/*/seed*") if re.fullmatch(r"seed\d+", p.name)}
-            pairs, total = sorted(found), None
+            runs, total = sorted(found), None
         state = StudyState(folder, planned=bool(study), note="" if study else
                            "not a study of config/config.yaml: its runs are those found on disk")
     else:
-        pairs = _runs(plan)
+        runs = _runs(plan)
         total = plan["recipe"]["steps"]
         state = StudyState(folder)
-    state.runs = [run_state(root, folder, a, s, total, now) for a, s in pairs]
+    state.runs = [run_state(root, folder, a, v, s, total, now) for a, v, s in runs]
     return state
 
 
@@ -202,13 +202,14 @@ def render(study: StudyState) -> str:
             + (f"{stopped} stopped, " if stopped else "") + f"{left} left")
     lines = [head] + ([f"  ({study.note})"] if study.note else [])
     if study.runs:
-        width = max(len("arch"), *(len(r.arch) for r in study.runs))
+        names = [r.arch if r.variant == BASE_VARIANT else f"{r.arch} {r.variant}" for r in study.runs]
+        width = max(len("arch"), *map(len, names))
         lines.append(f"  {'arch':<{width}}  {'seed':>4}  {'state':<9}  {'steps':>13}  {'wall time':>10}  note")
-        for r in study.runs:
+        for name, r in zip(names, study.runs):
             steps = f"{r.step if r.step is not None else '?'}/{r.total if r.total is not None else '?'}"
             steps = "" if r.state == "left" else steps
             wall = duration(r.wall_s) if r.wall_s is not None else ""
-            lines.append(f"  {r.arch:<{width}}  {r.seed:>4}  {r.state:<9}  {steps:>13}  {wall:>10}  {r.note}".rstrip())
+            lines.append(f"  {name:<{width}}  {r.seed:>4}  {r.state:<9}  {steps:>13}  {wall:>10}  {r.note}".rstrip())
     if (left_text := time_left(study)) is not None:
         lines.append(f"  time left: {left_text}")
     return "\n".join(lines)

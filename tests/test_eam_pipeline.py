@@ -83,7 +83,7 @@ def test_micro_pipeline_from_a_trained_teacher(teacher, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda spec: spec.pop("inputs"), "no inputs.teacher"),
-    (lambda spec: spec.update(seed=1), "seed 0, but this run's teacher is 'transformer' seed 1"),
+    (lambda spec: spec.update(seed=1), "seed 0, but this run's teacher is 'transformer' variant 'base' seed 1"),
     (lambda spec: spec["hparams"].update(bogus=1), r"unknown hparam(s) ['bogus']"),
     (lambda spec: spec["hparams"].update(seed=3), "cannot be set"),
 ])

@@ -36,7 +36,7 @@ def test_a_second_pipeline_architecture_is_one_module_and_one_config_entry(tmp_p
     for seed in (0, 1):  # a toy run needs the same-seed source run, and only it
         plan = snakemake(tmp_path, "-n", "--cores", "1", f"results/micro/toy/base/seed{seed}/run.json")
         assert plan.returncode == 0, plan.stderr[-2000:]
-        trains = re.findall(r"wildcards: study=micro, arch=(\w+), seed=(\d)", plan.stdout + plan.stderr)
+        trains = re.findall(r"wildcards: study=micro, arch=(\w+), variant=base, seed=(\d)", plan.stdout + plan.stderr)
         assert sorted(trains) == sorted([("transformer", str(seed)), ("toy", str(seed))])
 
     done = snakemake(tmp_path, "--cores", "2", "reports/collapse.html")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.aggregate import aggregate
-from harness.contracts import AGGREGATE_FILES, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS
+from harness.contracts import AGGREGATE_FILES, BASE_VARIANT, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS
 from harness.report import page as report
 from tests.test_aggregate import make_runs, make_study, realistic_special
 from tests.test_report import PNG_URI, sections
@@ -23,7 +23,7 @@ DAMAGE = {"memnls": {8: 0.004, 5: 0.05, 4: 0.2}, "transformer": {8: 0.002, 5: 0.
 def write_quantization(run_dir, study: dict, snapshots: bool = False) -> None:
     """quantization.csv as the quantize stage leaves it: numbers for a completed run, a note otherwise."""
     run = json.loads((run_dir / "run.json").read_text())
-    identity = {"study": run["study"], "arch": run["arch"], "seed": run["seed"]}
+    identity = {"study": run["study"], "arch": run["arch"], "variant": BASE_VARIANT, "seed": run["seed"]}
     if run["status"] != "completed":
         rows = [{**identity, "note": f"not quantized: run {run['status']}"}]
     else:

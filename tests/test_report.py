@@ -20,8 +20,10 @@ from harness.report import figures, page as report, tables
 from harness.aggregate import aggregate
 from tests.test_aggregate import make_runs, make_study, realistic_special
 
-SECTIONS = ["claims", "summary", "not-completed", "trajectories", "distributions", "collapse-rate", "pairs",
-            "grad-norm", "events", "params", "recipe", "provenance"]
+QUIET = ["claims", "summary", "not-completed", "trajectories", "distributions", "collapse-rate", "pairs",
+         "grad-norm", "events", "params", "recipe", "provenance"]
+"""The sections of a study without events; with events the attribution of their precursors joins them."""
+SECTIONS = QUIET[:8] + ["attribution"] + QUIET[8:]
 FIGURES = ["trajectories", "distributions", "collapse_rate", "pairs", "grad_norm"]
 PNG_URI = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">')
 
@@ -143,7 +145,7 @@ def test_a_pipelines_own_numbers_get_their_own_section_and_an_unmatched_shape_ro
     through the generic pipeline table, losses shown as perplexities."""
     study = make_study(archs=("eam", "transformer"), seeds=(0, 1))
     run_dirs = make_runs(tmp_path / "results", study)
-    for seed, run_dir in enumerate(d for d in run_dirs if d.parent.name == "eam"):
+    for seed, run_dir in enumerate(d for d in run_dirs if d.parent.parent.name == "eam"):
         run = json.loads((run_dir / "run.json").read_text())
         run["pipeline"] = {"teacher": "transformer", "teacher_loss": 2.0, "eam_loss": 2.5 + seed, "transfer": 2.0 / (2.5 + seed),
                       "live_locations": 1900 + seed, "max_L": 4096, "keys_written": 102400, "write_keys_per_s": 5e4,
@@ -153,7 +155,7 @@ def test_a_pipelines_own_numbers_get_their_own_section_and_an_unmatched_shape_ro
     aggregate(run_dirs, tmp_path / "agg", study)
     report.render(tmp_path / "agg", tmp_path / "report.html")
     found = sections((tmp_path / "report.html").read_text())
-    assert list(found) == SECTIONS[:9] + ["pipelines"] + SECTIONS[9:]
+    assert list(found) == QUIET[:9] + ["pipelines"] + QUIET[9:]
     rows = re.findall(r"<tr>(.*?)</tr>", found["pipelines"], flags=re.S)[1:]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
     header = re.findall(r"<th>(.*?)</th>", found["pipelines"])
@@ -175,7 +177,7 @@ def test_perplexity_of_a_huge_finite_loss_is_infinite_not_an_overflow():
 def test_pairs_the_seeds_cannot_decide_are_marked_once_and_an_unmatched_pair_is_flagged(tmp_path):
     study = make_study(archs=("eam", "memnls", "transformer"), seeds=(0, 1, 2))
     run_dirs = make_runs(tmp_path / "results", study)
-    for run_dir in (d for d in run_dirs if d.parent.name == "eam"):
+    for run_dir in (d for d in run_dirs if d.parent.parent.name == "eam"):
         run = json.loads((run_dir / "run.json").read_text())
         run["shape"].update(knob=None, knob_value=None, deviation=-0.46)
         (run_dir / "run.json").write_text(json.dumps(run))

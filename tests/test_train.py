@@ -53,7 +53,11 @@ def test_run_writes_contract_files_and_same_seed_repeats_exactly(tmp_path, share
     assert execute(spec, tmp_path / "b") == "completed"
     m = pd.read_csv(tmp_path / "a" / "metrics.csv")
     assert list(m.columns) == ["step", "split", "metric", "value", "wall_time"]
-    assert set(m.metric) == {"loss", "lr", "grad_norm", "grad_norm_max"}
+    logged = {"loss", "lr", "grad_norm", "grad_norm_max"}
+    assert logged | {"logz_mean", "logit_abs_max", "embed_std"} <= set(m.metric)
+    assert {name.partition("/")[0] for name in set(m.metric) - logged} == {  # memnls's diagnostics
+        "logz_mean", "logit_abs_max", "embed_std", "grad_rms", "update_ratio", "state_potential_max",
+        "state_potential_min"}
     val = m[(m.split == "val")]
     assert list(val.step) == [0, 10, 20, 30, 40]
     assert val.value.iloc[-1] < val.value.iloc[0] < math.log(256) + 0.5  # it learned

@@ -271,7 +271,7 @@ def test_resumed_run_continues_the_warm_ramp(tmp_path, shared_data, monkeypatch,
     hparams = dict(attn_layers=[1], n_kv_heads=1, n_oscillators=4, bigram_buckets=64, bigram_dim=8, warm_steps=30)
     study = {**MICRO_STUDY, "archs": [{"name": "trn_hybrid", "hparams": hparams}],
              "model": {"d_model": 16, "n_layers": 2, "n_heads": 2}, "shape": {"mode": "as_published"}}
-    spec = run_spec(resolve(micro_config(study))["micro"], "trn_hybrid", 0)
+    spec = run_spec(resolve(micro_config(study))["micro"], "trn_hybrid", "base", 0)
     forward = trn_hybrid.TemporalResonance.forward
 
     def failing_forward(self, h):
