@@ -26,7 +26,7 @@ from scipy.stats import binomtest, fisher_exact, t as student_t
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
 from harness.stats import ALPHA, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
-from harness.variants import own_values, setting_name, variant_name
+from harness.variants import own_values, setting_name, value_text, variant_name
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
 FALSE_ALARM_RATE = 0.02
@@ -404,7 +404,7 @@ def _scale(evidence: Evidence, claim: Claim) -> str:
     size = f", ~{int(sizes.median()):,} parameters" if len(sizes) else ""
     if claim.kind == "more_stable_than" and evidence.stability.get("sensitivity_pairs") is not None \
             and not evidence.stability["sensitivity_pairs"].empty:
-        runs = f", the lr grid {', '.join(num(v) for v in sorted(evidence.runs['sweep_lr'].unique()))}"
+        runs = f", the lr grid {', '.join(value_text(v) for v in sorted(evidence.runs['sweep_lr'].unique()))}"
     elif claim.kind == "no_clip_needed":
         runs = ", the grad_clip=0 variants"
     else:

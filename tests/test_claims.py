@@ -183,3 +183,86 @@ def test_a_claim_in_a_users_file_reaches_the_report_with_no_code_change(tmp_path
     render(tmp_path / "agg", tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     assert "memnls never spikes on small data" in page and "my lab notebook, page 12" in page
+
+
+# -- a swept study: the lr grid for "more stable than", the grad_clip=0 variants, the study's own recipe
+
+def swept_study(sweep, **recipe):
+    from harness.variants import variants
+
+    return {**PROXY, "recipe": {**PROXY["recipe"], "lr": 0.01, **recipe}, "sweep": sweep, "variants": variants(sweep)}
+
+
+def swept_runs(study, finals):
+    """runs, events and trajectories of a swept study: finals[arch][lr] = the seeds' final losses (inf: the
+    run diverged), every run starting at 5.5 nats."""
+    from harness.contracts import SWEEP_PREFIX
+
+    runs, curves = [], []
+    for arch, by_lr in finals.items():
+        for lr, losses in by_lr.items():
+            variant = f"lr={lr:g}"
+            for seed, final in enumerate(losses):
+                broken = final == float("inf")
+                runs.append({"study": "s", "arch": arch, "variant": variant, "seed": seed, f"{SWEEP_PREFIX}lr": lr,
+                             "status": "diverged" if broken else "completed", "steps_done": 900 if broken else 2_000})
+                for step, value in ((0, 5.5), (1_000, 4.0), (900 if broken else 2_000, float("nan") if broken else final)):
+                    curves.append({"study": "s", "arch": arch, "variant": variant, "seed": seed, "step": step,
+                                   "split": "val", "metric": "loss", "value": value})
+    events = pd.DataFrame(columns=["study", "arch", "variant", "seed", "type", "onset_step"])
+    return pd.DataFrame(runs), events, pd.DataFrame(curves)
+
+
+def test_more_stable_than_reads_the_lr_sweep_sensitivity_and_unstable_rates():
+    from harness import stability
+
+    study = swept_study({"lr": [0.01, 0.1, 1.0]})
+    flat, steep = [2.0, 2.02, 2.04, 2.06], [float("inf")] * 4
+    runs, events, curves = swept_runs(study, {"memnls": {0.01: flat, 0.1: flat, 1.0: flat},
+                                              "transformer": {0.01: flat, 0.1: [3.0, 3.1, 3.2, 3.3], 1.0: steep}})
+    tables = stability.tables(study, runs, curves, events)
+    v = claims.evaluate(study, runs, events, None, tables).set_index("id").loc["memnls-anti-collapse"]
+    # sensitivity of seed s: memnls 0; transformer (f_s + 3.0 + 0.1 s + 5.5) / 3 - f_s = 1.5 + 0.02 s with
+    # f_s = 2 + 0.02 s (the diverged run counts as its initial 5.5): a mean difference of -1.53 nats;
+    # 4 vs 4 seeds separate completely, exact p = 0.029
+    assert v["proxy_verdict"] == "supported", v["sentence"]
+    assert v["estimate"] == pytest.approx(-1.53, abs=1e-9)
+    assert "Learning-rate sensitivity" in v["sentence"] and "0 of 12" in v["sentence"] and "4 of 12" in v["sentence"]
+    assert "the lr grid 0.01, 0.1, 1" in v["scale"]
+    swapped = runs.assign(arch=runs["arch"].map({"memnls": "transformer", "transformer": "memnls"}))
+    curves_swapped = curves.assign(arch=curves["arch"].map({"memnls": "transformer", "transformer": "memnls"}))
+    tables = stability.tables(study, swapped, curves_swapped, events)
+    v = claims.evaluate(study, swapped, events, None, tables).set_index("id").loc["memnls-anti-collapse"]
+    assert v["proxy_verdict"] == "contradicted", v["sentence"]
+
+
+def test_no_clip_needed_pools_the_grad_clip_0_variants_of_a_sweep():
+    from harness.contracts import SWEEP_PREFIX
+
+    study = swept_study({"lr": [0.01, 0.1], "grad_clip": [1.0, 0]}, grad_clip=1.0)
+    rows = [{"arch": a, "variant": f"lr={lr:g},clip={clip:g}", "seed": s, f"{SWEEP_PREFIX}lr": lr,
+             f"{SWEEP_PREFIX}grad_clip": clip, "status": "diverged" if (a, clip) == ("transformer", 0) else "completed",
+             "steps_done": 2_000} for a in ("resonance", "transformer") for lr in (0.01, 0.1) for clip in (1.0, 0)
+            for s in range(3)]
+    v = claims.evaluate(study, pd.DataFrame(rows), NO_EVENTS).set_index("id").loc["resonance-no-clip-needed"]
+    # unclipped: resonance 0 of 6, transformer 6 of 6 diverged (the clipped runs are not counted)
+    assert (v["proxy_verdict"], v["k"], v["n"]) == ("supported", 0, 6), v["sentence"]
+    assert "grad_clip=0 variants" in v["scale"]
+
+
+def test_a_claim_about_one_architecture_is_tested_at_the_studys_own_recipe():
+    from harness.contracts import SWEEP_PREFIX
+
+    study = swept_study({"lr": [0.01, 1.0]})
+    runs = pd.DataFrame([{"arch": "resonance", "variant": f"lr={lr:g}", "seed": s, f"{SWEEP_PREFIX}lr": lr,
+                          "status": "completed", "steps_done": 2_000} for lr in (0.01, 1.0) for s in range(4)])
+    spikes = pd.DataFrame({"arch": "resonance", "variant": "lr=1", "seed": [0, 1, 2, 3], "type": "spike",
+                           "onset_step": 500})
+    v = claims.evaluate(study, runs, spikes).set_index("id").loc["resonance-no-spikes"]
+    assert (v["proxy_verdict"], v["k"], v["n"]) == ("consistent", 0, 4)  # lr=1's spikes are not its recipe's
+    assert "variant lr=0.01" in v["scale"]
+    elsewhere = swept_study({"lr": [0.1, 1.0]})
+    v = claims.evaluate(elsewhere, runs.assign(variant=runs["variant"].replace({"lr=0.01": "lr=0.1"})),
+                        spikes).set_index("id").loc["resonance-no-spikes"]
+    assert v["proxy_verdict"] == "cannot test"
+    assert "needs the variant at the study's own recipe (lr=0.01) in its sweep" in v["sentence"]

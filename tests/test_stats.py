@@ -311,3 +311,20 @@ def test_run_scores_marks_runs_the_detector_cannot_test():
     assert not testable(n, cfg) and testable(n + 1, cfg)
     assert scores["testable"].tolist() == [False, True]
     assert math.isnan(scores.iloc[0]["collapsed"]) and scores.iloc[1]["collapsed"] is False
+
+
+def test_architectures_are_compared_within_each_variant_and_holm_corrects_per_variant():
+    low = _scores({"a": [1.0, 1.1, 1.2, 1.3, 1.4], "b": [2.0, 2.1, 2.2, 2.3, 2.4], "c": [3.0, 3.1, 3.2, 3.3, 3.4]})
+    high = _scores({"a": [5.0, 5.1, 5.2, 5.3, 5.4], "b": [2.0, 2.1, 2.2, 2.3, 2.4], "c": [3.0, 3.1, 3.2, 3.3, 3.4]})
+    scores = pd.concat([low.assign(variant="lr=0.01"), high.assign(variant="lr=1")], ignore_index=True)
+    pairs = stats.compare(scores).set_index(["variant", "arch_a", "arch_b"])
+    assert len(pairs) == 2 * 3  # 3 pairs in each variant, none across variants
+    alone = stats.compare(low).set_index(["arch_a", "arch_b"])
+    for key, row in alone.iterrows():  # the same numbers as the variant compared on its own
+        assert pairs.loc[("lr=0.01", *key), "holm_p"] == pytest.approx(row["holm_p"])
+    # separated 5 vs 5: exact p = 2/252 = 0.0079; Holm over this variant's 3 pairs: at most 3 x 0.0079
+    assert pairs.loc[("lr=1", "a", "b"), "holm_p"] == pytest.approx(3 * 2 / 252)
+    assert pairs.loc[("lr=0.01", "a", "b"), "prob_improvement"] == 1.0 and pairs.loc[("lr=1", "a", "b"), "prob_improvement"] == 0.0
+    summary = stats.summarize(scores).set_index(["arch", "variant"])
+    assert summary.loc[("a", "lr=1"), "final_ppl_median"] == pytest.approx(5.2)
+    assert summary.loc[("a", "lr=0.01"), "final_ppl_median"] == pytest.approx(1.2)

@@ -136,3 +136,16 @@ def test_unknown_hyperparameter_fails_the_run_naming_it(tmp_path, shared_data):
     study = {**MICRO_STUDY, "archs": [{"name": "transformer", "hparams": {"n_experts": 4}}]}
     assert execute(spec_for(study=study), tmp_path / "run") == "failed"
     assert "n_experts" in json.loads((tmp_path / "run" / "run.json").read_text())["reason"]
+
+
+def test_bf16_autocast_runs_on_cpu_as_the_precision_sweep_asks(tmp_path, shared_data):
+    """precision bf16 is autocast on any device (a sweep's prec=bf16 variant on a laptop): the run records
+    it, trains, and differs from the fp32 run only by the rounding of the autocast matmuls."""
+    runs = {p: tmp_path / p for p in ("fp32", "bf16")}
+    for precision, out in runs.items():
+        assert execute(spec_for("transformer", steps=20, precision=precision), out) == "completed"
+    assert json.loads((runs["bf16"] / "run.json").read_text())["dtype"] == "bfloat16"
+    assert json.loads((runs["fp32"] / "run.json").read_text())["dtype"] == "float32"
+    val = {p: pd.read_csv(out / "metrics.csv").query("split == 'val'")["value"].to_numpy() for p, out in runs.items()}
+    assert val["bf16"][0] == pytest.approx(val["fp32"][0], abs=0.02)  # the same model at step 0
+    assert val["bf16"][-1] < val["bf16"][0] - 0.5 and not (val["bf16"] == val["fp32"]).all()

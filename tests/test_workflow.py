@@ -62,6 +62,19 @@ def test_dry_run_of_the_shipped_config_plans_every_arch_and_seed(workdir):
     assert counts["aggregate"] == counts["report"] == 1
 
 
+def test_dry_run_of_the_stability_preset_plans_every_variant_and_wires_eam_to_its_variants_teacher(workdir):
+    done = snakemake(workdir, "-n", "--cores", "1", "reports/stability/collapse.html")
+    assert done.returncode == 0, done.stderr
+    counts = job_counts(done.stdout)
+    assert counts["train"] == counts["detect"] == counts["quantize"] == 6 * 12 * 3  # archs x variants x seeds
+    jobs = re.findall(r"output: (results/stability/(\w+)/([^/]+)/seed(\d)/metrics.csv)", done.stdout)
+    assert {variant for _, _, variant, _ in jobs} == {f"lr={lr},z_loss={z}" for lr in ("0.003", "0.01", "0.03", "0.1",
+                                                                                     "0.3", "1") for z in ("0", "0.001")}
+    eam = re.search(r"input: (results/stability/transformer/lr=0.3,z_loss=0.001/seed2/run.json)[^\n]*\n\s+output: "
+                    r"results/stability/eam/lr=0.3,z_loss=0.001/seed2/metrics.csv", done.stdout)
+    assert eam, "eam trains on the transformer run of its own variant and seed"
+
+
 def test_lint_finds_nothing_but_the_pip_installed_environment(workdir):
     done = snakemake(workdir, "--lint")
     findings = set(re.findall(r"^\s+\* (.+?):?$", done.stdout + done.stderr, re.M))

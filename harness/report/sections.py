@@ -399,9 +399,11 @@ STABILITY_METHOD = (
     "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
     "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
 ATTRIBUTION_METHOD = (
-    "How it was decided: for each collapse, spike or divergence event, every diagnostic (and the gradient norm) is "
-    "compared with its own trailing baseline before the event; the step it first exceeds the detector's threshold "
-    "in robust z is the step it left; lead = onset − that step; the earliest diagnostic(s) of an event are 'first'. "
+    "How it was decided: for each collapse, spike or divergence (and each diverged run's end), every diagnostic "
+    "(and the gradient norm) is compared with its own trailing baseline, the detector's causal robust z; it "
+    "left at the first point, within the 20 log intervals before the onset, from which three points in a row "
+    "sit beyond the detector's sustained-jump threshold (|z| > 4.8 at the defaults) on one side and at least "
+    "10% off the baseline level; lead = onset − that step; the earliest diagnostic(s) of an event are 'first'. "
     "A diagnostic that leads is a precursor, not shown to be the cause.")
 ABLATION_METHOD = (
     "How it was decided: unstable runs (diverged, or a collapse or divergence event) k of n with the stabiliser off "
