@@ -1,12 +1,15 @@
 """All runs of a study -> tidy tables: the only input the report reads.
 
-Writes study.json, runs.csv (one row per run: identity, status, shape, provenance, scores and a
-pipeline's own numbers as ``pipeline_*`` columns), trajectories.csv (every metric of every run),
-events.csv, summary.csv (per architecture), pairs.csv (per pair of architectures), claims.csv (the
-published claims, tested), headlines.csv (published figures beside measured ones), quantization.csv
-(every run's quantization rows, ``final`` marking the trained model's), quantization_summary.csv (per
-architecture, step and width over the seeds: median, min and max) and notes.json (the sentences the
-report prints about the study as a whole). Every number the report shows is
+Writes study.json, runs.csv (one row per run: identity with its variant, the variant's sweep values as
+``sweep_*`` columns, status, shape, provenance, scores and a pipeline's own numbers as ``pipeline_*``
+columns), trajectories.csv (every metric of every run, diagnostics included), events.csv, summary.csv
+(per architecture and variant), pairs.csv (per pair of architectures within a variant), claims.csv
+(the published claims, tested), headlines.csv (published figures beside measured ones),
+quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
+quantization_summary.csv (per architecture, variant, step and width over the seeds: median, min and
+max), the stability tables of harness.stability (lr_curves, sensitivity, sensitivity_pairs,
+attribution, attribution_summary, ablations) and notes.json (the sentences the report prints about the
+study as a whole, and the variant at the study's own recipe). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.
 """
@@ -237,7 +240,9 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     headlines, publication = claims.headlines(study, runs, events)
     notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
              "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"])),
-             "quantization": quantization_note}
+             "quantization": quantization_note,
+             # the variant at the study's own recipe: what a figure of one variant (quantization, trajectories) shows
+             "recipe_variant": claims.recipe_variant(study)}
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")

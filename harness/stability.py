@@ -98,7 +98,8 @@ OUTCOME_COLUMNS = ID_COLUMNS + ["setting", "lr", "unstable", "diverged", "initia
 def run_outcomes(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """One row per trained (not failed) run of an lr sweep (OUTCOME_COLUMNS): its setting (the variant
     without lr), lr, unstable, diverged (status diverged or a validation curve ending non-finite), initial
-    loss (validation loss at step 0; a run without one takes its architecture's median) and final loss
+    loss (validation loss at step 0; a run without one takes its architecture's median, and an architecture
+    that never evaluates at step 0, a pipeline, ln(vocabulary): the loss of a uniform guess) and final loss
     (the last finite validation loss; a diverged run's initial loss). Empty without an lr sweep of at
     least two values."""
     if len(_sweep(study).get("lr") or []) < 2 or SWEEP_PREFIX + "lr" not in runs.columns or runs.empty:
@@ -122,6 +123,9 @@ def run_outcomes(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, ev
     out.insert(len(ID_COLUMNS), "setting", _settings(runs, _keys(study, runs, ("lr",))).to_numpy())
     fallback = out.groupby("arch")["initial_loss"].transform("median")
     out["initial_loss"] = out["initial_loss"].fillna(fallback)
+    if "vocab_size" in runs.columns:
+        uniform = pd.Series(np.log(runs["vocab_size"].to_numpy(dtype=float)), index=out.index)
+        out["initial_loss"] = out["initial_loss"].fillna(uniform)
     out.loc[out["diverged"], "final_loss"] = out.loc[out["diverged"], "initial_loss"]
     return out
 

@@ -353,3 +353,17 @@ def test_window_starts_after_the_previous_event():
     assert (summary["n_events"], summary["n_attributed"], summary["k"]) == (2, 1, 1)
     assert summary["sentence"].startswith("transformer lr=0.03: 1 of 2 events preceded by grad_norm growth "
                                           "(median lead 20 steps); 1 with no diagnostic leaving its baseline")
+
+
+def test_a_run_without_a_step_0_evaluation_starts_from_a_uniform_guess():
+    """A pipeline (eam) logs its validation loss only at the end: its initial loss is ln(vocabulary)."""
+    study = {"sweep": {"lr": [0.01, 1.0]}}
+    runs = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"], "seed": 0, "sweep_lr": [0.01, 1.0],
+                         "status": "completed", "steps_done": 100, "vocab_size": 256})
+    curves = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"], "seed": 0, "step": 100,
+                           "split": "val", "metric": "loss", "value": [3.0, 30.0]})
+    events = pd.DataFrame(columns=["study", "arch", "variant", "seed", "type", "onset_step"])
+    out = stability.run_outcomes(study, runs, curves, events)
+    assert out["initial_loss"].tolist() == pytest.approx([math.log(256)] * 2)
+    sens = stability.tables(study, runs, curves, events)["sensitivity"].iloc[0]
+    assert sens["sensitivity"] == pytest.approx((3.0 + math.log(256)) / 2 - 3.0)  # the 30 nats cap at ln 256
