@@ -441,8 +441,9 @@ def fig_lr_curves(agg: Aggregate) -> Figure | None:
                     off_scale_any = True
                     ax.plot([o.lr], [top], marker="^", ms=8, color=colour, mec="black", mew=0.6, ls="",
                             clip_on=False, zorder=5)
-                    ax.annotate(f"{float(o.final_loss_median):.3g}", xy=(o.lr, top), xytext=(0, -13),
-                                textcoords="offset points", ha="center", fontsize=7, color=colour)
+                    ax.annotate(f"{float(o.final_loss_median):.3g}", xy=(o.lr, top), xytext=(-7, -4),
+                                textcoords="offset points", ha="right", va="top", fontsize=7, color=colour,
+                                fontweight="bold")
         initial = rows.drop_duplicates("arch")[["arch", "initial_loss"]].dropna()
         if initial["initial_loss"].nunique() == 1:
             ax.axhline(float(initial["initial_loss"].iloc[0]), color="grey", ls="--", lw=1.0)
