@@ -491,6 +491,8 @@ def test_the_pairs_table_shows_the_recipe_variant_and_points_to_pairs_csv(many):
     assert rows == [(RECIPE, "mamba", "memnls"), (RECIPE, "mamba", "transformer"), (RECIPE, "memnls", "transformer")]
     assert (f"Shown: variant {RECIPE}, the study's own recipe; the other 11 variants' 33 pairs are in pairs.csv "
             "(3 of them decidable with their seeds, 1 significant at Holm p ≤ 0.05).") in pairs
+    assert pairs.index("Shown: variant") < pairs.index("fig-pairs")  # the line leads the figure
+    assert "times the 3 comparisons of its variant" in pairs
 
 
 def test_without_the_recipe_in_the_sweep_the_first_variant_is_shown_and_said_so(tmp_path):

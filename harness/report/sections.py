@@ -345,7 +345,6 @@ def pairs_table(agg: Aggregate) -> str:
         return p("One architecture: no pairs to compare.")
     by_variant = _variant_shown(agg, agg.pairs)
     pairs = _focus(agg, agg.pairs)
-    others = agg.pairs.drop(pairs.index)
     pairs = pairs.sort_values(["variant", "arch_a", "arch_b"] if by_variant else ["arch_a", "arch_b"])
     undecidable = ~pairs["decidable"].astype(bool)
     rows = [[r.arch_a, r.arch_b, f"{r.n_a} vs {r.n_b}", num(r.prob_improvement),
@@ -355,15 +354,11 @@ def pairs_table(agg: Aggregate) -> str:
              "" if missing(r.unmatched) else f"not parameter-matched: {r.unmatched}"]
             for r in pairs.itertuples(index=False)]
     parts = []
-    if len(others):  # counts by a filter of the table's own columns, nothing computed here
-        significant = int((others["holm_p"].astype(float) <= ALPHA).sum())
-        parts.append(_shown(agg, f"the other {len(agg.variants) - 1} variants' {len(others)} pairs are in pairs.csv "
-                                 f"({int(others['decidable'].astype(bool).sum())} of them decidable with their seeds, "
-                                 f"{significant} significant at Holm p ≤ {ALPHA})."))
-    if undecidable.any():
+    if undecidable.any():  # Holm corrects over the pairs of one variant
+        corrected = int(pairs.groupby("variant").size().max()) if by_variant else len(pairs)
         parts.append(p(f"{int(undecidable.sum())} of {len(pairs)} pairs cannot reach significance with these seed "
                        "counts, whatever the data: the smallest p-value an exact rank test can give, times the "
-                       f"{len(pairs)} comparisons, exceeds {ALPHA}. Their cells in the matrix are greyed and "
+                       f"{corrected} comparisons{' of its variant' if by_variant else ''}, exceeds {ALPHA}. Their cells in the matrix are greyed and "
                        "hatched; see the note under the summary for the seeds a decision needs.", "warn"))
     if not pairs["unmatched"].map(missing).all():
         parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
@@ -377,6 +372,21 @@ def pairs_table(agg: Aggregate) -> str:
     return "".join(parts)
 
 
+
+
+def pairs_note(agg: Aggregate) -> str:
+    """Above the pairs of a study with many variants: the recipe variant's are shown, the others are in
+    pairs.csv, with how many of them are decidable and significant (a filter of its columns, nothing
+    computed here); empty when every pair is shown."""
+    if agg.pairs.empty:
+        return ""
+    others = agg.pairs.drop(_focus(agg, agg.pairs).index)
+    if others.empty:
+        return ""
+    significant = int((others["holm_p"].astype(float) <= ALPHA).sum())
+    return _shown(agg, f"the other {len(agg.variants) - 1} variants' {len(others)} pairs are in pairs.csv "
+                       f"({int(others['decidable'].astype(bool).sum())} of them decidable with their seeds, "
+                       f"{significant} significant at Holm p ≤ {ALPHA}).")
 
 
 def _focus(agg: Aggregate, table):
