@@ -8,6 +8,7 @@ contracts: 3 architectures x 4 learning rates x 3 seeds, one setting, two collap
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import math
@@ -197,7 +198,7 @@ def write_aggregate(out: Path, sweep: bool) -> Path:
         df.to_csv(out / f"{table}.csv", index=False)
     (out / "study.json").write_text(json.dumps(study))
     (out / "notes.json").write_text(json.dumps({"seed_caveat": "", "final_window": "", "publication": None,
-                                                "quantization": ""}))
+                                                "quantization": "", "recipe_variant": variant_of(3e-3, sweep)}))
     return out
 
 
@@ -337,9 +338,13 @@ def test_the_variant_column_appears_only_with_more_than_one_variant(swept):
     for anchor in ("summary", "pairs", "provenance", "events", "not-completed"):
         assert "<th>variant</th>" in found[anchor], anchor
     assert re.search(r"<td>transformer</td><td>lr=0.03</td><td>[01]</td><td>diverged</td>", found["not-completed"])
-    assert re.search(r"<tr><td>lr=0.001</td><td>mamba</td><td>memnls</td>", found["pairs"])
+    # four variants, more than MAX_SIDE_BY_SIDE: the pairs and the summary show the study's own recipe (lr 3e-3)
+    assert re.search(r"<tr><td>lr=0.003</td><td>mamba</td><td>memnls</td>", found["pairs"])
+    assert "<td>lr=0.001</td>" not in found["pairs"]
     summary_rows = re.findall(r"<tr><td>transformer</td><td>(lr=[0-9.]+)</td>", found["summary"])
-    assert summary_rows == ["lr=0.001", "lr=0.003", "lr=0.01", "lr=0.03"]
+    assert summary_rows == ["lr=0.003"]
+    assert "Shown: variant lr=0.003, the study's own recipe; the other 3 variants' rows are in summary.csv." \
+        in html.unescape(found["summary"])
 
 
 def test_the_loader_requires_every_stability_table(tmp_path):
@@ -367,3 +372,146 @@ def test_one_panel_per_setting(swept):
     assert {t.get_text() for t in panels[1].texts} == {"0/3"}
     grid = report_sections.stability_map_section(agg, "")
     assert grid.count("<td>qk_norm=1</td>") == len(ARCHS)  # one grid row per architecture and setting
+
+
+# --- many variants: the page does not grow with them ----------------------------------------------------------
+Z_LOSSES = [0, 0.001, 0.01]  # x LRS: 12 variants; the study's own recipe is lr 3e-3, z_loss 0
+RECIPE = "lr=0.003,z_loss=0"
+OFF_SCALE = 30.0  # transformer's final loss at lr 0.03, z_loss 0.01: far above the initial loss (5.5)
+
+
+def _rename(table: pd.DataFrame, z: float) -> pd.DataFrame:
+    if "variant" in table.columns:
+        table = table.assign(variant=table["variant"].astype(str) + f",z_loss={z:g}")
+    if "setting" in table.columns:
+        table = table.assign(setting=f"z_loss={z:g}")
+    return table
+
+
+def _quantization_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for i, (arch, variant) in enumerate(sorted(set(zip(runs["arch"], runs["variant"])))):
+        for bits, bpt in ((32, 0.0), (8, 0.001 * (1 + i)), (4, 0.01 * (1 + i))):
+            rows.append({"arch": arch, "variant": variant, "step": STEPS, "final": True, "bits": bits, "n": 3,
+                         "loss_median": 1.5 + bpt, "loss_increase_median": bpt, "loss_increase_min": bpt,
+                         "loss_increase_max": bpt, "bpt_increase_median": bpt / math.log(2),
+                         "bpt_increase_min": 0.9 * bpt / math.log(2), "bpt_increase_max": 1.1 * bpt / math.log(2)})
+    return pd.DataFrame(rows, columns=QUANTIZATION_SUMMARY_COLUMNS)
+
+
+def write_many(out: Path, z_losses: list[float], lrs: list[float], recipe: str | None = RECIPE) -> Path:
+    """The swept aggregate folder widened to lrs x z_losses variants (its tables copied per z-loss value), with
+    a quantization summary per variant; one z-loss value makes an lr-only study of len(lrs) variants."""
+    base = write_aggregate(out / "lr", sweep=True)
+    out.mkdir(parents=True, exist_ok=True)
+    keep = {variant_of(lr, True) for lr in lrs}
+    for path in sorted(base.glob("*.csv")):
+        table = pd.read_csv(path)
+        if "variant" in table.columns:
+            table = table[table["variant"].astype(str).isin(keep)]
+        if "lr" in table.columns:
+            table = table[table["lr"].isin(lrs)]
+        if len(z_losses) > 1:
+            table = pd.concat([_rename(table, z) for z in z_losses], ignore_index=True)
+        if path.stem == "pairs" and len(z_losses) > 1:  # one variant's pairs decided, one of them significant
+            decided = table["variant"] == "lr=0.01,z_loss=0.01"
+            table.loc[decided, "decidable"] = True
+            table.loc[decided & (table["arch_a"] == "mamba") & (table["arch_b"] == "memnls"), "holm_p"] = 0.01
+        if path.stem == "lr_curves" and len(z_losses) > 1:
+            off = (table["arch"] == "transformer") & (table["lr"] == 3e-2) & (table["setting"] == "z_loss=0.01")
+            table.loc[off, ["final_loss_median", "final_loss_max"]] = OFF_SCALE
+        table.to_csv(out / path.name, index=False)
+    _quantization_summary(pd.read_csv(out / "runs.csv")).to_csv(out / "quantization_summary.csv", index=False)
+    study = json.loads((base / "study.json").read_text())
+    study["sweep"] = {"lr": lrs, **({"z_loss": z_losses} if len(z_losses) > 1 else {})}
+    (out / "study.json").write_text(json.dumps(study))
+    notes = json.loads((base / "notes.json").read_text())
+    (out / "notes.json").write_text(json.dumps({**notes, "recipe_variant": recipe}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    agg = write_many(root / "agg", Z_LOSSES, LRS)
+    report.render(agg, root / "report.html")
+    return root, html.unescape((root / "report.html").read_text()), _panels(tables.load(agg))
+
+
+def _panels(agg: tables.Aggregate) -> dict[str, tuple[list[str], tuple[int, int]]]:
+    """figure name -> (its panels' titles, pixel size)"""
+    out = {}
+    for name, (fig, _) in figures.figures(agg).items():
+        with Image.open(io.BytesIO(figures.png(fig))) as im:
+            out[name] = ([ax.get_title() for ax in fig.axes if ax.get_title()], im.size)
+    return out
+
+
+def test_the_figures_do_not_grow_with_the_variants_except_the_per_setting_panels(many, tmp_path):
+    root, page, wide = many
+    agg = tables.load(root / "agg")
+    assert len(agg.variants) == 12 and agg.recipe_variant == RECIPE and not agg.side_by_side
+    two = tables.load(write_many(tmp_path / "two", [0], [3e-3, 1e-2], recipe="lr=0.003"))
+    assert len(two.variants) == 2 and two.side_by_side
+    narrow = _panels(two)
+    assert set(wide) == set(narrow)
+    assert len(PNG_URI.findall(page)) == len(wide)
+    per_setting = {"lr_curves", "stability_map"}
+    for name in set(wide) - per_setting - {"diagnostic_traces"}:  # traces: up to six events, whatever the variants
+        (t_wide, (w_wide, h_wide)), (t_narrow, (w_narrow, h_narrow)) = wide[name], narrow[name]
+        assert len(t_wide) <= len(t_narrow) and w_wide <= w_narrow and h_wide <= h_narrow, name
+    assert narrow["pairs"][0] == ["lr=0.003", "lr=0.01"]  # two variants: side by side
+    for name in per_setting:
+        assert len(wide[name][0]) == len(Z_LOSSES) and len(narrow[name][0]) == 1, name
+    found = sections(page)
+    line = f"Shown: variant {RECIPE}, the study's own recipe; the other variants appear in the learning-rate " \
+           "sensitivity and stability map."
+    for anchor in ("trajectories", "distributions", "collapse-rate", "grad-norm"):
+        assert found[anchor].count(line) == 1, anchor
+    # the recipe variant alone is drawn: its 3 seeds per architecture, one pairs matrix
+    assert wide["trajectories"][0] == [f"{a} (3 seeds)" for a in ARCHS]
+    assert wide["pairs"][0] == ["probability of improvement [interval]"]
+
+
+def test_the_quantization_table_shows_the_recipe_variant_only_and_names_it(many):
+    _, page, _ = many
+    quant = sections(page)["quantization"]
+    assert "<th>variant</th>" in quant
+    assert set(re.findall(r"<td>(lr=[^<]+)</td>", quant)) == {RECIPE}
+    assert quant.count(f"<td>{RECIPE}</td>") == len(ARCHS) * 3  # fp32, 8 and 4 bits per architecture
+    assert f"Shown: variant {RECIPE}, the study's own recipe; the other 11 variants' rows are in " \
+           "quantization_summary.csv." in quant
+    assert "fig-quantization" in quant
+
+
+def test_the_pairs_table_shows_the_recipe_variant_and_points_to_pairs_csv(many):
+    _, page, _ = many
+    pairs = sections(page)["pairs"]
+    rows = re.findall(r"<tr><td>(lr=[^<]+)</td><td>(\w+)</td><td>(\w+)</td>", pairs)
+    assert rows == [(RECIPE, "mamba", "memnls"), (RECIPE, "mamba", "transformer"), (RECIPE, "memnls", "transformer")]
+    assert (f"Shown: variant {RECIPE}, the study's own recipe; the other 11 variants' 33 pairs are in pairs.csv "
+            "(3 of them decidable with their seeds, 1 significant at Holm p ≤ 0.05).") in pairs
+    assert pairs.index("Shown: variant") < pairs.index("fig-pairs")  # the line leads the figure
+    assert "times the 3 comparisons of its variant" in pairs
+
+
+def test_without_the_recipe_in_the_sweep_the_first_variant_is_shown_and_said_so(tmp_path):
+    agg = tables.load(write_many(tmp_path / "agg", Z_LOSSES, LRS, recipe=None))
+    assert agg.recipe_variant == "lr=0.001,z_loss=0"
+    text = html.unescape(report_sections.summary_section(agg))
+    assert "Shown: variant lr=0.001,z_loss=0, the first in table order" in text
+    assert set(re.findall(r"<td>(lr=[^<]+)</td>", text)) == {"lr=0.001,z_loss=0"}
+
+
+def test_off_scale_lr_curve_points_are_marked_at_the_top_edge(many):
+    root, _, _ = many
+    fig = figures.fig_lr_curves(tables.load(root / "agg"))
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    top = figures.LR_CURVES_HEADROOM * INITIAL
+    assert axes[0].get_ylim()[1] == pytest.approx(top)  # not 30: the curves near the optimum stay readable
+    marked = {ax.get_title(): [(float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in ax.get_lines()
+                               if m.get_marker() == "^"] for ax in axes}
+    assert marked == {"z_loss=0": [], "z_loss=0.001": [], "z_loss=0.01": [(3e-2, pytest.approx(top))]}
+    assert "30" in [t.get_text() for t in axes[2].texts]
+    # nothing off the scale: the axis is left to matplotlib, as before
+    assert figures._lr_curves_top(tables.load(root / "agg").lr_curves.query("final_loss_max < 10")) is None

@@ -34,7 +34,9 @@ CAPTIONS = {
         "Final validation loss (nats per {unit}) against the peak learning rate (log scale), one line per "
         "architecture: the median over seeds with the seeds' range as a band; a diverged run counts as its "
         "initial loss (Wortsman et al. 2023). A cross marks a learning rate where runs diverged, with how many of "
-        "the seeds; the dashed line is the initial loss. One panel per setting (the sweep's other values; "
+        "the seeds; the dashed line is the initial loss. When a final loss lies far above the initial loss, the y axis "
+        "stops a tenth above the largest initial loss and a median beyond it is a triangle at the top edge, with "
+        "its value. One panel per setting (the sweep's other values; "
         "'learning rate only': the study swept nothing else)."),
     "stability_map": (
         "Share of runs that were unstable (diverged, or a collapse or divergence event) per architecture and "

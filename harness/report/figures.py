@@ -416,7 +416,9 @@ def fig_lr_curves(agg: Aggregate) -> Figure | None:
     curves = curves.astype({"setting": str})
     fig, axes = _figure(len(settings), sharey=True)
     archs = [a for a in agg.archs if a in set(curves["arch"])]
-    diverged_any = False
+    top = _lr_curves_top(curves)
+    clip = (lambda v: v) if top is None else (lambda v: np.minimum(np.asarray(v, dtype=float), top))
+    diverged_any = off_scale_any = False
     for i, (ax, setting) in enumerate(zip(axes, settings)):
         rows = curves[curves["setting"] == setting]
         for arch in archs:
@@ -424,14 +426,24 @@ def fig_lr_curves(agg: Aggregate) -> Figure | None:
             if r.empty:
                 continue
             colour = agg.colours[arch]
-            ax.fill_between(r["lr"], r["final_loss_min"], r["final_loss_max"], color=colour, alpha=0.2, lw=0)
-            ax.plot(r["lr"], r["final_loss_median"], color=colour, lw=1.8, marker="o", ms=4)
+            ax.fill_between(r["lr"], clip(r["final_loss_min"]), clip(r["final_loss_max"]), color=colour, alpha=0.2,
+                            lw=0)
+            ax.plot(r["lr"], clip(r["final_loss_median"]), color=colour, lw=1.8, marker="o", ms=4)
             bad = r[r["n_diverged"].fillna(0) > 0]
             diverged_any |= not bad.empty
             for b in bad.itertuples(index=False):
-                ax.plot([b.lr], [b.final_loss_median], marker="x", ms=9, mew=2, color="black", zorder=4)
-                ax.annotate(f"{int(b.n_diverged)}/{int(b.n)} div.", xy=(b.lr, b.final_loss_median),
+                y = float(clip(b.final_loss_median))
+                ax.plot([b.lr], [y], marker="x", ms=9, mew=2, color="black", zorder=4)
+                ax.annotate(f"{int(b.n_diverged)}/{int(b.n)} div.", xy=(b.lr, y),
                             xytext=(4, 5), textcoords="offset points", fontsize=7, color=colour)
+            if top is not None:  # off the scale: a triangle at the top edge with the median's value
+                for o in r[r["final_loss_median"].astype(float) > top].itertuples(index=False):
+                    off_scale_any = True
+                    ax.plot([o.lr], [top], marker="^", ms=8, color=colour, mec="black", mew=0.6, ls="",
+                            clip_on=False, zorder=5)
+                    ax.annotate(f"{float(o.final_loss_median):.3g}", xy=(o.lr, top), xytext=(-7, -4),
+                                textcoords="offset points", ha="right", va="top", fontsize=7, color=colour,
+                                fontweight="bold")
         initial = rows.drop_duplicates("arch")[["arch", "initial_loss"]].dropna()
         if initial["initial_loss"].nunique() == 1:
             ax.axhline(float(initial["initial_loss"].iloc[0]), color="grey", ls="--", lw=1.0)
@@ -449,8 +461,28 @@ def fig_lr_curves(agg: Aggregate) -> Figure | None:
                 Line2D([], [], color="grey", ls="--", lw=1.0, label="initial loss")]
     if diverged_any:
         handles.append(Line2D([], [], color="black", marker="x", ls="", mew=2, label="runs diverged (k/n)"))
+    if top is not None:
+        axes[0].set_ylim(top=top)
+    if off_scale_any:
+        handles.append(Line2D([], [], color="grey", marker="^", ls="", mec="black", mew=0.6,
+                              label="median off the scale (its value)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3 * len(axes)), fontsize=8)
     return fig
+
+
+LR_CURVES_HEADROOM = 1.1  # the lr curves' y axis stops this factor above the largest initial loss
+
+
+def _lr_curves_top(curves: pd.DataFrame) -> float | None:
+    """The y axis' top when some final loss lies far above every initial loss (an architecture that ended at
+    30 nats beside initial losses of 5.5 would flatten the curves near the optimum); None: no cap needed."""
+    initial = curves["initial_loss"].astype(float)
+    initial = initial[np.isfinite(initial)]
+    if initial.empty:
+        return None
+    top = LR_CURVES_HEADROOM * float(initial.max())
+    high = curves[["final_loss_median", "final_loss_max"]].astype(float).to_numpy()
+    return top if (high > top).any() else None
 
 
 def fig_stability_map(agg: Aggregate) -> Figure | None:
@@ -563,9 +595,14 @@ def fig_diagnostic_traces(agg: Aggregate) -> Figure | None:
 
 def figures(agg: Aggregate) -> dict[str, tuple[Figure, str]]:
     """name -> (figure, caption), in page order; figures that have nothing to show are left out."""
-    made = {"trajectories": fig_trajectories(agg), "distributions": fig_distributions(agg),
-            "collapse_rate": fig_collapse_rate(agg), "pairs": fig_pairs(agg), "grad_norm": fig_grad_norm(agg),
-            "quantization": fig_quantization(agg), "lr_curves": fig_lr_curves(agg),
+    # a study with a sweep: the per-run figures draw the recipe variant alone (pooling variants would mix
+    # recipes), those that can put a few variants side by side do so up to MAX_SIDE_BY_SIDE; the number of
+    # figures and panels does not grow with the variants, except the per-setting lr curves and stability map
+    one = agg.only(agg.recipe_variant)
+    few = agg if agg.side_by_side else one
+    made = {"trajectories": fig_trajectories(one), "distributions": fig_distributions(few),
+            "collapse_rate": fig_collapse_rate(few), "pairs": fig_pairs(few), "grad_norm": fig_grad_norm(one),
+            "quantization": fig_quantization(one), "lr_curves": fig_lr_curves(agg),
             "stability_map": fig_stability_map(agg), "diagnostic_traces": fig_diagnostic_traces(agg)}
     return {name: (fig, caption(name, agg.unit, agg.published_curves is not None))
             for name, fig in made.items() if fig is not None}

@@ -94,7 +94,8 @@ def summary_section(agg: Aggregate) -> str:
     header += ["collapsed or diverged", "collapse rate [95% Wilson]", "seeds without a score"]
     rows = []
     by_variant = _variant_shown(agg, agg.summary)
-    records = agg.summary.sort_values(["arch", "variant"] if by_variant else "arch").to_dict("records")
+    summary = _focus(agg, agg.summary)
+    records = summary.sort_values(["arch", "variant"] if by_variant else "arch").to_dict("records")
     for s in records:
         k, n = collapse_k_n(s)
         row = [s["arch"], f"{s['n_completed']}/{s['n_diverged']}/{s['n_failed']} of {s['n_seeds']}",
@@ -120,7 +121,9 @@ def summary_section(agg: Aggregate) -> str:
         header, rows, numeric = _insert_variant(header, rows, [s["variant"] for s in records], numeric)
     table = _table(header, rows, numeric=numeric)
     caveats = [p(agg.notes[key], "warn") for key in ("seed_caveat", "final_window") if agg.notes.get(key)]
-    return section("summary", "Summary over seeds", [table, note, *caveats])
+    shown = [_shown(agg, f"the other {len(agg.variants) - 1} variants' rows are in summary.csv.")
+             ] if len(summary) < len(agg.summary) else []
+    return section("summary", "Summary over seeds", [*shown, table, note, *caveats])
 
 
 def not_completed_section(agg: Aggregate) -> str:
@@ -225,6 +228,9 @@ def quantization_section(agg: Aggregate, figure: str) -> str:
     if summary is None or (summary.empty and not agg.notes.get("quantization")):
         return ""
     settings = agg.study.get("quantize") or {}
+    variant = agg.recipe_variant if _variant_shown(agg, summary) else None
+    if variant is not None:  # a sweep: the recipe variant's rows, as in the figure; the rest in the csv
+        summary = summary[summary["variant"].astype(str) == variant]
     final = summary[summary["final"].astype(bool)].sort_values(["arch", "bits"], ascending=[True, False])
     rows = []
     for r in final.to_dict("records"):
@@ -236,10 +242,16 @@ def quantization_section(agg: Aggregate, figure: str) -> str:
                         else "(1 seed)")])
     keep = settings.get("keep") or []
     parts = [figure] if figure else []
+    if variant is not None:
+        parts.insert(0, _shown(agg, f"the other {len(agg.variants) - 1} variants' rows are in "
+                                    "quantization_summary.csv."))
     if rows:
-        parts.append(_table(["arch", "weight bits", "step", "seeds", "val loss (median, nats)",
-                             "loss increase (median, nats)", f"increase in bits per {agg.unit} (median, range)"],
-                            rows, numeric={1, 2, 3, 4, 5, 6}))
+        header, numeric = ["arch", "weight bits", "step", "seeds", "val loss (median, nats)",
+                           "loss increase (median, nats)", f"increase in bits per {agg.unit} (median, range)"], \
+            {1, 2, 3, 4, 5, 6}
+        if variant is not None:
+            header, rows, numeric = _insert_variant(header, rows, [variant] * len(rows), numeric)
+        parts.append(_table(header, rows, numeric=numeric))
     parts.append(p("Every parameter of two or more dimensions (linear weights, embeddings, any other matrix) is "
                    "quantized per row, symmetric, round to nearest, and dequantized; vectors (biases, norm gains) "
                    "stay as they are. Held back: " + (", ".join(keep) if keep else "nothing") + ". The loss is the "
@@ -332,7 +344,8 @@ def pairs_table(agg: Aggregate) -> str:
     if agg.pairs.empty:
         return p("One architecture: no pairs to compare.")
     by_variant = _variant_shown(agg, agg.pairs)
-    pairs = agg.pairs.sort_values(["variant", "arch_a", "arch_b"] if by_variant else ["arch_a", "arch_b"])
+    pairs = _focus(agg, agg.pairs)
+    pairs = pairs.sort_values(["variant", "arch_a", "arch_b"] if by_variant else ["arch_a", "arch_b"])
     undecidable = ~pairs["decidable"].astype(bool)
     rows = [[r.arch_a, r.arch_b, f"{r.n_a} vs {r.n_b}", num(r.prob_improvement),
              f"[{num(r.pi_lo)}, {num(r.pi_hi)}]" + ("" if missing(r.pi_interval) else f" {r.pi_interval}"),
@@ -341,10 +354,11 @@ def pairs_table(agg: Aggregate) -> str:
              "" if missing(r.unmatched) else f"not parameter-matched: {r.unmatched}"]
             for r in pairs.itertuples(index=False)]
     parts = []
-    if undecidable.any():
+    if undecidable.any():  # Holm corrects over the pairs of one variant
+        corrected = int(pairs.groupby("variant").size().max()) if by_variant else len(pairs)
         parts.append(p(f"{int(undecidable.sum())} of {len(pairs)} pairs cannot reach significance with these seed "
                        "counts, whatever the data: the smallest p-value an exact rank test can give, times the "
-                       f"{len(pairs)} comparisons, exceeds {ALPHA}. Their cells in the matrix are greyed and "
+                       f"{corrected} comparisons{' of its variant' if by_variant else ''}, exceeds {ALPHA}. Their cells in the matrix are greyed and "
                        "hatched; see the note under the summary for the seeds a decision needs.", "warn"))
     if not pairs["unmatched"].map(missing).all():
         parts.append(p("Pairs marked 'not parameter-matched' compare architectures of different sizes: a difference "
@@ -358,6 +372,47 @@ def pairs_table(agg: Aggregate) -> str:
     return "".join(parts)
 
 
+
+
+def pairs_note(agg: Aggregate) -> str:
+    """Above the pairs of a study with many variants: the recipe variant's are shown, the others are in
+    pairs.csv, with how many of them are decidable and significant (a filter of its columns, nothing
+    computed here); empty when every pair is shown."""
+    if agg.pairs.empty:
+        return ""
+    others = agg.pairs.drop(_focus(agg, agg.pairs).index)
+    if others.empty:
+        return ""
+    significant = int((others["holm_p"].astype(float) <= ALPHA).sum())
+    return _shown(agg, f"the other {len(agg.variants) - 1} variants' {len(others)} pairs are in pairs.csv "
+                       f"({int(others['decidable'].astype(bool).sum())} of them decidable with their seeds, "
+                       f"{significant} significant at Holm p ≤ {ALPHA}).")
+
+
+def _focus(agg: Aggregate, table):
+    """``table`` as the page shows it: every variant's rows with up to MAX_SIDE_BY_SIDE variants, else the
+    recipe variant's alone (the rest stay in the csv)."""
+    if not _variant_shown(agg, table) or agg.side_by_side:
+        return table
+    return table[table["variant"].astype(str) == agg.recipe_variant]
+
+
+def _shown(agg: Aggregate, rest: str) -> str:
+    """One line: the variant a reduced figure or table shows, why that one, and where the rest are."""
+    variant = agg.recipe_variant
+    why = ("the study's own recipe" if agg.notes.get("recipe_variant") == variant
+           else "the first in table order (no variant of the sweep is at the study's own recipe)")
+    return p(f"Shown: variant {variant}, {why}; {rest}", "note")
+
+
+def variant_note(agg: Aggregate, side_by_side: bool = False) -> str:
+    """The line above a per-run figure of a study with a sweep, which draws the recipe variant alone (a
+    figure that can put the variants ``side_by_side`` does so with a few); empty without a sweep."""
+    if not agg.multi_variant or (side_by_side and agg.side_by_side):
+        return ""
+    rest = ("the other variants appear in the learning-rate sensitivity and stability map."
+            if not _empty(agg.lr_curves) else "the other variants' numbers are in summary.csv and pairs.csv.")
+    return _shown(agg, rest)
 
 
 def _variant_shown(agg: Aggregate, table) -> bool:

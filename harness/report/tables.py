@@ -4,7 +4,7 @@ rule declares), loaded once and checked for the columns the page reads. No torch
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +17,9 @@ from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTIO
                                QUANTIZATION_SUMMARY_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS)
 from harness.claims import HEADLINE_COLUMNS
 from harness.text import UNITS
+
+
+MAX_SIDE_BY_SIDE = 3  # more variants than this: the per-run figures and tables show the recipe variant only
 
 
 @dataclass
@@ -42,9 +45,12 @@ class Aggregate:
     attribution: pd.DataFrame | None = None  # per (event, diagnostic that left its baseline before it)
     attribution_summary: pd.DataFrame | None = None  # per (arch, variant) with events
     ablations: pd.DataFrame | None = None  # per (arch, stabiliser switch, setting)
+    study_archs: list[str] | None = None  # set by `only`: the whole study's, so colours stay the same
 
     @property
     def archs(self) -> list[str]:
+        if self.study_archs is not None:
+            return list(self.study_archs)
         return sorted(set(self.runs["arch"]) | set(self.summary["arch"]))
 
     @property
@@ -62,6 +68,36 @@ class Aggregate:
     def multi_variant(self) -> bool:
         """Whether the tables' ``variant`` column tells runs apart (shown only then)."""
         return len(self.variants) > 1
+
+    @property
+    def recipe_variant(self) -> str | None:
+        """The variant the per-run figures show in a study with a sweep: the one at the study's own recipe
+        (notes.json's recipe_variant), else the first in table order; None with one variant."""
+        if not self.multi_variant:
+            return None
+        named = self.notes.get("recipe_variant")
+        return named if named in self.variants else self.variants[0]
+
+    @property
+    def side_by_side(self) -> bool:
+        """Whether the figures and tables that can hold every variant side by side (distributions, collapse
+        rate, pairs, summary) do: a few variants (up to MAX_SIDE_BY_SIDE); more show the recipe variant only."""
+        return self.multi_variant and len(self.variants) <= MAX_SIDE_BY_SIDE
+
+    def only(self, variant: str | None) -> "Aggregate":
+        """The same study reduced to one variant's rows (itself when ``variant`` is None): the figures drawn
+        from it look as a study without a sweep's do."""
+        if variant is None:
+            return self
+
+        def keep(table):
+            if table is None or "variant" not in table.columns:
+                return table
+            return table[table["variant"].astype(str) == variant].reset_index(drop=True)
+
+        return replace(self, study_archs=self.archs, runs=keep(self.runs), trajectories=keep(self.trajectories), events=keep(self.events),
+                       summary=keep(self.summary), pairs=keep(self.pairs), quantization=keep(self.quantization),
+                       quantization_summary=keep(self.quantization_summary))
 
     @property
     def unit(self) -> str:
