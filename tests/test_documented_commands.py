@@ -82,6 +82,7 @@ DRY_RUNS = {
     """snakemake --cores 1 reports/collapse.html --config 'archs=[transformer,"examples.gru:build"]'""":
         ("tiny+archs=transformer,examples.gru.build", 6),
     "snakemake --cores 4 reports/collapse.html --config study=seed-enwik8-70m": ("seed-enwik8-70m", 10),
+    "snakemake --cores 2 reports/collapse.html --config study=stability": ("stability", 216),  # 6 x 12 variants x 3
 }
 SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
 # run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
