@@ -252,7 +252,7 @@ def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: t
     fewer = fisher_exact(table, alternative="less").pvalue
     more = fisher_exact(table, alternative="greater").pvalue
     verdict = verdicts[0] if fewer <= ALPHA else "contradicted" if more <= ALPHA else "inconclusive"
-    sentence = (f"{a}: {ka} of {na} seeds with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
+    sentence = (f"{a}: {ka} of {na} runs with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
                 f"one-sided Fisher p = {fewer:.3g} for fewer events in {a}, {more:.3g} for more.")
     if verdict == "inconclusive":
         sentence += " Inconclusive: the rates do not separate at these seed counts."
@@ -307,25 +307,26 @@ def _recipe_setting(evidence: Evidence) -> str:
 
 
 def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
-    """The runs trained without clipping: the study's own recipe (grad_clip 0), or every variant of a
-    sweep with grad_clip 0 (both architectures ran the same variants, so the counts pool fairly)."""
+    """The runs trained without clipping at the study's own recipe otherwise: the study's runs when its
+    recipe has grad_clip 0 (in a sweep, its own-recipe variant), or the variant of a grad_clip sweep that
+    is the study's own recipe but for grad_clip 0. Not the whole grid: at a learning rate far above the
+    recipe's every architecture breaks, with or without clipping."""
     a, b = claim.archs
-    runs = evidence.runs
-    if "sweep_grad_clip" in runs:
-        unclipped = runs[runs["sweep_grad_clip"].astype(float) == 0]
-    else:
-        unclipped = runs if float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) == 0 else runs.iloc[:0]
-    if unclipped.empty:
-        return f"needs a grad_clip=0 variant of {a} and {b} (sweep.grad_clip including 0)"
-    evidence = Evidence(evidence.study, unclipped, evidence.events, None, evidence.stability)
+    unclipped = {**own_values(evidence.study), **({"grad_clip": 0} if "grad_clip" in (evidence.study.get("sweep") or {})
+                                                  else {})}
+    variant = variant_name(unclipped)
+    clipped = float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) != 0 and "grad_clip" not in unclipped
+    if clipped or variant not in (evidence.study.get("variants") or {BASE_VARIANT: {}}):
+        return (f"needs a grad_clip=0 variant of {a} and {b} at the study's own recipe "
+                f"({variant_name({**unclipped, 'grad_clip': 0})})")
+    evidence = evidence.variant(variant)
     (ka, na), (kb, nb) = _rates(claim, evidence)
-    if min(na, nb) < MIN_SEEDS:
-        return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b} without clipping"
     own = decide(False, ka, na)
     outcome = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
     outcome.verdict = ("contradicted" if own == "contradicted" else "supported" if own == "consistent"
                        else "inconclusive")
-    outcome.sentence = f"Without gradient clipping, {outcome.sentence} {a} alone: {own}."
+    where = "" if variant == BASE_VARIANT else f" (variant {variant})"
+    outcome.sentence = f"Without gradient clipping{where}, {outcome.sentence} {a} alone: {own}."
     return outcome
 
 
@@ -406,7 +407,7 @@ def _scale(evidence: Evidence, claim: Claim) -> str:
             and not evidence.stability["sensitivity_pairs"].empty:
         runs = f", the lr grid {', '.join(value_text(v) for v in sorted(evidence.runs['sweep_lr'].unique()))}"
     elif claim.kind == "no_clip_needed":
-        runs = ", the grad_clip=0 variants"
+        runs = ", without gradient clipping"
     else:
         runs = f", variant {evidence.recipe}" if evidence.recipe not in (None, BASE_VARIANT) else ""
     return f"{data.get('name')} {data.get('tokens')}, {evidence.steps:,} steps{size}{runs}"
