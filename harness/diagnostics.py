@@ -105,5 +105,6 @@ class Probe:
                 values[f"grad_rms/{group}"] = _rms(grads) / clip_factor
             before = self._before[group]
             change = [p.detach() - b for p, b in zip(params, before)]
-            values[f"update_ratio/{group}"] = _rms(change) / _rms(before) if _rms(before) > 0 else math.nan
+            scale = _rms(before)
+            values[f"update_ratio/{group}"] = _rms(change) / scale if scale > 0 else math.nan
         return values

@@ -149,8 +149,10 @@ def run_state(root: Path, study: str, arch: str, variant: str, seed: int, total:
 
 
 def _runs(study: dict) -> list[tuple[str, str, int]]:
-    """(arch, variant, seed) of every planned run."""
-    return [(a, v, s) for a in study["archs"] for v in study.get("variants", [BASE_VARIANT]) for s in study["seeds"]]
+    """(arch, variant, seed) of every planned run (a study.json written before variants has one, base)."""
+    from harness.study import runs
+
+    return runs({"variants": {BASE_VARIANT: {}}, **study})
 
 
 def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config: dict | None,

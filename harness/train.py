@@ -89,7 +89,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         window_loss.append(result.loss)
         window_gn.append(result.grad_norm)
         progress.update(step, result.loss)
-        if step % recipe.log_every == 0 or step == recipe.steps:
+        if log_step:
             record.log(step, "train", "loss", sum(window_loss) / len(window_loss))
             record.log(step, "train", "lr", lr)
             record.log(step, "train", "grad_norm", sum(window_gn) / len(window_gn))
