@@ -24,15 +24,11 @@ from jsonschema import Draft202012Validator
 from scipy.stats import binomtest, fisher_exact, t as student_t
 
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
-from harness.stats import ALPHA, wilson
+from harness.stats import ALPHA, FALSE_ALARM_RATE, wilson
 from harness.text import UNITS, bits, num, perplexity, spread, step
 from harness.variants import own_values, setting_name, value_text, variant_name
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
-FALSE_ALARM_RATE = 0.02
-"""The share of healthy runs the detector may flag: the target benchmarks/collapse_calibration.py measures
-and tests/test_collapse_calibration.py enforces under every noise model. A claim's events count as real
-only beyond it."""
 MIN_SEEDS = 3  # no verdict from fewer runs, whatever they show
 TYPICAL = 0.5  # "runs collapse" / "runs do not" speak of the typical run: the rate's side of 1/2
 
@@ -246,23 +242,27 @@ def _rates(claim: Claim, evidence: Evidence) -> tuple[tuple[int, int], tuple[int
 
 
 def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: tuple[str, str]) -> Outcome:
-    """One-sided Fisher tests of A's event rate against B's: fewer (verdicts[0]) or more (contradicted)."""
+    """A's event rate against B's over seeds (one run each): one two-sided Fisher exact test at ALPHA, its
+    direction the sign of the rate difference (verdicts[0] when A's is lower, verdicts[1] when higher).
+    Two one-sided tests at ALPHA each, as before, erred twice as often under the null."""
     a, b = claim.archs
-    table = [[ka, na - ka], [kb, nb - kb]]
-    fewer = fisher_exact(table, alternative="less").pvalue
-    more = fisher_exact(table, alternative="greater").pvalue
-    verdict = verdicts[0] if fewer <= ALPHA else "contradicted" if more <= ALPHA else "inconclusive"
-    sentence = (f"{a}: {ka} of {na} runs with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
-                f"one-sided Fisher p = {fewer:.3g} for fewer events in {a}, {more:.3g} for more.")
+    p = float(fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue)
+    difference = ka / na - kb / nb
+    verdict = "inconclusive" if p > ALPHA or difference == 0 else verdicts[0] if difference < 0 else verdicts[1]
+    sentence = (f"{a}: {ka} of {na} seeds with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
+                f"two-sided Fisher exact p = {p:.3g}.")
     if verdict == "inconclusive":
         sentence += " Inconclusive: the rates do not separate at these seed counts."
-    return Outcome(verdict, sentence, ka, na, ka / na - kb / nb, math.nan, math.nan)
+    return Outcome(verdict, sentence, ka, na, difference, math.nan, math.nan)
 
 
 def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
-    """With an lr sweep (the stability study): A's learning-rate sensitivity against B's, and their
-    unstable-run rates over the whole lr grid; one separating in A's favour and none in B's supports
-    the claim. Without one: the event rates at the study's recipe."""
+    """With an lr sweep (the stability study) the claim's one declared test is learning-rate sensitivity
+    (Wortsman et al. 2023): A's per-seed sensitivity against B's on their common lr grid, the two-sided
+    permutation test of harness.stability.sensitivity_test at ALPHA (its raw p: this claim is one
+    pre-declared comparison; the table's Holm covers the exploratory all-pairs table). The unstable runs
+    over the grid are described, not tested: runs at several lrs of one seed are not independent
+    replicates. Without a sweep: the event rates over the seeds at the study's recipe (``_compare_rates``)."""
     a, b = claim.archs
     pairs = evidence.stability.get("sensitivity_pairs")
     if pairs is None or pairs.empty:
@@ -271,7 +271,7 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
             return "needs an lr sweep (sweep.lr) or a variant at the study's own recipe"
         (ka, na), (kb, nb) = _rates(claim, recipe)
         if min(na, nb) < MIN_SEEDS:
-            return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b}"
+            return f"needs at least {MIN_SEEDS} seeds of each of {a} and {b}"
         return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
     setting = _recipe_setting(evidence)
     pair = pairs[(pairs["setting"] == setting) & pairs["arch_a"].isin(claim.archs) & pairs["arch_b"].isin(claim.archs)]
@@ -279,22 +279,27 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
         return f"needs an lr sweep of both {a} and {b} in the setting {setting}"
     row = pair.iloc[0]
     sign = 1 if row["arch_a"] == a else -1  # difference of A minus B
-    difference = sign * float(row["difference"])
-    grid = evidence.runs[evidence.runs["variant"].map(lambda v: _setting_of(evidence, v) == setting)]
-    (ka, na), (kb, nb) = _rates(claim, Evidence(evidence.study, grid, evidence.events, None, evidence.stability))
-    if min(na, nb) < MIN_SEEDS:
-        return f"needs at least {MIN_SEEDS} trained runs of each of {a} and {b}"
-    rates = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
-    sensitive = ("supported" if row["p_holm"] <= ALPHA and difference < 0 else
-                 "contradicted" if row["p_holm"] <= ALPHA and difference > 0 else "inconclusive")
-    found = {sensitive, rates.verdict} - {"inconclusive"}
-    verdict = found.pop() if len(found) == 1 else "inconclusive"
-    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023) of {a} minus that of {b}: {difference:+.3f} nats "
-                f"(exact Mann-Whitney over seeds, Holm p = {row['p_holm']:.3g}): {sensitive}. Over the lr grid, "
-                f"{rates.sentence[0].lower()}{rates.sentence[1:]}")
-    if len(found) > 1:
-        sentence += " The two measures disagree."
-    return Outcome(verdict, sentence, ka, na, difference, math.nan, math.nan)
+    difference, p = sign * float(row["difference"]), float(row["p"])
+    n_a, n_b = (int(row["n_a"]), int(row["n_b"]))[::sign]
+    if min(n_a, n_b) < MIN_SEEDS:
+        return (f"needs at least {MIN_SEEDS} seeds of each of {a} and {b} with a final loss at every learning rate "
+                f"of their common grid (has {n_a} and {n_b})")
+    verdict = "inconclusive" if not p <= ALPHA else "supported" if difference < 0 else "contradicted"
+    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023, each seed's optimum chosen on the other seeds) of "
+                f"{a} minus that of {b}: {difference:+.3f} nats over {int(row['n_lrs'])} common learning rates, "
+                f"{n_a} and {n_b} seeds (two-sided permutation test of that difference, p = {p:.3g}).")
+    if row.get("missing"):
+        sentence += f" Left out: {row['missing']}."
+    curves = evidence.stability.get("lr_curves")
+    if curves is not None and not curves.empty:
+        grid = curves[curves["setting"] == setting]
+        counts = {arch: (int(g["n_unstable"].sum()), int(g["n"].sum())) for arch, g in grid.groupby("arch")}
+        if a in counts and b in counts:
+            sentence += (f" Unstable runs over the grid (described, not tested): {a} {counts[a][0]} of {counts[a][1]}, "
+                         f"{b} {counts[b][0]} of {counts[b][1]}.")
+    if verdict == "inconclusive":
+        sentence += " Inconclusive: the sensitivities do not separate at these seed counts."
+    return Outcome(verdict, sentence, math.nan, min(n_a, n_b), difference, math.nan, math.nan)
 
 
 def _setting_of(evidence: Evidence, variant: str) -> str:

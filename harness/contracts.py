@@ -87,14 +87,19 @@ lrs to have these tables."""
 SENSITIVITY_COLUMNS = ["arch", "setting", "n_seeds", "n_lrs", "sensitivity", "lo", "hi", "best_final_loss",
                        "stable_lr", "stable_k", "stable_n", "sentence"]
 """sensitivity.csv: learning-rate sensitivity per (arch, setting), Wortsman et al. 2023: per seed, the mean
-over the lr grid of min(final loss, initial loss) minus the seed's best final loss (nats); the mean over
-seeds with its 95% interval (lo, hi: Student t over the seeds, NaN below 2); n_seeds counts the seeds
-with a final loss at every lr of the grid (only they enter). best_final_loss: the lowest per-lr median
-final loss of the grid. stable_lr: the largest grid lr up to which every lr has a majority
-of runs stable; stable_k of stable_n runs were stable at it (NaN lr: none; then the smallest lr's counts)."""
-SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "difference", "p", "p_holm", "sentence"]
-"""sensitivity_pairs.csv: the per-seed sensitivities of two architectures compared (difference of means
-a - b; exact two-sided Mann-Whitney p, Holm-corrected over the study's pairs)."""
+over the lr grid of min(final loss, initial loss) minus the loss at the optimum lr chosen on the other
+seeds (harness.stability.crossfit_sensitivity, nats); the mean over seeds with its interval (lo, hi:
+Student t over the seeds, NaN below 2; its measured coverage: harness.stability.INTERVAL_LABEL); n_seeds
+counts the seeds with a final loss at every lr the (arch, setting) has trained runs at (only they enter).
+best_final_loss: the lowest per-lr median final loss of the grid. stable_lr: harness.stability.stable_range
+over the study's grid (the largest stable lr with no unstable or unmeasured lr below it); stable_k of
+stable_n runs were stable at it (NaN lr: none; then the smallest lr's counts)."""
+SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "n_lrs", "difference", "p", "p_holm",
+                            "missing", "sentence"]
+"""sensitivity_pairs.csv: the per-seed sensitivities of two architectures compared on their common lr grid
+(n_lrs: the lrs both have trained runs at): difference of mean cross-fitted sensitivities a - b, its
+two-sided permutation p (harness.stability.sensitivity_test), Holm-corrected over the study's pairs; ``missing`` names the lrs and
+seeds left out."""
 ATTRIBUTION_COLUMNS = ["arch", "variant", "seed", "event_type", "onset_step", "diagnostic", "left_step",
                        "lead_steps", "z", "first"]
 """attribution.csv: per (collapse, spike or divergence event, diagnostic that left its own trailing
@@ -106,9 +111,11 @@ ATTRIBUTION_SUMMARY_COLUMNS = ["arch", "variant", "n_events", "n_attributed", "l
                                "sentence"]
 """attribution_summary.csv: per (arch, variant) with events: the diagnostic family most often first
 (``leading``), in k of n_events events, its median lead in steps, and the sentence the report prints."""
-ABLATION_COLUMNS = ["arch", "switch", "setting", "off_k", "off_n", "on_k", "on_n", "p", "sentence"]
+ABLATION_COLUMNS = ["arch", "switch", "setting", "off_k", "off_n", "on_k", "on_n", "p", "p_holm", "sentence"]
 """ablations.csv: per (arch, stabiliser switch of the sweep, rest of the variant): unstable runs k of n
-without and with the switch, two-sided Fisher exact p. ``switch`` names the on value as a variant does
+without and with the switch, two-sided Fisher exact p, Holm-corrected over the table's rows (p_holm: a
+row says the switch matters only when p_holm <= 0.05; otherwise it gives the smallest difference its
+runs could have detected). ``switch`` names the on value as a variant does
 (qk_norm=on, z_loss=0.0001): one row per on value of the sweep; failed runs are left out."""
 
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",

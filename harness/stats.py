@@ -43,6 +43,10 @@ PAIR_COLUMNS = ["variant", "arch_a", "arch_b", "n_a", "n_b", "prob_improvement",
                 "mannwhitney_p", "holm_p", "fisher_p", "min_possible_p", "verdict",
                 "fisher_holm_p", "n_dropped_a", "n_dropped_b", "mannwhitney_method"]
 COLLAPSE_TYPES = ("collapse", "divergence")
+FALSE_ALARM_RATE = 0.02
+"""The share of healthy runs the detector may flag: the target benchmarks/collapse_calibration.py measures
+and tests/test_collapse_calibration.py enforces under every noise model. Instability counts as real only
+beyond it."""
 SMOOTH_EVALS = 3  # final_smoothed_loss: mean val loss of the last 3 evaluations (statistics.md)
 MIN_BOOTSTRAP_SEEDS = 5  # below this a percentile "95%" interval covers ~75%: report the range
 ALPHA = 0.05
@@ -295,7 +299,7 @@ def mann_whitney(xa: np.ndarray, xb: np.ndarray, seed: int = 0) -> tuple[float, 
     return 1 - float(u.statistic) / (n_a * n_b), float(u.pvalue), method
 
 
-def _holm(p: pd.Series) -> pd.Series:
+def holm(p: pd.Series) -> pd.Series:
     """Holm-adjusted p-values of the non-missing entries (statsmodels' multipletests(method="holm")
     gives the same numbers, but runs a garbage collection per call, which dominated compare)."""
     out = pd.Series(math.nan, index=p.index)
@@ -348,8 +352,8 @@ def compare_variant(scores: pd.DataFrame, variant: str, seed: int = 0) -> pd.Dat
         dropped_text.append("; ".join(f"{k} seed{'s' if k > 1 else ''} of {arch} dropped: no final validation loss"
                                       for arch, k in ((a, drop_a), (b, drop_b)) if k))
     table = pd.DataFrame(rows, columns=PAIR_COLUMNS)
-    table["holm_p"] = _holm(table["mannwhitney_p"])
-    table["fisher_holm_p"] = _holm(table["fisher_p"])
+    table["holm_p"] = holm(table["mannwhitney_p"])
+    table["fisher_holm_p"] = holm(table["fisher_p"])
     # Holm multiplies the k-th smallest of m p-values by m - k + 1
     ranks = table["mannwhitney_p"].rank(method="first")
     multipliers = (table["mannwhitney_p"].notna().sum() - ranks + 1).fillna(len(pairs)).astype(int)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import fisher_exact
 from scipy.stats import t as student_t
 
 from harness import stability
@@ -113,11 +114,13 @@ def test_stable_lr_needs_every_smaller_lr():
     events = [event(r, "collapse", 50) for r in runs]
     s = stability.tables(study, *frames(runs, traj, events))["sensitivity"].iloc[0]
     assert math.isnan(s["stable_lr"]) and (s["stable_k"], s["stable_n"]) == (0, 3)
-    assert "no learning rate of the grid is stable" in s["sentence"]
+    assert "no stable range from the smallest learning rate (lr=0.001: 3 of 3 runs unstable)" in s["sentence"]
 
 
-def test_sensitivity_pairs_match_scipy_exact_mann_whitney():
-    """Two lrs, finals 2.0 and 2.0 + 2 s below the initial 10: sensitivity = s exactly, per seed."""
+def test_sensitivity_pairs_known_p_and_holm():
+    """Two lrs, finals 2.0 and 2.0 + 2 s below the initial 10: every seed's optimum is lr 0.01, so its
+    cross-fitted sensitivity is s exactly, and the pair's p is the permutation p of the difference of means
+    over the 20 splits of 3 + 3 seeds (counted here by hand)."""
     per_seed = {"a": [0.1, 0.2, 0.3], "b": [0.5, 0.6, 0.7], "c": [0.15, 0.25, 0.8]}
     study = {"sweep": {"lr": [0.01, 0.02]}}
     runs, traj = [], []
@@ -134,9 +137,13 @@ def test_sensitivity_pairs_match_scipy_exact_mann_whitney():
     assert list(pairs.index) == [("a", "b"), ("a", "c"), ("b", "c")]
     raw = {}
     for a, b in pairs.index:
-        raw[a, b] = mannwhitneyu(per_seed[a], per_seed[b], method="exact", alternative="two-sided").pvalue
+        both = np.array(per_seed[a] + per_seed[b])
+        observed = abs(np.mean(per_seed[a]) - np.mean(per_seed[b]))
+        splits = [abs(both[list(c)].mean() - np.delete(both, list(c)).mean()) for c in combinations(range(6), 3)]
+        raw[a, b] = np.mean(np.array(splits) >= observed - 1e-12)
         assert pairs.loc[(a, b), "p"] == pytest.approx(raw[a, b])
         assert pairs.loc[(a, b), "difference"] == pytest.approx(np.mean(per_seed[a]) - np.mean(per_seed[b]))
+    assert raw["a", "b"] == pytest.approx(0.1)  # separated completely: 2 of 20 splits
     # Holm by hand: sorted p times 3, 2, 1, made monotone
     order = sorted(raw, key=raw.get)
     holm, running = {}, 0.0
@@ -358,12 +365,12 @@ def test_window_starts_after_the_previous_event():
 def test_a_run_without_a_step_0_evaluation_starts_from_a_uniform_guess():
     """A pipeline (eam) logs its validation loss only at the end: its initial loss is ln(vocabulary)."""
     study = {"sweep": {"lr": [0.01, 1.0]}}
-    runs = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"], "seed": 0, "sweep_lr": [0.01, 1.0],
-                         "status": "completed", "steps_done": 100, "vocab_size": 256})
-    curves = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"], "seed": 0, "step": 100,
-                           "split": "val", "metric": "loss", "value": [3.0, 30.0]})
+    runs = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"] * 2, "seed": [0, 0, 1, 1],
+                         "sweep_lr": [0.01, 1.0] * 2, "status": "completed", "steps_done": 100, "vocab_size": 256})
+    curves = pd.DataFrame({"study": "s", "arch": "eam", "variant": ["lr=0.01", "lr=1"] * 2, "seed": [0, 0, 1, 1],
+                           "step": 100, "split": "val", "metric": "loss", "value": [3.0, 30.0] * 2})
     events = pd.DataFrame(columns=["study", "arch", "variant", "seed", "type", "onset_step"])
     out = stability.run_outcomes(study, runs, curves, events)
-    assert out["initial_loss"].tolist() == pytest.approx([math.log(256)] * 2)
+    assert out["initial_loss"].tolist() == pytest.approx([math.log(256)] * 4)
     sens = stability.tables(study, runs, curves, events)["sensitivity"].iloc[0]
     assert sens["sensitivity"] == pytest.approx((3.0 + math.log(256)) / 2 - 3.0)  # the 30 nats cap at ln 256

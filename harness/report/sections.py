@@ -9,6 +9,7 @@ import json
 import math
 
 from harness.contracts import BASE_VARIANT, FULL_PRECISION_BITS, PIPELINE_KEY
+from harness import stability
 from harness.stats import ALPHA
 from harness.report.figures import collapse_k_n
 from harness.report.tables import Aggregate
@@ -445,11 +446,15 @@ def _empty(table) -> bool:
 
 
 SENSITIVITY_METHOD = (
-    "How it was decided: sensitivity after Wortsman et al. 2023 (per seed, the mean over the learning-rate grid of "
-    "min(final loss, initial loss) minus the seed's best final loss, in nats; a diverged run counts as its initial "
-    "loss); the mean over seeds with its 95% interval; stable lr: the largest grid learning rate up to which every "
-    "learning rate has a majority of stable runs (k/n stable at it); pairs: exact two-sided Mann–Whitney test on "
-    "the per-seed sensitivities, Holm-corrected over the study's pairs.")
+    "How it was decided: sensitivity after Wortsman et al. 2023, per seed the mean over the learning-rate grid of "
+    "min(final loss, initial loss) minus the loss at the grid's optimum, in nats (a diverged run counts as its "
+    "initial loss); each seed's optimum is the learning rate where the OTHER seeds' median loss is lowest, so a "
+    "quiet seed is not rewarded for its quietness; the mean over seeds with its interval ("
+    + stability.INTERVAL_LABEL + "); stable lr: the largest grid learning rate up to which no learning rate is "
+    "unstable (a majority of runs unstable, beyond the detector's false alarms) or unmeasured, itself stable in a "
+    "majority of runs (k/n stable at it); pairs: on the learning rates both have trained runs at, the difference "
+    "of mean sensitivities and its two-sided permutation p (whole seeds relabelled, the estimator recomputed), "
+    "Holm-corrected over the study's pairs.")
 STABILITY_METHOD = (
     "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
     "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
@@ -462,7 +467,9 @@ ATTRIBUTION_METHOD = (
     "A diagnostic that leads is a precursor, not shown to be the cause.")
 ABLATION_METHOD = (
     "How it was decided: unstable runs (diverged, or a collapse or divergence event) k of n with the stabiliser off "
-    "and on, at the same architecture and the rest of the sweep's values; two-sided Fisher exact test per row.")
+    "and on, at the same architecture and the rest of the sweep's values (one run per seed); two-sided Fisher exact "
+    "test per row, Holm-corrected over the table's rows; a row without a difference gives the smallest difference "
+    "its runs could have detected.")
 
 
 def sensitivity_section(agg: Aggregate, figure: str) -> str:
@@ -486,7 +493,7 @@ def sensitivity_section(agg: Aggregate, figure: str) -> str:
                  num(r["difference"], 3), num(r["p"], 3), num(r["p_holm"], 3),
                  "" if missing(r["sentence"]) else r["sentence"]] for r in pairs.to_dict("records")]
         parts.append('<h3 id="lr-sensitivity-pairs">Sensitivity, pair by pair</h3>')
-        parts.append(_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "Mann–Whitney p", "Holm p",
+        parts.append(_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "permutation p", "Holm p",
                              "in words"], rows, numeric={4, 5, 6}))
     parts.append(p(SENSITIVITY_METHOD, "note"))
     return section("lr-sensitivity", "Learning-rate sensitivity", parts)
@@ -540,8 +547,9 @@ def ablations_section(agg: Aggregate) -> str:
         return ""
     abl = agg.ablations.sort_values(["arch", "switch", "setting"], key=lambda c: c.astype(str))
     rows = [[r["arch"], r["switch"], _setting(r["setting"]), _k_n(r["off_k"], r["off_n"]), _k_n(r["on_k"], r["on_n"]),
-             num(r["p"], 3), "" if missing(r["sentence"]) else r["sentence"]] for r in abl.to_dict("records")]
+             num(r["p"], 3), num(r["p_holm"], 3), "" if missing(r["sentence"]) else r["sentence"]]
+            for r in abl.to_dict("records")]
     return section("ablations", "Stabiliser ablations", [
-        _table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "in words"],
-               rows, numeric={5}),
+        _table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "Holm p",
+                "in words"], rows, numeric={5, 6}),
         p(ABLATION_METHOD, "note")])
