@@ -160,7 +160,7 @@ def _stability_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
                                         f"in 1 of 1 events, a median 70 steps before the onset."}
                            for (arch, lr, seed) in EVENTS]
     ablations = [{"arch": "transformer", "switch": "qk_norm", "setting": "lr=0.03", "off_k": 2, "off_n": 3,
-                  "on_k": 0, "on_n": 3, "p": 0.4, "sentence": "transformer: qk_norm 2/3 vs 0/3 unstable, p = 0.4."}]
+                  "on_k": 0, "on_n": 3, "p": 0.4, "p_holm": 1.0, "sentence": "transformer: qk_norm 2/3 vs 0/3 unstable, p = 0.4."}]
     return {"lr_curves": pd.DataFrame(curves, columns=LR_CURVE_COLUMNS),
             "sensitivity": pd.DataFrame(sensitivity, columns=SENSITIVITY_COLUMNS),
             "sensitivity_pairs": pd.DataFrame(sens_pairs, columns=SENSITIVITY_PAIR_COLUMNS),
@@ -251,7 +251,7 @@ def test_sensitivity_section_shows_the_tables_numbers_and_says_how_it_was_decide
     assert "<td>0.03 (3/3)</td>" in sens and sens.count("<td>0.01 (2/3)</td>") == 2  # stable lr (k/n)
     assert "<td>learning rate only</td>" in sens
     assert sens.count("vs") >= 3 and '<td class="num">0.100</td><td class="num">0.300</td>' in sens  # p, Holm p
-    assert "Wortsman et al. 2023" in sens and "Mann–Whitney" in sens and "Holm" in sens
+    assert "Wortsman et al. 2023" in sens and "permutation p" in sens and "OTHER seeds" in sens and "measured coverage" in sens and "Holm" in sens
     assert "mamba: sensitivity 0.20 nats." in sens
 
 
@@ -318,7 +318,7 @@ def test_ablations_section(swept):
     _, page = swept
     abl = sections(page)["ablations"]
     assert "<td>qk_norm</td><td>lr=0.03</td><td>2/3</td><td>0/3</td>" in abl
-    assert "Fisher" in abl and '<td class="num">0.400</td>' in abl
+    assert "Fisher" in abl and 'Holm' in abl and '<td class="num">0.400</td><td class="num">1.000</td>' in abl
 
 
 def test_a_study_without_a_sweep_has_none_of_it_and_no_variant_column(plain):
