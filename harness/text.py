@@ -36,6 +36,27 @@ def plain(x: Any) -> str:
     return f"{int(x):,}" if float(x).is_integer() else f"{float(x):g}"
 
 
+SCALE_SUFFIXES = {"k": 1e3, "M": 1e6, "B": 1e9}
+
+
+def parse_scale(text: str) -> float:
+    """A parameter count as published ("70M", "14.8M", "125k") -> the number."""
+    number, suffix = str(text)[:-1], str(text)[-1:]
+    try:
+        return float(number) * SCALE_SUFFIXES[suffix]
+    except (KeyError, ValueError):
+        raise ValueError(f"scale {text!r} is not a parameter count like 70M, 14.8M or 125k") from None
+
+
+def scale_text(count: float) -> str:
+    """A parameter count as a scale is written: 1.0M, 70M, 125k."""
+    for suffix, factor in sorted(SCALE_SUFFIXES.items(), key=lambda kv: -kv[1]):
+        if count >= factor:
+            value = count / factor
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.3g}{suffix}"
+    return f"{count:.0f}"
+
+
 def perplexity(loss: Any) -> float:
     """Perplexity of a loss in nats: inf for an infinite or overflowing one, NaN for a missing one."""
     if missing(loss):
