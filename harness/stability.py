@@ -201,8 +201,7 @@ def sensitivity_test(la: np.ndarray, lb: np.ndarray, seed: int = 0, resamples: i
     la, lb = np.asarray(la, dtype=float), np.asarray(lb, dtype=float)
     n_a, n_b = len(la), len(lb)
     if n_a < 2 or n_b < 2:
-        difference = crossfit_sensitivity(la).mean() - crossfit_sensitivity(lb).mean() if min(n_a, n_b) else math.nan
-        return float(difference) if n_a >= 2 and n_b >= 2 else math.nan, math.nan, ""
+        return math.nan, math.nan, ""
     both = np.concatenate([la, lb])
     if math.comb(n_a + n_b, n_a) <= resamples:
         splits = np.array([list(c) + [j for j in range(n_a + n_b) if j not in c]

@@ -152,15 +152,16 @@ def test_one_seed_per_lr_is_one_seed():
 
 def test_shared_instability_is_not_a_difference():
     """Before: two identical architectures 30% unstable at every lr got a verdict in 7.7% (5 seeds) and 11.7%
-    (8 seeds) of studies: two one-sided tests at 0.05 each, OR-combined. Now one declared test decides."""
+    (8 seeds) of studies: two one-sided tests at 0.05 each, OR-combined. Now one declared test decides
+    (measured here at 5 seeds; benchmarks/verdict_calibration.py measures 3 to 12)."""
     rng = np.random.default_rng(6)
     decided = 0
     for _ in range(150):
         finals, unstable = {}, {}
         for arch in ("memnls", "transformer"):
-            finals[arch] = CURVE + rng.normal(0, 0.03, (8, 6))
-            unstable[arch] = rng.random((8, 6)) < 0.3
-            finals[arch][unstable[arch] & (rng.random((8, 6)) < 0.5)] = np.inf
+            finals[arch] = CURVE + rng.normal(0, 0.03, (5, 6))
+            unstable[arch] = rng.random((5, 6)) < 0.3
+            finals[arch][unstable[arch] & (rng.random((5, 6)) < 0.5)] = np.inf
         decided += verdict(finals, unstable)[0]["proxy_verdict"] in ("supported", "contradicted")
     assert decided / 150 <= 0.05 + 0.035
 
