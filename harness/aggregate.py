@@ -8,7 +8,7 @@ columns), trajectories.csv (every metric of every run, diagnostics included), ev
 quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
 quantization_summary.csv (per architecture, variant, step and width over the seeds: median, min and
 max), the stability tables of harness.stability (lr_curves, sensitivity, sensitivity_pairs,
-attribution, attribution_summary, ablations) and notes.json (the sentences the report prints about the
+attribution and attribution_summary from harness.attribution, ablations) and notes.json (the sentences the report prints about the
 study as a whole, and the variant at the study's own recipe). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.

@@ -287,7 +287,7 @@ def _windows(v: np.ndarray, size: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(padded, size)[:len(v)]
 
 
-def _median_variance(count: np.ndarray) -> np.ndarray:
+def median_variance(count: np.ndarray) -> np.ndarray:
     """Variance of the median of ``count`` noisy points, in units of one point's variance."""
     return np.where(count >= 3, np.pi / (2 * np.maximum(count, 1)), 1 / np.maximum(count, 1))
 
@@ -311,7 +311,7 @@ def _trailing_stats(v: np.ndarray, cfg: DetectConfig, k: int) -> tuple[np.ndarra
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows at the start
         level_window = _windows(v, cfg.level_window)
         level = np.nanmedian(level_window, axis=1)
-        level_variance = _median_variance(np.sum(~np.isnan(level_window), axis=1))
+        level_variance = median_variance(np.sum(~np.isnan(level_window), axis=1))
         # position p: the noise_window - 2 second differences among v[p - noise_window : p]
         d = _windows(np.diff(v, 2), cfg.noise_window - 2)
         d = np.concatenate([np.full((2, d.shape[1]), np.nan), d])[:len(v)]
@@ -401,7 +401,7 @@ def _scan(x: np.ndarray, cfg: DetectConfig) -> list[_Span]:
         single_threshold = max(cfg.z_threshold, single_limit)
         held_threshold = np.where(
             count >= cfg.min_sustained,
-            np.maximum(cfg.z_threshold * np.sqrt((_median_variance(count) + level_variance) / (1 + level_variance)),
+            np.maximum(cfg.z_threshold * np.sqrt((median_variance(count) + level_variance) / (1 + level_variance)),
                        held_limit),
             np.inf)  # a median of fewer than min_sustained (the end of the curve) is no held jump
         use_held = (held - level > lift) & (held_z - held_threshold > z - single_threshold)

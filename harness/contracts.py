@@ -101,16 +101,20 @@ SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "n_lrs"
 two-sided permutation p (harness.stability.sensitivity_test), Holm-corrected over the study's pairs; ``missing`` names the lrs and
 seeds left out."""
 ATTRIBUTION_COLUMNS = ["arch", "variant", "seed", "event_type", "onset_step", "diagnostic", "left_step",
-                       "lead_steps", "z", "first"]
-"""attribution.csv: per (collapse, spike or divergence event, diagnostic that left its own trailing
-baseline before the event): the step it left (robust z beyond the detector's threshold), the lead in
-steps (onset - left_step), its z; ``first`` marks the earliest diagnostic(s) of each event. A diverged run
-without a divergence event contributes its end (onset steps_done, type divergence). The departure rule
-(held for min_sustained log points, within a lookback window): harness.stability.attribution."""
-ATTRIBUTION_SUMMARY_COLUMNS = ["arch", "variant", "n_events", "n_attributed", "leading", "k", "median_lead",
-                               "sentence"]
+                       "lead_steps", "z", "first", "n_controls"]
+"""attribution.csv: per (collapse, spike or divergence event, diagnostic of its run that departed from the
+same diagnostic of stable runs of the same architecture and schedule before the event): the step it
+departed, the lead in steps (onset - left_step), its z (the case's change minus the stable runs' median
+change, in the spread the stable runs show), n_controls (the stable runs it was compared with); ``first``
+marks the earliest diagnostic(s) of each event. An event with fewer than two stable runs to compare with
+has one row with an empty diagnostic (not attributable; n_controls the stable runs found). A diverged
+run without a divergence event contributes its end (onset steps_done, type divergence). The rule:
+harness.attribution.attribution."""
+ATTRIBUTION_SUMMARY_COLUMNS = ["arch", "variant", "n_events", "n_attributed", "n_no_control", "leading", "k",
+                               "median_lead", "sentence"]
 """attribution_summary.csv: per (arch, variant) with events: the diagnostic family most often first
-(``leading``), in k of n_events events, its median lead in steps, and the sentence the report prints."""
+(``leading``), in k of n_events events, its median lead in steps, n_no_control events not attributable
+(too few stable runs to compare with), and the sentence the report prints."""
 ABLATION_COLUMNS = ["arch", "switch", "setting", "off_k", "off_n", "on_k", "on_n", "p", "p_holm", "sentence"]
 """ablations.csv: per (arch, stabiliser switch of the sweep, rest of the variant): unstable runs k of n
 without and with the switch, two-sided Fisher exact p, Holm-corrected over the table's rows (p_holm: a

@@ -14,15 +14,14 @@ builds them all. Conventions:
   every lr, with a Student t 95% interval over those seeds (a percentile bootstrap undercovers at
   the few seeds a study has, harness.stats). Architectures are compared by the exact Mann-Whitney
   test of harness.stats on the per-seed values, Holm-corrected over the table.
-- Attribution applies the detector's robust z (harness.collapse.trailing_baseline) to every diagnostic
-  series; see ``attribution`` for the rule and LOOKBACK_LOGS / MIN_CHANGE for the choices.
+- Attribution (what set each collapsing run apart from stable runs of the same schedule before its
+  collapse) is harness.attribution's; ``tables`` calls it.
 No torch here.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from functools import lru_cache
 from itertools import combinations
 
@@ -31,30 +30,16 @@ import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 from scipy.stats import t as student_t
 
-from harness.collapse import DetectConfig, _median_variance, trailing_baseline
+from harness import attribution as precursors
+from harness.collapse import DetectConfig
 from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, BASE_VARIANT,
-                               DIAGNOSTICS, ID_COLUMNS, LR_CURVE_COLUMNS, SENSITIVITY_COLUMNS,
-                               SENSITIVITY_PAIR_COLUMNS, SWEEP_PREFIX)
+                               ID_COLUMNS, LR_CURVE_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS,
+                               SWEEP_PREFIX)
 from harness.logs import is_loss
 from harness.stats import ALPHA, COLLAPSE_TYPES, FALSE_ALARM_RATE, holm, min_possible_p, seeds_needed
-from harness.text import num, step
+from harness.text import num
 from harness.variants import STABILISERS, value_text, variant_name
 
-ATTRIBUTED_TYPES = ("collapse", "spike", "divergence")
-"""Events whose precursors attribution looks for (a diverged run's end counts as a divergence)."""
-EXTRA_DIAGNOSTICS = ("grad_norm",)
-"""Train metrics attribution reads besides the DIAGNOSTICS prefixes (exact names)."""
-LOOKBACK_LOGS = 20
-"""Log intervals of a diagnostic before an event's onset within which its departure counts as a precursor.
-A precursor is what moved in the run-up to the event: 20 logs cover several validation intervals (the
-onset is only dated to one of them) and leads of a few hundred steps at the usual log intervals, while a
-departure further back is more likely an unrelated drift of training than the start of this event. The
-trailing baseline itself needs min_history (6) earlier points, so the first points of a run are never a
-departure."""
-MIN_CHANGE = 0.10
-"""Besides its robust z, a departure must move the diagnostic by this fraction of its trailing level (as the
-detector asks a loss for both a z and a perplexity ratio): the z alone flags tiny wiggles of a very smooth
-series (a norm that barely moves has a near-zero noise estimate). 10%, the detector's recovery tolerance."""
 INTERVAL_LABEL = ("t 95% over seeds; measured coverage 0.93-0.96 with normal seed noise, but 0.5-0.93 when a "
                   "learning rate diverges in 10-30% of seeds")
 """The sensitivity interval: mean over seeds +- t(n - 1) * SD / sqrt(n) (NaN with fewer than 2 seeds). Its
@@ -271,11 +256,10 @@ def stable_range(curve: pd.DataFrame, grid: list[float]) -> tuple[float, int, in
     counts = curve.set_index("lr")[["n", "n_unstable"]].reindex(grid).fillna(0).astype(int).reset_index()
     counts["status"] = [lr_status(r.n, r.n_unstable, len(grid)) for r in counts.itertuples(index=False)]
     rows = list(counts.itertuples(index=False))
-    found, end = None, 0
+    found = None
     for i, r in enumerate(rows):
         if r.status in ("unstable", "unmeasured"):
             break
-        end = i + 1
         if r.status == "stable":
             found = i
     if found is None:
@@ -401,238 +385,6 @@ def _pair_sentence(r, n_pairs: int) -> str:
     return text + "." + left_out
 
 
-# ----------------------------------------------------------------------------------------- attribution
-
-EVENT_LIST_COLUMNS = ID_COLUMNS + ["event_type", "onset_step"]
-
-
-def precursor_events(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """The events attribution explains (EVENT_LIST_COLUMNS): every collapse, spike and divergence with an
-    onset, and the end of each diverged run (onset steps_done, type divergence) that no divergence event
-    of the run already reports. Only runs of ``runs`` that did not fail."""
-    trained = runs[runs["status"] != "failed"]
-    keep = set(_ids(trained))
-    rows = []
-    if len(events):
-        dated = pd.to_numeric(events["onset_step"], errors="coerce").notna()
-        ev = events[events["type"].isin(ATTRIBUTED_TYPES) & dated]
-        ev = ev[_ids(ev).isin(keep)]
-        rows += [{**{c: r[c] for c in ID_COLUMNS}, "event_type": r["type"], "onset_step": float(r["onset_step"])}
-                 for _, r in ev.iterrows()]
-    reported = set(_ids(events[events["type"] == "divergence"])) if len(events) else set()
-    for _, r in trained[trained["status"] == "diverged"].iterrows():
-        if tuple(r[c] for c in ID_COLUMNS) not in reported and pd.notna(r.get("steps_done")):
-            rows.append({**{c: r[c] for c in ID_COLUMNS}, "event_type": "divergence",
-                         "onset_step": float(r["steps_done"])})
-    out = pd.DataFrame(rows, columns=EVENT_LIST_COLUMNS)
-    return out.sort_values(ID_COLUMNS + ["onset_step"], kind="stable", ignore_index=True)
-
-
-def is_diagnostic(metric: pd.Series) -> pd.Series:
-    """Which metric names are diagnostics attribution reads (DIAGNOSTICS prefixes, plus grad_norm)."""
-    metric = metric.astype(str)
-    return metric.str.startswith(DIAGNOSTICS) | metric.isin(EXTRA_DIAGNOSTICS)
-
-
-def held_z(config: DetectConfig) -> float:
-    """The robust z every point of a departure must pass: the detector's threshold for a jump that holds
-    (harness.collapse._scan: z_threshold times the spread of a median of min_sustained points over one
-    point's, the level a median of level_window points), 4.8 at the defaults (6, 3, 5). Attribution asks
-    it of EVERY one of the min_sustained points, not of their median: stricter than the detector, because
-    an event has tens of diagnostic series and the earliest false departure among them would be "first".
-    Measured on 600 synthetic flat series per noise model (benchmarks/attribution_calibration.py), the
-    chance that a series shows a false departure in the window: 0 (normal, 10% noise), 0 (t3), 0.5%
-    (Cauchy), 0.2% (lognormal 30%), 0 (AR(1) 0.9 wandering 2% of its level), but 25% for an AR(1)
-    wandering 9%: a slowly wandering series leaves a trailing baseline whose noise (second differences)
-    sees only its fast part. A step of 10 noise SDs (20% of the level) 40 steps before the onset is found
-    in 95.5% of series, median lead 40 (range 20-40: a noisy first point can delay it by two logs); 8 SDs
-    80%, 6 SDs 38%, 15 SDs 100% (lead 40 always)."""
-    k = np.array([config.min_sustained])
-    level = _median_variance(np.array([config.level_window]))[0]
-    return float(config.z_threshold * math.sqrt((_median_variance(k)[0] + level) / (1 + level)))
-
-
-class _Series:
-    """One diagnostic of one run: steps, values, and each point's baseline and departure tests."""
-
-    def __init__(self, steps: np.ndarray, x: np.ndarray, cfg: DetectConfig, interval: float | None = None):
-        self.steps, self.x, self.cfg = steps, x, cfg
-        finite = np.isfinite(x)
-        self.level, self.spread = np.full(len(x), np.nan), np.full(len(x), np.nan)
-        self.level[finite], self.spread[finite] = trailing_baseline(x[finite], cfg)
-        if interval is None:
-            interval = float(np.median(np.diff(steps))) if len(steps) > 1 else math.nan
-        self.interval = interval
-        self.bar = held_z(cfg)
-
-    def z(self, p: int) -> float:
-        if not np.isfinite(self.x[p]):
-            return math.inf
-        return float((self.x[p] - self.level[p]) / self.spread[p])
-
-    def left(self, p: int) -> bool:
-        """Point p is out of its own trailing baseline and stays out: p and the next min_sustained - 1
-        points (as many as the series has) all lie beyond p's baseline (its level and spread) on the same
-        side, by more than held_z spreads and by more than MIN_CHANGE of the level. A single blip is no
-        departure. A non-finite value is out, whatever follows."""
-        if p < 0:
-            return False
-        if not np.isfinite(self.x[p]):
-            return True
-        if np.isnan(self.level[p]):
-            return False
-        level, spread = self.level[p], self.spread[p]
-        sign = 1.0 if self.x[p] > level else -1.0
-        ahead = self.x[p:p + self.cfg.min_sustained]
-        d = np.where(np.isfinite(ahead), sign * (ahead - level), math.inf)
-        return bool(np.all(d > self.bar * spread) and np.all(d > MIN_CHANGE * abs(level)))
-
-    def departure(self, onset: float, since: float = -math.inf) -> int | None:
-        """The first point in the LOOKBACK_LOGS log intervals up to the onset that left (``left``) while
-        the point before it had not: a series already out at the window's start is a standing trend,
-        not a precursor, and is not listed."""
-        if math.isnan(self.interval):
-            return None
-        start = max(onset - LOOKBACK_LOGS * self.interval, since)
-        window = np.flatnonzero((self.steps <= onset) & (self.steps >= start) & (self.steps > since))
-        return next((int(p) for p in window if self.left(int(p)) and not self.left(int(p) - 1)), None)
-
-
-def departure(steps: np.ndarray, values: np.ndarray, onset: float, config: DetectConfig | None = None,
-              since: float = -math.inf) -> tuple[float, float] | None:
-    """(left_step, z) of a diagnostic series' departure before ``onset`` (the rule of ``attribution``), or
-    None. ``steps`` sorted and unique. Only the points the window and their trailing history need are
-    scanned (the baseline of a point looks back noise_window points), so a long series costs little."""
-    cfg = DetectConfig() if config is None else config
-    steps, values = np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-    if len(steps) < 2:
-        return None
-    interval = float(np.median(np.diff(steps)))
-    window = np.flatnonzero((steps <= onset) & (steps >= onset - LOOKBACK_LOGS * interval) & (steps > since))
-    if not len(window):
-        return None
-    # history for the point before the window: noise_window finite points (non-finite ones are skipped
-    # by the baseline, so reach back past them too)
-    finite_before = np.flatnonzero(np.isfinite(values[:window[0]]))
-    need = max(cfg.noise_window, cfg.level_window, cfg.min_history) + 1
-    lo = int(finite_before[-need]) if len(finite_before) >= need else 0
-    hi = min(len(steps), int(window[-1]) + cfg.min_sustained)
-    series = _Series(steps[lo:hi], values[lo:hi], cfg, interval)
-    p = series.departure(onset, since)
-    return None if p is None else (float(series.steps[p]), series.z(p))
-
-
-def attribution(runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
-                config: DetectConfig | None = None) -> pd.DataFrame:
-    """ATTRIBUTION_COLUMNS: for each event of ``precursor_events``, every diagnostic series of its run (train
-    metrics matching DIAGNOSTICS, plus grad_norm) that left its own trailing baseline before the onset.
-
-    The rule: each point's robust z is the detector's (harness.collapse.trailing_baseline: trailing median
-    level and MAD noise of the points before it, causal). A point *leaves* when it and the next
-    min_sustained - 1 (2) points all lie beyond ITS baseline on the same side, each by |z| > held_z (4.8,
-    the detector's threshold for a jump that holds) and by MIN_CHANGE of the level: one noisy blip is no
-    departure (a non-finite value is always out). The departure counted is the first point within
-    LOOKBACK_LOGS log intervals up to the onset (and after the run's previous event's onset, whose
-    precursors are its own) that left while its predecessor had not (a diagnostic out
-    at the window's start is a standing trend, not listed; a drift slower than about 2 noise SDs per log
-    interval never leaves, the baseline follows it); a departure after the onset is no precursor.
-    lead_steps = onset - left_step >= 0; z is the departing point's; ``first`` marks the earliest
-    diagnostic(s) of each event. Measured false-departure rates and power: held_z.
-    """
-    cfg = DetectConfig() if config is None else config
-    todo = precursor_events(runs, events)
-    if todo.empty or trajectories.empty:
-        return pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
-    diag = trajectories[(trajectories["split"].astype(str) == "train") & is_diagnostic(trajectories["metric"])]
-    diag = diag[pd.MultiIndex.from_frame(diag[ID_COLUMNS]).isin(pd.MultiIndex.from_frame(todo[ID_COLUMNS]))]
-    diag = diag.assign(value=pd.to_numeric(diag["value"], errors="coerce").astype(float))
-    series = {}
-    for key, g in diag.groupby(ID_COLUMNS + ["metric"], sort=True):
-        steps, values = g["step"].to_numpy(float), g["value"].to_numpy(float)
-        order = np.argsort(steps, kind="stable")
-        steps, values = steps[order], values[order]
-        last = np.r_[steps[1:] != steps[:-1], True]  # a resume re-logs a step: keep the last value
-        series.setdefault(key[:-1], []).append((str(key[-1]), steps[last], values[last]))
-    onsets: dict[tuple, list[float]] = {}
-    for ev in todo.itertuples(index=False):
-        onsets.setdefault(tuple(getattr(ev, c) for c in ID_COLUMNS), []).append(ev.onset_step)
-    rows = []
-    for ev in todo.itertuples(index=False):
-        key = tuple(getattr(ev, c) for c in ID_COLUMNS)
-        # the window starts after the run's previous event: what moved before it belongs to that one
-        since = max((o for o in onsets[key] if o < ev.onset_step), default=-math.inf)
-        found = []
-        for metric, steps, values in series.get(key, []):
-            hit = departure(steps, values, ev.onset_step, cfg, since)
-            if hit is not None:
-                left, z = hit
-                found.append({"arch": ev.arch, "variant": ev.variant, "seed": ev.seed, "event_type": ev.event_type,
-                              "onset_step": ev.onset_step, "diagnostic": metric, "left_step": left,
-                              "lead_steps": ev.onset_step - left, "z": z, "first": False})
-        if found:
-            earliest = min(f["left_step"] for f in found)
-            for f in found:
-                f["first"] = f["left_step"] == earliest
-        rows += found
-    return pd.DataFrame(rows, columns=ATTRIBUTION_COLUMNS)
-
-
-def family(diagnostic: str) -> str:
-    """The diagnostic family: the name before "/" (attn_logit_max/blocks.0.attn -> attn_logit_max)."""
-    return str(diagnostic).split("/", 1)[0]
-
-
-_PLURAL = {"collapse": "collapses", "spike": "spikes", "divergence": "divergences"}
-
-
-def attribution_summary(attributed: pd.DataFrame, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
-    """ATTRIBUTION_SUMMARY_COLUMNS: per (arch, variant) with events (``precursor_events``): the family most
-    often among the first diagnostics of an event (each event counts a family once; ties go to the longer
-    median lead, then the name), in k of n_events, its median lead over those k events, and a sentence.
-    An event with no precursor counts in n_events, not in n_attributed, and the sentence says so."""
-    todo = precursor_events(runs, events)
-    rows = []
-    for (arch, variant), evs in todo.groupby(["arch", "variant"], sort=True):
-        rows_av = attributed[(attributed["arch"] == arch) & (attributed["variant"] == variant)] \
-            if len(attributed) else attributed
-        firsts = rows_av[rows_av["first"].astype(str).str.lower() == "true"] if len(rows_av) else rows_av
-        per_family: dict[str, list[tuple[float, float]]] = {}
-        event_keys = ["seed", "event_type", "onset_step"]
-        n_attributed = len(rows_av.groupby(event_keys)) if len(rows_av) else 0
-        if len(firsts):
-            for _, e in firsts.groupby(event_keys, sort=False):
-                for fam, f in e.groupby(e["diagnostic"].map(family), sort=True):
-                    lead, direction = float(f["lead_steps"].iloc[0]), float(np.sign(f["z"]).sum())
-                    per_family.setdefault(fam, []).append((lead, direction))
-        n = len(evs)
-        types = sorted(evs["event_type"].unique())
-        noun = (_PLURAL[types[0]] if n != 1 else types[0]) if len(types) == 1 else ("events" if n != 1 else "event")
-        where = _where(arch, variant)
-        if per_family:
-            leading = min(per_family, key=lambda f: (-len(per_family[f]),
-                                                     -float(np.median([lead for lead, _ in per_family[f]])), f))
-            leads = [lead for lead, _ in per_family[leading]]
-            k, median_lead = len(leads), float(np.median(leads))
-            motion = "growth" if sum(s for _, s in per_family[leading]) >= 0 else "decline"
-            text = f"{where}: {k} of {n} {noun} preceded by {leading} {motion} (median lead {step(median_lead)} steps)"
-            others = sorted((f for f in per_family if f != leading), key=lambda f: (-len(per_family[f]), f))
-            if others:
-                text += "; first otherwise: " + ", ".join(f"{f} ({len(per_family[f])})" for f in others)
-        else:
-            leading, k, median_lead = "", 0, math.nan
-            text = (f"{where}: no diagnostic left its baseline in the {LOOKBACK_LOGS} log intervals before "
-                    f"the {noun}" if n == 1 else
-                    f"{where}: none of {n} {noun} preceded by a diagnostic leaving its baseline in the "
-                    f"{LOOKBACK_LOGS} log intervals before the onset")
-        silent = n - n_attributed
-        if silent and per_family:
-            text += (f"; {silent} with no diagnostic leaving its baseline in the {LOOKBACK_LOGS} log intervals "
-                     "before the onset")
-        rows.append({"arch": arch, "variant": variant, "n_events": n, "n_attributed": n_attributed,
-                     "leading": leading, "k": k, "median_lead": median_lead, "sentence": text + "."})
-    return pd.DataFrame(rows, columns=ATTRIBUTION_SUMMARY_COLUMNS)
-
-
 # ------------------------------------------------------------------------------------------- ablations
 
 def _is_off(v) -> bool:
@@ -713,14 +465,14 @@ def tables(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: 
     columns (empty frames where the study has no lr sweep, no events or no switch)."""
     events = events if len(events) else pd.DataFrame(columns=ID_COLUMNS + ["type", "onset_step"])
     outcomes = run_outcomes(study, runs, trajectories, events)
-    attributed = attribution(runs, trajectories, events, config) if len(runs) else \
+    attributed = precursors.attribution(study, runs, trajectories, events, config) if len(runs) else \
         pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
     return {
         "lr_curves": lr_curves(outcomes),
         "sensitivity": sensitivity(outcomes, _grid(study, outcomes)),
         "sensitivity_pairs": sensitivity_pairs(outcomes),
         "attribution": attributed,
-        "attribution_summary": attribution_summary(attributed, runs, events) if len(runs) else
+        "attribution_summary": precursors.attribution_summary(study, attributed, runs, events) if len(runs) else
         pd.DataFrame(columns=ATTRIBUTION_SUMMARY_COLUMNS),
         "ablations": ablations(study, runs, events),
     }

@@ -153,11 +153,16 @@ def _stability_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         for diagnostic, lead, first in (("attn_logit_max/blocks.0.attn", 70, True), ("grad_rms/embed", 30, False)):
             attribution.append({"arch": arch, "variant": variant_of(lr, True), "seed": seed, "event_type": "collapse",
                                 "onset_step": onset, "diagnostic": diagnostic, "left_step": onset - lead,
-                                "lead_steps": lead, "z": 8.5, "first": first})
-    attribution_summary = [{"arch": arch, "variant": variant_of(lr, True), "n_events": 1, "n_attributed": 1,
+                                "lead_steps": lead, "z": 8.5, "first": first, "n_controls": 4})
+    # memnls' diverged run at lr 0.03 ends at STEPS // 2 with one stable run to compare with: not attributable
+    attribution.append({"arch": "memnls", "variant": variant_of(3e-2, True), "seed": 2, "event_type": "divergence",
+                        "onset_step": STEPS // 2, "diagnostic": "", "left_step": math.nan, "lead_steps": math.nan,
+                        "z": math.nan, "first": False, "n_controls": 1})
+    attribution_summary = [{"arch": arch, "variant": variant_of(lr, True), "n_events": 1 + (arch == "memnls"),
+                            "n_attributed": 1, "n_no_control": int(arch == "memnls"),
                             "leading": "attn_logit_max", "k": 1, "median_lead": 70,
-                            "sentence": f"{arch} at {variant_of(lr, True)}: attn_logit_max left its baseline first "
-                                        f"in 1 of 1 events, a median 70 steps before the onset."}
+                            "sentence": f"{arch} at {variant_of(lr, True)}: attn_logit_max departed first from 4 "
+                                        f"stable runs in 1 of 1 compared events, a median 70 steps before the onset."}
                            for (arch, lr, seed) in EVENTS]
     ablations = [{"arch": "transformer", "switch": "qk_norm", "setting": "lr=0.03", "off_k": 2, "off_n": 3,
                   "on_k": 0, "on_n": 3, "p": 0.4, "p_holm": 1.0, "sentence": "transformer: qk_norm 2/3 vs 0/3 unstable, p = 0.4."}]
@@ -287,10 +292,19 @@ def test_lr_curves_mark_diverged_runs_and_draw_the_initial_loss(swept):
 def test_attribution_section_has_the_sentences_a_compact_table_and_traces(swept):
     root, page = swept
     att = sections(page)["attribution"]
-    assert "transformer at lr=0.01: attn_logit_max left its baseline first" in att
+    assert "transformer at lr=0.01: attn_logit_max departed first from 4 stable runs" in att
     assert att.count("<li>") == 2
     assert att.count("<td>attn_logit_max/blocks.0.attn</td>") == 2 and att.count("<td>grad_rms/embed</td>") == 2
     assert "<th>variant</th>" in att and "<td>lr=0.01</td>" in att
+    assert "<th>stable runs compared</th>" in att and att.count('<td class="num">4</td></tr>') == 4
+    # the event with one stable run: listed as not attributable, with its count
+    row = re.search(r"<tr><td>memnls</td><td>lr=0.03</td><td class=\"num\">2</td>.*?</tr>", att).group(0)
+    assert "not attributable: fewer than 2 stable runs of the same architecture and schedule" in row
+    assert row.endswith('<td class="num">1</td></tr>')
+    # how a precursor was decided: against stable runs of the same architecture and schedule
+    note = html.unescape(att[att.index("How it was decided"):])
+    assert "compared with the stable runs of the same architecture and schedule" in note
+    assert "4.5 times the spread the stable runs show among themselves" in note and "by over 10%" in note
     assert "precursor, not shown to be the cause" in att
     fig = figures.fig_diagnostic_traces(tables.load(root / "agg"))
     panels = [ax for ax in fig.axes if ax.get_title()]

@@ -43,9 +43,10 @@ CAPTIONS = {
         "learning rate, k/n written in each cell; one panel per setting."),
     "diagnostic_traces": (
         "What preceded each collapse: for up to six events with an attribution, the validation loss (left axis, "
-        "nats per {unit}) and the diagnostic(s) that left their own trailing baseline first (right axis, their own "
-        "scale) over the steps around the event. The solid vertical line is the event's onset, the dotted one the "
-        "step the diagnostic left its baseline (its lead, in steps, in the legend)."),
+        "nats per {unit}) and the diagnostic(s) of the collapsing run that departed first from the stable runs of "
+        "the same architecture and schedule (right axis, their own scale) over the steps around the event. The "
+        "solid vertical line is the event's onset, the dotted one the step the diagnostic departed (its lead, in "
+        "steps, and its z against the stable runs in the legend)."),
 }
 PUBLISHED_CURVE = " The published curve (one seed) is dotted, cut at this study's last step."
 

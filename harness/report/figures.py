@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
+from harness.attribution import attributed_rows
 from harness.contracts import ATTRIBUTION_COLUMNS, BASE_VARIANT, FULL_PRECISION_BITS
 from harness.report.captions import caption
 from harness.report.tables import Aggregate
@@ -525,9 +526,15 @@ MAX_TRACES = 6  # events shown in the diagnostic-traces figure (the caption says
 TRACE_COLOURS = ("#0072b2", "#009e73", "#cc79a7")
 
 
+def _departures(agg: Aggregate) -> pd.DataFrame | None:
+    """The rows of attribution.csv that name a diagnostic (an event not attributable has one without)."""
+    att = attributed_rows(agg.attribution)
+    return att if att is None or att.empty else att.astype({"variant": str})
+
+
 def _trace_events(agg: Aggregate) -> pd.DataFrame:
     """The first MAX_TRACES attributed events (arch, variant, seed, event_type, onset_step), in table order."""
-    att = agg.attribution
+    att = _departures(agg)
     if att is None or att.empty:
         return pd.DataFrame(columns=ATTRIBUTION_COLUMNS[:5])
     keys = att[ATTRIBUTION_COLUMNS[:5]].astype({"variant": str}).drop_duplicates()
@@ -539,7 +546,7 @@ def fig_diagnostic_traces(agg: Aggregate) -> Figure | None:
     events = _trace_events(agg)
     if events.empty:
         return None
-    att = agg.attribution.astype({"variant": str})
+    att = _departures(agg)
     traj = agg.trajectories
     traj_variant = traj["variant"].astype(str) if "variant" in traj else pd.Series(BASE_VARIANT, index=traj.index)
     fig, axes = _figure(len(events), size=(4.6, 3.2))
@@ -588,7 +595,7 @@ def fig_diagnostic_traces(agg: Aggregate) -> Figure | None:
         lines = ax.get_lines()[:1] + twin.get_lines()
         ax.legend(handles=lines, labels=[line.get_label() for line in lines], fontsize=6.5, loc="upper left")
     handles = [Line2D([], [], color="#d62728", lw=1.5, label="event onset"),
-               Line2D([], [], color="grey", ls=":", lw=1.3, label="diagnostic left its baseline")]
+               Line2D([], [], color="grey", ls=":", lw=1.3, label="diagnostic departed from the stable runs")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
     return fig
 

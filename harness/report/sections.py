@@ -8,6 +8,7 @@ import html
 import json
 import math
 
+from harness.attribution import LOOKBACK_LOGS, MIN_CHANGE, MIN_CONTROLS, Z_THRESHOLD
 from harness.contracts import BASE_VARIANT, FULL_PRECISION_BITS, PIPELINE_KEY
 from harness import stability
 from harness.stats import ALPHA
@@ -464,12 +465,17 @@ STABILITY_METHOD = (
     "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
     "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
 ATTRIBUTION_METHOD = (
-    "How it was decided: for each collapse, spike or divergence (and each diverged run's end), every diagnostic "
-    "(and the gradient norm) is compared with its own trailing baseline, the detector's causal robust z; it "
-    "left at the first point, within the 20 log intervals before the onset, from which three points in a row "
-    "sit beyond the detector's sustained-jump threshold (|z| > 4.8 at the defaults) on one side and at least "
-    "10% off the baseline level; lead = onset − that step; the earliest diagnostic(s) of an event are 'first'. "
-    "A diagnostic that leads is a precursor, not shown to be the cause.")
+    "How it was decided: each collapse, spike or divergence (and each diverged run's end) is compared with the "
+    "stable runs of the same architecture and schedule: the runs of the same setting at the same or the next "
+    "lower learning rate of the grid that had no event up to the onset (the table gives how many). Each run's "
+    "diagnostics (and gradient norm) are measured as their change from the run's own level just before the "
+    f"window, so what the schedule does to every run (the warmup) cancels; a diagnostic departed when, from "
+    f"some point within the {LOOKBACK_LOGS} log intervals before the onset, three points in a row of the "
+    f"collapsing run changed more (or less) than the stable runs' median change by over {Z_THRESHOLD:g} times "
+    f"the spread the stable runs show among themselves, and by over {MIN_CHANGE:.0%}; a diagnostic already apart "
+    "from the stable runs before that window is not listed. lead = onset − that step; the earliest "
+    f"diagnostic(s) of an event are 'first'. An event with fewer than {MIN_CONTROLS} stable runs to compare with "
+    "is not attributable. A diagnostic that leads is a precursor, not shown to be the cause.")
 ABLATION_METHOD = (
     "How it was decided: unstable runs (diverged, or a collapse or divergence event) k of n with the stabiliser off "
     "and on, at the same architecture and the rest of the sweep's values (one run per seed); two-sided Fisher exact "
@@ -521,7 +527,7 @@ def stability_map_section(agg: Aggregate, figure: str) -> str:
 
 
 def attribution_section(agg: Aggregate, figure: str) -> str:
-    """The diagnostics that left their baseline before each event, from attribution(.csv, _summary.csv)."""
+    """The diagnostics that departed from stable runs before each event, from attribution(.csv, _summary.csv)."""
     if _empty(agg.attribution) and _empty(agg.attribution_summary):
         return ""
     parts = [figure] if figure else []
@@ -533,12 +539,15 @@ def attribution_section(agg: Aggregate, figure: str) -> str:
         att = agg.attribution.sort_values(["arch", "variant", "seed", "onset_step", "left_step", "diagnostic"],
                                           key=lambda c: c.astype(str) if c.dtype == object else c)
         records = att.to_dict("records")
-        rows = [[r["arch"], step(r["seed"]), r["event_type"], step(r["onset_step"]), r["diagnostic"],
-                 step(r["left_step"]), step(r["lead_steps"]), num(r["z"], 1),
-                 "yes" if str(r["first"]).lower() == "true" else ""] for r in records]
-        header = ["arch", "seed", "event", "onset step", "diagnostic", "left its baseline at step", "lead (steps)",
-                  "robust z", "first"]
-        numeric = {1, 3, 5, 6, 7}
+        alone = (f"not attributable: fewer than {MIN_CONTROLS} stable runs of the same architecture and schedule "
+                 "to compare with")
+        rows = [[r["arch"], step(r["seed"]), r["event_type"], step(r["onset_step"]),
+                 alone if missing(r["diagnostic"]) else r["diagnostic"], step(r["left_step"]), step(r["lead_steps"]),
+                 num(r["z"], 1), "yes" if str(r["first"]).lower() == "true" else "", step(r["n_controls"])]
+                for r in records]
+        header = ["arch", "seed", "event", "onset step", "diagnostic", "departed at step", "lead (steps)",
+                  "z against the stable runs", "first", "stable runs compared"]
+        numeric = {1, 3, 5, 6, 7, 9}
         if _variant_shown(agg, att):
             header, rows, numeric = _insert_variant(header, rows, [r["variant"] for r in records], numeric)
         parts.append(_table(header, rows, numeric=numeric))
