@@ -49,13 +49,17 @@ it merges (final_loss ... testable, computed here from the drawn curves as harne
 defines them). Train diagnostics are drawn only where attribution is measured; elsewhere the
 trajectories hold the validation loss alone.
 
-Cost: judging a study (harness.stability.tables loops over runs in pandas) takes ~25 ms of CPU for one or
-two architectures without a sweep, ~75 ms for a pair over the lr grid, ~140 ms with train diagnostics
-and ~360 ms for six architectures over lr x z_loss. So each scenario runs a share of --studies (SHARES):
-all of them for the claims on a boundary, where a correct test decides in up to 5% of studies and the
-precision matters, half for the pairs, a quarter with diagnostics, an eighth for six architectures. The
-packaged claims are parsed once (``claims_parsed_once``). RUNTIME gives the measured time of the full
-default run; tests/test_verdict_calibration.py checks every case on a few studies (a fast subset).
+Cost: judging a study (harness.stability.tables and claims.evaluate loop over runs in pandas) takes, in
+CPU time, ~25-50 ms for one or two architectures without a sweep, ~75 ms for a pair over the lr grid,
+~140 ms with train diagnostics and ~450 ms for six architectures over lr x z_loss. So each scenario runs
+a share of --studies (SHARES): every one for the claims on a boundary (a correct test decides there in up
+to 5% of studies, and precision matters: 400 studies, SE 1.1 points at 5%), a quarter for the pairs, the
+attribution studies and the claims' effects (100: SE 2.2 points at 5%), an eighth for the six-architecture
+studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
+claims are parsed once (``claims_parsed_once``).
+
+Runtime of the full default run (every case, seeds 3,5,8,12, --studies 400): (to be measured).
+tests/test_verdict_calibration.py checks every case on a few studies (a fast subset).
 """
 
 from __future__ import annotations
@@ -73,11 +77,9 @@ import numpy as np
 import pandas as pd
 
 from harness import claims, stability
-from harness.collapse import DetectConfig, testable
+from harness.collapse import testable
 from harness.contracts import EVENT_COLUMNS, ID_COLUMNS, QUANTIZATION_COLUMNS, SWEEP_PREFIX
 from harness.variants import variants
-
-RUNTIME = "(not yet measured)"
 
 ALPHA = 0.05  # the false-verdict target of every null (the harness's own ALPHA)
 POWER = 0.80  # the power target of every effect ...
@@ -225,23 +227,28 @@ def draw_study(scenario: Scenario, n_seeds: int, rng: np.random.Generator) -> Ta
     study = study_dict(scenario, n_seeds)
     recipe, steps, every = study["recipe"], study["recipe"]["steps"], study["recipe"]["eval_every"]
     g = _grid(scenario, study)
-    by_name = {a.name: a for a in scenario.archs}
-    spec = [by_name[a] for a in g.arch]
-    at = np.array([LRS.index(x) if x in LRS else 0 for x in g.lr])  # the lr's column of an Arch's tuples
+    # each run's row of the per-architecture tables (arch x lr), and its lr's column
+    names = sorted(a.name for a in scenario.archs)
+    archs = sorted(scenario.archs, key=lambda a: a.name)
+    a = np.searchsorted(names, g.arch.astype(str))
+    at = np.array([LRS.index(x) if x in LRS else 0 for x in g.lr])
     z_on = np.array([bool(v.get("z_loss", 0)) for v in g.values])
-    mean = np.array([per_lr(s.final)[i] for s, i in zip(spec, at)])
-    sd = np.array([s.sd for s in spec])
-    p_div = np.array([per_lr(s.diverge)[i] for s, i in zip(spec, at)])
-    p_col = np.array([per_lr(s.collapse if not z or s.collapse_z_loss is None else s.collapse_z_loss)[i]
-                      for s, i, z in zip(spec, at, z_on)])
-    failed = np.array([lr in s.failed for s, lr in zip(spec, g.lr)])
+
+    def table(get) -> np.ndarray:
+        return np.stack([per_lr(get(x)) for x in archs])[a, at]
+
+    mean, sd, p_div = table(lambda x: x.final), table(lambda x: x.sd), table(lambda x: x.diverge)
+    p_col = np.where(z_on, table(lambda x: x.collapse if x.collapse_z_loss is None else x.collapse_z_loss),
+                     table(lambda x: x.collapse))
+    p_spike = table(lambda x: x.spike)
+    failed = table(lambda x: [float(lr in x.failed) for lr in LRS]) > 0
     pipeline = np.isin(g.arch, PIPELINES)
 
     # what happens to each run, and when
     u = rng.random(g.n)
     diverged = ~failed & (u < p_div)
     collapsed = ~failed & ~diverged & (u < p_div + p_col)
-    spiked = ~failed & ~diverged & (rng.random(g.n) < np.array([s.spike for s in spec]))
+    spiked = ~failed & ~diverged & (rng.random(g.n) < p_spike)
     scale = steps / PROXY_RECIPE["steps"]  # the published setting: the same shapes over 50,000 steps
     onset = rng.choice(PUBLISHED_ONSETS if scenario.published else COLLAPSE_ONSETS, g.n)
     end = np.where(diverged, np.round(rng.choice(DIVERGE_STEPS, g.n) * scale).astype(int), steps)
@@ -301,21 +308,22 @@ def _runs(g: Grid, study: dict, status, end, pipeline, loss, logged, evals, teac
     (final loss: the last finite evaluation, inf for a broken run; smoothed: the mean of the last 3)."""
     failed, diverged = status == "failed", status == "diverged"
     n_params = np.array([N_PARAMS.get(a, 125_000) for a in g.arch], dtype=float)
-    runs = pd.DataFrame(g.identity())
-    for key in study["sweep"]:
-        runs[SWEEP_PREFIX + key] = [v[key] for v in g.values]
-    runs = runs.assign(
-        status=status, reason=np.where(failed, "synthetic crash", np.where(diverged, "non-finite validation loss", "")),
-        build=g.arch, recipe_name="common", n_params=np.where(failed, np.nan, n_params), reference="transformer",
-        reference_params=125_000.0, deviation=np.where(failed, np.nan, n_params / 125_000 - 1), shape_mode="matched",
-        device="cpu", dtype=None, threads=1, wall_time_s=np.where(failed, 1.0, 60.0), steps_done=np.where(failed, 0, end),
-        data_name=study["data"]["name"], data_sha256=TINYSHAKESPEARE_SHA256, data_tokens="bytes", vocab_size=VOCAB)
+    n = g.n
+    columns = {**g.identity(), **{SWEEP_PREFIX + key: [v[key] for v in g.values] for key in study["sweep"]},
+               "status": status,
+               "reason": np.where(failed, "synthetic crash", np.where(diverged, "non-finite validation loss", "")),
+               "build": g.arch, "recipe_name": "common", "n_params": np.where(failed, np.nan, n_params),
+               "reference": "transformer", "reference_params": 125_000.0,
+               "deviation": np.where(failed, np.nan, n_params / 125_000 - 1), "shape_mode": "matched", "device": "cpu",
+               "dtype": None, "threads": 1, "wall_time_s": np.where(failed, 1.0, 60.0),
+               "steps_done": np.where(failed, 0, end), "data_name": study["data"]["name"],
+               "data_sha256": TINYSHAKESPEARE_SHA256, "data_tokens": "bytes", "vocab_size": VOCAB}
     if pipeline.any():  # harness.eam's summary: eam_loss, teacher_loss, transfer = teacher / eam
         eam = loss[:, -1]
-        runs["pipeline_eam_loss"] = np.where(pipeline, eam, np.nan)
-        runs["pipeline_teacher"] = np.where(pipeline, "transformer", None)
-        runs["pipeline_teacher_loss"] = np.where(pipeline, teacher, np.nan)
-        runs["pipeline_transfer"] = np.where(pipeline, teacher / eam, np.nan)
+        columns.update(pipeline_eam_loss=np.where(pipeline, eam, np.nan),
+                       pipeline_teacher=np.where(pipeline, "transformer", None),
+                       pipeline_teacher_loss=np.where(pipeline, teacher, np.nan),
+                       pipeline_transfer=np.where(pipeline, teacher / eam, np.nan))
     # the scores
     finite = logged & np.isfinite(loss)
     n_evals = finite.sum(axis=1)
@@ -325,15 +333,16 @@ def _runs(g: Grid, study: dict, status, end, pipeline, loss, logged, evals, teac
     masked = np.where(finite, loss, np.inf)
     best = masked.argmin(axis=1)
     measured = n_evals > 0
-    can_test = ~failed & np.array([testable(k, DetectConfig()) for k in n_evals])
-    collapsed = np.array([bool(x) if (x or t) else math.nan for x, t in zip(unstable, can_test)], dtype=object)
-    return runs.assign(
-        final_loss=np.where(broken, np.inf, np.where(measured, np.where(finite & (from_end == 1), loss, 0).sum(1), np.nan)),
-        final_smoothed_loss=np.where(broken, np.inf, np.where(measured, np.where(last3, loss, 0).sum(1)
-                                                               / np.maximum(1, last3.sum(1)), np.nan)),
-        best_loss=np.where(measured, masked[np.arange(g.n), best], np.nan),
+    can_test = ~failed & (n_evals > 0) & np.array([testable(k) for k in n_evals])
+    columns.update(
+        final_loss=np.where(broken, np.inf, np.where(measured, np.where(finite & (from_end == 1), masked, 0).sum(1), np.nan)),
+        final_smoothed_loss=np.where(broken, np.inf, np.where(
+            measured, np.where(last3, masked, 0).sum(1) / np.maximum(1, last3.sum(1)), np.nan)),
+        best_loss=np.where(measured, masked[np.arange(n), best], np.nan),
         best_step=np.where(measured, evals[best].astype(float), np.nan), time_to_target=np.nan,
-        collapsed=collapsed, n_events=n_events, n_evals=n_evals, testable=can_test)
+        collapsed=np.array([bool(x) if (x or t) else math.nan for x, t in zip(unstable, can_test)], dtype=object),
+        n_events=n_events, n_evals=n_evals, testable=can_test)
+    return pd.DataFrame(columns)
 
 
 def _lr_at(steps: np.ndarray, lr: np.ndarray, recipe: dict) -> np.ndarray:
@@ -384,11 +393,15 @@ def _events(g: Grid, recipe: dict, collapsed, diverged, spiked, onset, end, spik
             (diverged, "divergence", end - every, end, math.inf, False, never),
             (spiked, "spike", spike_at, spike_at + every, SPIKE_JUMP, True, spike_at + 2.0 * every)):
         j = np.flatnonzero(mask)
+        if not len(j):
+            continue
         parts.append(pd.DataFrame({
             **g.identity(j), "type": kind, "split": "val", "onset_step": start[j].astype(float),
             "train_onset_step": start[j] - recipe["log_every"], "peak_step": peak[j].astype(float),
             "end_step": end_step[j], "recovered": recovered, "peak_value": final[j] + jump, "magnitude": math.exp(jump),
             "score": 12.0, "threshold": 6.0, "note": ""}))
+    if not parts:
+        return pd.DataFrame(columns=ID_COLUMNS + EVENT_COLUMNS)
     events = pd.concat(parts, ignore_index=True)[ID_COLUMNS + EVENT_COLUMNS]
     return events.sort_values(["arch", "variant", "seed", "onset_step"], ignore_index=True, kind="stable")
 
@@ -538,8 +551,9 @@ def read_attribution(diagnostic: str) -> Reader:
 
 # ------------------------------------------------------------------------------------ the cases
 
-SHARES = {"pair": 0.5, "diagnostics": 0.25, "six": 0.125}
-"""Shares of --studies by what a study costs to judge (see the module's docstring); claims get 1."""
+SHARES = {"boundary": 1.0, "claim effect": 0.25, "pair": 0.25, "diagnostics": 0.25, "six": 0.125}
+"""Shares of --studies by what a study costs to judge and where precision matters (the module's docstring):
+the claims judged on a boundary, where a correct test decides in up to 5% of studies, get every study."""
 SIX = ("diag_ssm", "eam", "memnls", "resonance", "transformer", "trn_hybrid")  # the stability study's
 
 
@@ -598,13 +612,13 @@ SCENARIOS = {s.name: s for s in (
     Scenario("no-clip-half", "without clipping resonance and the transformer collapse with probability exactly 1/2",
              (Arch("resonance", collapse=0.5), Arch("transformer", collapse=0.5)), sweep="none"),
     Scenario("no-clip-0-60", "effect: without clipping resonance never collapses, the transformer in 60% of runs",
-             (Arch("resonance"), Arch("transformer", collapse=0.6)), sweep="none"),
+             (Arch("resonance"), Arch("transformer", collapse=0.6)), sweep="none", share=SHARES["claim effect"]),
     Scenario("quant-median-at-bound", "resonance's int8 cost per seed lognormal (sigma 0.75) with its median at the "
              "claimed bound, 0.002 bits per token (the mean is 32% above it)",
              (Arch("resonance"),), sweep="none", quantization=("resonance", 8, 0.002, 0.75)),
     Scenario("healthy", "effect: resonance has no event; its int8 cost is lognormal (sigma 0.75) with its median "
              "at a quarter of the bound", (Arch("resonance"),), sweep="none",
-             quantization=("resonance", 8, 0.0005, 0.75)),
+             quantization=("resonance", 8, 0.0005, 0.75), share=SHARES["claim effect"]),
     Scenario("transfer-published-share", "eam keeps exactly the published share of its teacher's gain over a "
              "uniform guess, (ln 1024 - 4.308) / (ln 1024 - 4.219) = 0.967, at bytes loss levels (teacher ~2.2 "
              "nats of ln 256 = 5.55)", (Arch("transformer"), Arch("eam")), sweep="none",

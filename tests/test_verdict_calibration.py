@@ -18,6 +18,7 @@ A failing case names the verdict and the scenario: `python benchmarks/verdict_ca
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from benchmarks import verdict_calibration as vc
@@ -83,3 +84,17 @@ def test_the_synthetic_tables_have_the_aggregates_columns():
     # a study without diagnostics carries the validation loss only
     plain = vc.draw_study(vc.SCENARIOS["identical"], 3, vc.rng_for(SEED, "identical", 3))
     assert set(plain.trajectories["split"]) == {"val"}
+
+
+@pytest.mark.parametrize("scenario", ["diverge-30", "failed-lr1", "transfer-published-share", "events-half-published"])
+def test_the_runs_carry_the_scores_the_aggregate_merges(scenario):
+    """runs holds harness.stats.run_scores' columns as the aggregate merges them (diverged, failed and
+    pipeline runs included)."""
+    from harness import stats
+
+    t = vc.draw_study(vc.SCENARIOS[scenario], 4, vc.rng_for(SEED, scenario, 4))
+    scores = stats.run_scores(t.trajectories, t.events, t.runs)
+    mine = t.runs[list(scores.columns)]
+    for column in scores.columns:
+        expected, got = scores[column].tolist(), mine[column].tolist()
+        assert all((pd.isna(a) and pd.isna(b)) or b == pytest.approx(a) for a, b in zip(expected, got)), column
