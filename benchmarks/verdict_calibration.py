@@ -19,6 +19,14 @@ statistic of its own: the benchmark measures whatever harness code is on the pat
   a row passes when rate >= 0.80 - 2 sqrt(0.8 * 0.2 / n_studies). A second table gives the smallest
   seed count at which each effect is found in 80% of studies.
 
+The boundary nulls: a claim that runs have an event, or have none, speaks of the typical run
+(harness.claims.TYPICAL: the rate's side of 1/2), so at a true rate of exactly 1/2 neither it nor its
+negation holds (events; no_clip_needed, decided on resonance's own rate without clipping); a bound on the
+quantization cost is met by the typical seed when the per-seed median sits on it (the costs are skewed,
+lognormal, so the mean lies above it); eam keeping exactly the published share of its teacher's gain over
+a uniform guess is exactly the published transfer, at bytes loss levels where the ratio of losses
+(teacher / eam) is no longer the published 0.979.
+
 "Decided" per verdict (columns are read defensively: the statistics are being fixed as this is written):
 - a claim (claims.csv): its verdict at the published setting when the study matches it, else its proxy
   verdict, is one of DECIDED (supported, contradicted, reproduced, not reproduced, partly reproduced,
@@ -58,7 +66,10 @@ attribution studies and the claims' effects (100: SE 2.2 points at 5%), an eight
 studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
 claims are parsed once (``claims_parsed_once``).
 
-Runtime of the full default run (every case, seeds 3,5,8,12, --studies 400): (to be measured).
+Runtime of the full default run (every case, seeds 3,5,8,12, --studies 400; 14,400 studies): 19 minutes
+(1,149 s wall, 1,084 s CPU on one core) on this repository's 2-core machine on 2026-12-03, while other jobs
+kept it loaded (load average 5-6). Its table on the code of commit 152317d, before the statistics are
+fixed, is benchmarks/verdict_calibration_before.csv.
 tests/test_verdict_calibration.py checks every case on a few studies (a fast subset).
 """
 
@@ -227,15 +238,14 @@ def draw_study(scenario: Scenario, n_seeds: int, rng: np.random.Generator) -> Ta
     study = study_dict(scenario, n_seeds)
     recipe, steps, every = study["recipe"], study["recipe"]["steps"], study["recipe"]["eval_every"]
     g = _grid(scenario, study)
-    # each run's row of the per-architecture tables (arch x lr), and its lr's column
-    names = sorted(a.name for a in scenario.archs)
-    archs = sorted(scenario.archs, key=lambda a: a.name)
-    a = np.searchsorted(names, g.arch.astype(str))
-    at = np.array([LRS.index(x) if x in LRS else 0 for x in g.lr])
+    # each run's entry of a per-(architecture, lr) table: its architecture's row, its lr's column
+    archs = sorted(scenario.archs, key=lambda x: x.name)
+    row = np.searchsorted([x.name for x in archs], g.arch.astype(str))
+    column = np.array([LRS.index(x) if x in LRS else 0 for x in g.lr])
     z_on = np.array([bool(v.get("z_loss", 0)) for v in g.values])
 
     def table(get) -> np.ndarray:
-        return np.stack([per_lr(get(x)) for x in archs])[a, at]
+        return np.stack([per_lr(get(x)) for x in archs])[row, column]
 
     mean, sd, p_div = table(lambda x: x.final), table(lambda x: x.sd), table(lambda x: x.diverge)
     p_col = np.where(z_on, table(lambda x: x.collapse if x.collapse_z_loss is None else x.collapse_z_loss),
@@ -335,7 +345,8 @@ def _runs(g: Grid, study: dict, status, end, pipeline, loss, logged, evals, teac
     measured = n_evals > 0
     can_test = ~failed & (n_evals > 0) & np.array([testable(k) for k in n_evals])
     columns.update(
-        final_loss=np.where(broken, np.inf, np.where(measured, np.where(finite & (from_end == 1), masked, 0).sum(1), np.nan)),
+        final_loss=np.where(broken, np.inf, np.where(
+            measured, np.where(finite & (from_end == 1), masked, 0).sum(1), np.nan)),
         final_smoothed_loss=np.where(broken, np.inf, np.where(
             measured, np.where(last3, masked, 0).sum(1) / np.maximum(1, last3.sum(1)), np.nan)),
         best_loss=np.where(measured, masked[np.arange(n), best], np.nan),
@@ -431,8 +442,9 @@ def _quantization(scenario: Scenario, g: Grid, status, final, rng) -> pd.DataFra
                                        "bpt_increase": increase / math.log(2), "note": ""}))
     at = len(ID_COLUMNS) + 1
     columns = QUANTIZATION_COLUMNS[:at] + ["final"] + QUANTIZATION_COLUMNS[at:]
-    return pd.concat(parts, ignore_index=True).sort_values(
-        ["arch", "variant", "seed", "step", "bits"], ascending=[True, True, True, True, False], ignore_index=True)[columns]
+    table = pd.concat(parts, ignore_index=True).sort_values(
+        ["arch", "variant", "seed", "step", "bits"], ascending=[True, True, True, True, False], ignore_index=True)
+    return table[columns]
 
 
 # ------------------------------------------------------------------------------------ the verdicts
@@ -739,8 +751,9 @@ def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int]
                         hits[k, i] = right if case.effect else decided
                 for k, case in enumerate(mine):
                     rate, target = float(hits[k].mean()), target_of(case, n_seeds)
-                    rows.append([case.kind, case.verdict, case.scenario, "effect" if case.effect else "null", n_seeds,
-                                 n, rate, math.sqrt(rate * (1 - rate) / n), target, passes(case.effect, rate, target, n)])
+                    rows.append([case.kind, case.verdict, case.scenario, "effect" if case.effect else "null",
+                                 n_seeds, n, rate, math.sqrt(rate * (1 - rate) / n), target,
+                                 passes(case.effect, rate, target, n)])
                 if progress:
                     progress(f"{scenario}, {n_seeds} seeds: {n} studies in {time.process_time() - start:.1f} s CPU")
     table = pd.DataFrame(rows, columns=COLUMNS)
