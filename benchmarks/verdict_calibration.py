@@ -730,6 +730,8 @@ def studies_for(scenario: str, n_studies: int | dict[str, int]) -> int:
 
 
 COLUMNS = ["kind", "verdict", "case", "null_or_effect", "seeds", "n_studies", "rate", "se", "target", "passes"]
+# what ``rate`` is in a row; not a bare "null", which CSV readers (pandas) take for a missing value
+NULL, EFFECT = "null (false verdicts)", "effect (power)"
 
 
 def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int], seed: int = 0,
@@ -751,7 +753,7 @@ def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int]
                         hits[k, i] = right if case.effect else decided
                 for k, case in enumerate(mine):
                     rate, target = float(hits[k].mean()), target_of(case, n_seeds)
-                    rows.append([case.kind, case.verdict, case.scenario, "effect" if case.effect else "null",
+                    rows.append([case.kind, case.verdict, case.scenario, EFFECT if case.effect else NULL,
                                  n_seeds, n, rate, math.sqrt(rate * (1 - rate) / n), target,
                                  passes(case.effect, rate, target, n)])
                 if progress:
@@ -765,7 +767,7 @@ def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int]
 def seeds_for_power(table: pd.DataFrame) -> pd.DataFrame:
     """Per effect: the smallest seed count of the table at which it is found in POWER of the studies."""
     rows = []
-    for (kind, verdict, case), g in table[table["null_or_effect"] == "effect"].groupby(
+    for (kind, verdict, case), g in table[table["null_or_effect"] == EFFECT].groupby(
             ["kind", "verdict", "case"], sort=False):
         enough = g.loc[g["rate"] >= POWER, "seeds"]
         rows.append([kind, verdict, case, str(int(enough.min())) if len(enough) else f"> {int(g['seeds'].max())}"])
