@@ -510,14 +510,18 @@ def _truthy(values: pd.Series) -> pd.Series:
     return values.astype(str).str.strip().str.lower().isin(("true", "1", "1.0"))
 
 
-Reader = Callable[[Verdicts], tuple[bool, bool]]
-"""One study's verdicts -> (a verdict is decided at all, it is decided in the effect's direction)."""
+Reader = Callable[[Verdicts], tuple[float, float]]
+"""One study's verdicts -> (a verdict is decided at all, it is decided in the effect's direction): True /
+False, or for attribution the share of the study's events (a rate is the mean over studies)."""
 
 
-def read_claim(claim_id: str, expected: str | None = None) -> Reader:
+def read_claim(claim_id: str, expected: str | None = None, false: tuple[str, ...] = DECIDED) -> Reader:
+    """A claim's verdict: decided when it is one of ``false`` (for a null: the verdicts that are wrong in it;
+    at a rate of exactly 1/2 a claim that runs have NO event is rightly "contradicted" when the events are
+    beyond the detector's false alarms, so only "consistent" is false there), right when it is ``expected``."""
     def read(v: Verdicts) -> tuple[bool, bool]:
         verdict = claim_verdict(v, claim_id)
-        return verdict in DECIDED, verdict == expected
+        return verdict in false, verdict == expected
     return read
 
 
@@ -549,15 +553,19 @@ def read_ablations(arch: str = "transformer") -> Reader:
 
 
 def read_attribution(diagnostic: str) -> Reader:
-    """attribution: decided when ``diagnostic`` is first for at least one event; right when it is first for
-    more than half of the events drawn."""
-    def read(v: Verdicts) -> tuple[bool, bool]:
+    """attribution, per event (the issue's unit: "named as the precursor of at most 5% of events"): the share
+    of the study's drawn events whose ``first`` diagnostic is ``diagnostic`` (a null's false verdicts), and
+    the share whose listed precursors include it (an effect's power: the real precursor found)."""
+    event = ["arch", "variant", "seed", "event_type", "onset_step"]
+
+    def read(v: Verdicts) -> tuple[float, float]:
         rows = v.stability["attribution"]
-        if rows.empty:
-            return False, False
-        first = rows[_truthy(rows["first"]) & (rows["diagnostic"] == diagnostic)]
-        events = len(first.drop_duplicates(["arch", "variant", "seed", "event_type", "onset_step"]))
-        return events > 0, events > v.tables.n_events / 2
+        if rows.empty or not v.tables.n_events:
+            return 0.0, 0.0
+        mine = rows[rows["diagnostic"] == diagnostic]
+        first = len(mine[_truthy(mine["first"])].drop_duplicates(event))
+        listed = len(mine.drop_duplicates(event))
+        return first / v.tables.n_events, listed / v.tables.n_events
     return read
 
 
@@ -604,9 +612,9 @@ SCENARIOS = {s.name: s for s in (
              "pipeline the detector cannot see), z_loss changing nothing",
              tuple(Arch(a, final=RISING, collapse=0.0 if a in PIPELINES else RISING_UNSTABLE) for a in SIX),
              sweep="lr+z_loss", share=SHARES["six"]),
-    Scenario("zloss-0-60", "effect: z_loss 1e-3 stops the transformer's collapses at the top two lrs (60% -> 0%); "
+    Scenario("zloss-0-90", "effect: z_loss 1e-3 stops the transformer's collapses at the top two lrs (90% -> 0%); "
              "five other architectures never collapse",
-             tuple(Arch(a, final=RISING, collapse=tuple(0.6 * TOP_TWO) if a == "transformer" else 0.0,
+             tuple(Arch(a, final=RISING, collapse=tuple(0.9 * TOP_TWO) if a == "transformer" else 0.0,
                         collapse_z_loss=0.0) for a in SIX), sweep="lr+z_loss", share=SHARES["six"]),
     # -- attribution: collapses rising with the lr in both, diagnostics logged by every run
     _pair("warmup-diagnostic", "update_ratio follows the warmup's lr ramp in every run; collapses (rising with "
@@ -618,6 +626,12 @@ SCENARIOS = {s.name: s for s in (
     # -- claims about one architecture's own training: one variant, the study's own recipe (lr 3e-3)
     Scenario("events-half", "resonance: a spike in each run with probability exactly 1/2",
              (Arch("resonance", spike=0.5),), sweep="none"),
+    Scenario("events-false-alarm", "resonance: a spike in each run with probability 0.02, the detector's false-alarm "
+             "rate (harness.stats.FALSE_ALARM_RATE): the boundary of 'no spikes'", (Arch("resonance", spike=0.02),),
+             sweep="none"),
+    Scenario("events-false-alarm-published", "the published setting (enwik8 bytes, 50,000 steps): memnls collapses "
+             "with probability 0.02, the detector's false-alarm rate", (Arch("memnls", collapse=0.02),),
+             sweep="none", published=True),
     Scenario("events-half-published", "the published setting (enwik8 bytes, 50,000 steps): memnls and the "
              "transformer each collapse with probability exactly 1/2 (onsets at steps 22,000-34,000)",
              (Arch("memnls", collapse=0.5), Arch("transformer", collapse=0.5)), sweep="none", published=True),
@@ -625,12 +639,15 @@ SCENARIOS = {s.name: s for s in (
              (Arch("resonance", collapse=0.5), Arch("transformer", collapse=0.5)), sweep="none"),
     Scenario("no-clip-0-60", "effect: without clipping resonance never collapses, the transformer in 60% of runs",
              (Arch("resonance"), Arch("transformer", collapse=0.6)), sweep="none", share=SHARES["claim effect"]),
-    Scenario("quant-median-at-bound", "resonance's int8 cost per seed lognormal (sigma 0.75) with its median at the "
-             "claimed bound, 0.002 bits per token (the mean is 32% above it)",
-             (Arch("resonance"),), sweep="none", quantization=("resonance", 8, 0.002, 0.75)),
-    Scenario("healthy", "effect: resonance has no event; its int8 cost is lognormal (sigma 0.75) with its median "
-             "at a quarter of the bound", (Arch("resonance"),), sweep="none",
-             quantization=("resonance", 8, 0.0005, 0.75), share=SHARES["claim effect"]),
+    Scenario("quant-point-at-edge", "resonance's int8 cost per seed lognormal (sigma 0.75) with its median at the "
+             "edge of the point claim's tolerance, 0.002 + 0.001 bits per byte (the mean is 32% above it)",
+             (Arch("resonance"),), sweep="none", quantization=("resonance", 8, 0.003, 0.75)),
+    Scenario("quant-bound-at-bound", "trn_hybrid's int8 cost per seed lognormal (sigma 0.75) with its median at "
+             "the claimed bound, 0.008 bits per byte (the mean is 32% above it)",
+             (Arch("trn_hybrid"),), sweep="none", quantization=("trn_hybrid", 8, 0.008, 0.75)),
+    Scenario("healthy", "effect: resonance has no event; its int8 cost is lognormal (sigma 0.3) with its median "
+             "at the claimed 0.002 bits per byte", (Arch("resonance"),), sweep="none",
+             quantization=("resonance", 8, 0.002, 0.3), share=SHARES["claim effect"]),
     Scenario("transfer-published-share", "eam keeps exactly the published share of its teacher's gain over a "
              "uniform guess, (ln 1024 - 4.308) / (ln 1024 - 4.219) = 0.967, at bytes loss levels (teacher ~2.2 "
              "nats of ln 256 = 5.55)", (Arch("transformer"), Arch("eam")), sweep="none",
@@ -673,18 +690,24 @@ CASES = (
     + [null("more_stable_than", ANTI, s, read_claim(ANTI)) for s in PAIR_NULLS + ("events-half-published",)]
     + [effect("more_stable_than", ANTI, s, read_claim(ANTI, "supported")) for s in PAIR_EFFECTS]
     + [null("ablations", "ablations", "six-identical-zloss", read_ablations()),
-       effect("ablations", "ablations", "zloss-0-60", read_ablations("transformer")),
+       effect("ablations", "ablations", "zloss-0-90", read_ablations("transformer")),
        null("attribution", "attribution", "warmup-diagnostic", read_attribution("update_ratio/mixer")),
        null("attribution", "attribution", "ar1-diagnostic", read_attribution("grad_norm")),
        effect("attribution", "attribution", "precursor-8sd", read_attribution("attn_logit_max/blocks.0.attn")),
-       null("events", "resonance-no-spikes", "events-half", read_claim("resonance-no-spikes")),
-       null("events", "memnls-no-catastrophe", "events-half-published", read_claim("memnls-no-catastrophe")),
+       null("events", "resonance-no-spikes", "events-half", read_claim("resonance-no-spikes", false=("consistent",))),
+       null("events", "resonance-no-spikes", "events-false-alarm",
+            read_claim("resonance-no-spikes", false=("contradicted",))),
+       null("events", "memnls-no-catastrophe", "events-half-published",
+            read_claim("memnls-no-catastrophe", false=("consistent",))),
+       null("events", "memnls-no-catastrophe", "events-false-alarm-published",
+            read_claim("memnls-no-catastrophe", false=("contradicted",))),
        null("events", "transformer-collapse-28k", "events-half-published", read_claim("transformer-collapse-28k")),
        effect("events", "resonance-no-spikes", "healthy", read_claim("resonance-no-spikes", "consistent")),
        null("no_clip_needed", "resonance-no-clip-needed", "no-clip-half", read_claim("resonance-no-clip-needed")),
        effect("no_clip_needed", "resonance-no-clip-needed", "no-clip-0-60",
               read_claim("resonance-no-clip-needed", "supported")),
-       null("quantization", "resonance-int8", "quant-median-at-bound", read_claim("resonance-int8")),
+       null("quantization", "resonance-int8", "quant-point-at-edge", read_claim("resonance-int8")),
+       null("quantization", "trn-int8-within", "quant-bound-at-bound", read_claim("trn-int8-within")),
        effect("quantization", "resonance-int8", "healthy", read_claim("resonance-int8", "supported")),
        null("transfer", "eam-transfer", "transfer-published-share", read_claim("eam-transfer"))]
 )
@@ -745,7 +768,7 @@ def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int]
             n = studies_for(scenario, n_studies)
             for n_seeds in seeds:
                 start, rng = time.process_time(), rng_for(seed, scenario, n_seeds)
-                hits = np.zeros((len(mine), n), dtype=bool)
+                hits = np.zeros((len(mine), n), dtype=float)
                 for i in range(n):
                     verdicts = judge(draw_study(SCENARIOS[scenario], n_seeds, rng))
                     for k, case in enumerate(mine):

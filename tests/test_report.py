@@ -20,10 +20,10 @@ from harness.report import figures, page as report, tables
 from harness.aggregate import aggregate
 from tests.test_aggregate import make_runs, make_study, realistic_special
 
-QUIET = ["claims", "summary", "not-completed", "trajectories", "distributions", "collapse-rate", "pairs",
+QUIET = ["claims", "error-rates", "summary", "not-completed", "trajectories", "distributions", "collapse-rate", "pairs",
          "grad-norm", "events", "params", "recipe", "provenance"]
 """The sections of a study without events; with events the attribution of their precursors joins them."""
-SECTIONS = QUIET[:8] + ["attribution"] + QUIET[8:]
+SECTIONS = QUIET[:9] + ["attribution"] + QUIET[9:]
 FIGURES = ["trajectories", "distributions", "collapse_rate", "pairs", "grad_norm"]
 PNG_URI = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)">')
 
@@ -155,7 +155,7 @@ def test_a_pipelines_own_numbers_get_their_own_section_and_an_unmatched_shape_ro
     aggregate(run_dirs, tmp_path / "agg", study)
     report.render(tmp_path / "agg", tmp_path / "report.html")
     found = sections((tmp_path / "report.html").read_text())
-    assert list(found) == QUIET[:9] + ["pipelines"] + QUIET[9:]
+    assert list(found) == QUIET[:10] + ["pipelines"] + QUIET[10:]
     rows = re.findall(r"<tr>(.*?)</tr>", found["pipelines"], flags=re.S)[1:]
     cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows]
     header = re.findall(r"<th>(.*?)</th>", found["pipelines"])

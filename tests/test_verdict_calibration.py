@@ -26,7 +26,7 @@ from benchmarks import verdict_calibration as vc
 SEED = 0
 STUDIES = 24  # per (scenario, seed count), fewer where a study costs more (about 2x and 5x a pair's):
 FEWER = {"warmup-diagnostic": 20, "ar1-diagnostic": 20, "precursor-8sd": 20, "six-identical-zloss": 10,
-         "zloss-0-60": 10}
+         "zloss-0-90": 10}
 CLAIM_KINDS = ("events", "more_stable_than", "no_clip_needed", "quantization", "transfer")
 
 
@@ -101,3 +101,20 @@ def test_the_runs_carry_the_scores_the_aggregate_merges(scenario):
     for column in scores.columns:
         expected, got = scores[column].tolist(), mine[column].tolist()
         assert all((pd.isna(a) and pd.isna(b)) or b == pytest.approx(a) for a, b in zip(expected, got)), column
+
+
+def test_the_packaged_error_rates_cover_every_case_pass_and_reach_the_report():
+    """harness/calibration/verdicts.csv is the benchmark's full table (written with --out): every case of
+    the benchmark at 3, 5, 8 and 12 seeds, every null within its target, and the report's section prints it."""
+    from harness.report.error_rates import error_rates_section, verdict_error_rates
+
+    table = verdict_error_rates()
+    assert set(zip(table["verdict"], table["case"])) == {(c.verdict, c.scenario) for c in vc.CASES}
+    assert sorted(table["seeds"].unique()) == [3, 5, 8, 12]
+    nulls = table[table["null_or_effect"] == vc.NULL]
+    assert all(vc.passes(False, r.rate, r.target, r.n_studies) for r in nulls.itertuples()), \
+        nulls[["verdict", "case", "seeds", "rate"]]
+    assert nulls["n_studies"].min() >= 50
+    section = error_rates_section()
+    assert 'id="error-rates"' in section and f"Worst null: {nulls['rate'].max():.1%}" in section
+    assert "found in 80% of studies at" in section

@@ -21,7 +21,7 @@ DETECTOR_READS = ("The detector reads only the loss curves (training and validat
 PREFIX = f"{PIPELINE_KEY}_"  # runs.csv columns of a pipeline's own numbers (harness.aggregate)
 
 
-def _table(header: list[str], rows: list[list], row_classes: list[str] | None = None,
+def html_table(header: list[str], rows: list[list], row_classes: list[str] | None = None,
            numeric: set[int] = frozenset()) -> str:
     """An HTML table of escaped text; ``numeric`` column indices are right-aligned."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
@@ -58,7 +58,7 @@ def claims_section(agg: Aggregate) -> str:
         rows = [[v["claim"], v["archs"], v["verdict"], v["proxy_verdict"], _measured(v), v["scale"],
                  v["sentence"] + (f" ({v['note']})" if v["note"] else ""), v["source"]]
                 for v in verdicts.astype(object).fillna("").to_dict("records")]
-        parts.append(_table(["published claim", "archs", "verdict at the published setting", "verdict at proxy scale",
+        parts.append(html_table(["published claim", "archs", "verdict at the published setting", "verdict at proxy scale",
                              "measured", "tested at", "how it was decided", "source"], rows))
         parts.append(p("A verdict is given only where the evidence separates: events count beyond the detector's "
                        "false-alarm rate (one-sided binomial test); a rate is judged by its exact (Clopper-Pearson) 95% "
@@ -66,7 +66,9 @@ def claims_section(agg: Aggregate) -> str:
                        "interval of its median over seeds (6 seeds at least), a transfer by the share of the teacher's "
                        "gain over a uniform guess; fewer than 3 runs decide nothing ('inconclusive' says how many "
                        "would). The published setting includes the model's size; a proxy verdict tests a general claim "
-                       "at this study's scale, never the published number itself.", "note"))
+                       "at this study's scale, never the published number itself. A comparison of two architectures "
+                       "(more_stable_than, no_clip_needed) rests on one declared two-sided test at 0.05 over seeds. "
+                       "How often each verdict errs is measured below.", "note"))
     if agg.notes.get("publication"):
         parts.append(_published_vs_measured(agg))
     return section("claims", "Published claims, tested", parts)
@@ -90,7 +92,7 @@ def _published_vs_measured(agg: Aggregate) -> str:
                  f"{pub['data']}. Source: {pub['source']}.", "note")
             + (p("Not like for like: this study uses " + " and ".join(pub["differs"]) + ".", "warn")
                if pub["differs"] else "")
-            + _table(["arch", "figure", "published", "measured here (median, range over seeds)"], rows))
+            + html_table(["arch", "figure", "published", "measured here (median, range over seeds)"], rows))
 
 
 def summary_section(agg: Aggregate) -> str:
@@ -126,7 +128,7 @@ def summary_section(agg: Aggregate) -> str:
     numeric = {2, 3, 5, 6} | ({9} if target else set())
     if by_variant:
         header, rows, numeric = _insert_variant(header, rows, [s["variant"] for s in records], numeric)
-    table = _table(header, rows, numeric=numeric)
+    table = html_table(header, rows, numeric=numeric)
     caveats = [p(agg.notes[key], "warn") for key in ("seed_caveat", "final_window") if agg.notes.get(key)]
     shown = [_shown(agg, f"the other {len(agg.variants) - 1} variants' rows are in summary.csv.")
              ] if len(summary) < len(agg.summary) else []
@@ -150,7 +152,7 @@ def not_completed_section(agg: Aggregate) -> str:
         parts.append(p(f"{len(bad)} of {len(runs)} runs did not complete, listed here with their reason. A "
                         "diverged run stays in every statistic, as infinite perplexity and as a collapse; a failed "
                         "run (a crash of the harness, not of the model) has no score and is only counted."))
-        parts.append(_table(header, rows, row_classes=list(bad["status"])))
+        parts.append(html_table(header, rows, row_classes=list(bad["status"])))
     if absent:
         parts.append(p("Runs of the study with no run folder in the aggregate: "
                         + ", ".join(f"{a} seed {s}" for a, s in absent) + ".", "warn"))
@@ -190,7 +192,7 @@ def events_section(agg: Aggregate) -> str:
     if by_variant:
         header, rows, numeric = _insert_variant(header, rows, list(ev["variant"]), numeric)
     return section("events", "Events", [
-        _table(header, rows, numeric=numeric),
+        html_table(header, rows, numeric=numeric),
         _untested(agg),
         p(DETECTOR_READS, "note"),
         p("Onset: the last evaluation still at the pre-event level, on the curve that defines the event; "
@@ -214,7 +216,7 @@ def pipeline_section(agg: Aggregate) -> str:
     if by_variant:
         header, rows, numeric = _insert_variant(header, rows, list(runs["variant"]), numeric)
     return section("pipelines", "Pipeline architectures", [
-        _table(header, rows, numeric=numeric),
+        html_table(header, rows, numeric=numeric),
         p("Numbers each pipeline run recorded about itself (run.json, key 'pipeline'): a loss is shown as its "
           f"perplexity per {agg.unit}; a throughput is a timing of this machine, not a model property.", "note")])
 
@@ -258,7 +260,7 @@ def quantization_section(agg: Aggregate, figure: str) -> str:
             {1, 2, 3, 4, 5, 6}
         if variant is not None:
             header, rows, numeric = _insert_variant(header, rows, [variant] * len(rows), numeric)
-        parts.append(_table(header, rows, numeric=numeric))
+        parts.append(html_table(header, rows, numeric=numeric))
     parts.append(p("Every parameter of two or more dimensions (linear weights, embeddings, any other matrix) is "
                    "quantized per row, symmetric, round to nearest, and dequantized; vectors (biases, norm gains) "
                    "stay as they are. Held back: " + (", ".join(keep) if keep else "nothing") + ". The loss is the "
@@ -292,7 +294,7 @@ def params_section(agg: Aggregate) -> str:
                      "" if missing(deviation) else f"{100 * float(deviation):+.3f}%", within])
     parts = [p(f"Shape mode: {mode}; reference: {shape.get('reference')}"
                 + (f"; tolerance {100 * tolerance:g}% (matched mode)." if tolerance is not None else ".")),
-             _table(["arch", "build", "recipe", "reconstruction", "width knob", "knob value", "parameters",
+             html_table(["arch", "build", "recipe", "reconstruction", "width knob", "knob value", "parameters",
                      "reference", "reference parameters", "deviation", "within tolerance"], rows,
                     numeric={5, 6, 8, 9})]
     unrecorded = sorted(set(agg.runs["arch"]) - set(known["arch"]))
@@ -323,7 +325,7 @@ def recipe_section(agg: Aggregate) -> str:
                 f"{arch}, which follows the preset {name} of harness/recipes.yaml merged over it (its run.json "
                 f"holds the values)" for arch, name in presets.items()) + ".")
     return section("recipe", "Recipe", [p(said),
-                                         _table(["setting", "value"], rows)])
+                                         html_table(["setting", "value"], rows)])
 
 
 def provenance_section(agg: Aggregate) -> str:
@@ -340,7 +342,7 @@ def provenance_section(agg: Aggregate) -> str:
     if by_variant:
         header, rows, _ = _insert_variant(header, rows, list(runs["variant"]))
     return section("provenance", "Provenance", [
-        _table(header, rows, row_classes=list(runs["status"])),
+        html_table(header, rows, row_classes=list(runs["status"])),
         p("Wall time in seconds. data sha256 is shortened to 12 hex digits; config hash is shared by the "
            "seeds of one architecture.", "note")])
 
@@ -375,7 +377,7 @@ def pairs_table(agg: Aggregate) -> str:
     numeric = {3, 5, 6, 7, 8}
     if by_variant:
         header, rows, numeric = _insert_variant(header, rows, list(pairs["variant"]), numeric, at=0)
-    parts.append(_table(header, rows, numeric=numeric))
+    parts.append(html_table(header, rows, numeric=numeric))
     return "".join(parts)
 
 
@@ -495,7 +497,7 @@ def sensitivity_section(agg: Aggregate, figure: str) -> str:
                  "none" if missing(r["stable_lr"]) else f"{_lr(r['stable_lr'])} ({_k_n(r['stable_k'], r['stable_n'])})",
                  "" if missing(r["sentence"]) else r["sentence"]]
                 for r in sens.to_dict("records")]
-        parts.append(_table(["arch", "setting", "seeds", "learning rates", "sensitivity [95% interval] (nats)",
+        parts.append(html_table(["arch", "setting", "seeds", "learning rates", "sensitivity [95% interval] (nats)",
                              "best final loss (nats)", "largest stable lr (k/n stable)", "in words"], rows,
                             numeric={2, 3, 4, 5}))
     if not _empty(agg.sensitivity_pairs):
@@ -504,7 +506,7 @@ def sensitivity_section(agg: Aggregate, figure: str) -> str:
                  num(r["difference"], 3), num(r["p"], 3), num(r["p_holm"], 3),
                  "" if missing(r["sentence"]) else r["sentence"]] for r in pairs.to_dict("records")]
         parts.append('<h3 id="lr-sensitivity-pairs">Sensitivity, pair by pair</h3>')
-        parts.append(_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "permutation p", "Holm p",
+        parts.append(html_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "permutation p", "Holm p",
                              "in words"], rows, numeric={4, 5, 6}))
     parts.append(p(SENSITIVITY_METHOD, "note"))
     return section("lr-sensitivity", "Learning-rate sensitivity", parts)
@@ -520,7 +522,7 @@ def stability_map_section(agg: Aggregate, figure: str) -> str:
     for (setting, arch), g in curves.groupby([curves["setting"].astype(str), "arch"], sort=True):
         cells = {r.lr: _k_n(r.n_unstable, r.n) for r in g.itertuples(index=False)}
         rows.append([_setting(setting), arch] + [cells.get(lr, "") for lr in lrs])
-    table = _table(["setting", "arch"] + [f"lr {_lr(lr)}" for lr in lrs], rows, numeric=set(range(2, 2 + len(lrs))))
+    table = html_table(["setting", "arch"] + [f"lr {_lr(lr)}" for lr in lrs], rows, numeric=set(range(2, 2 + len(lrs))))
     parts = ([figure] if figure else []) + [p("Unstable runs of the seeds, k/n, per learning rate:"), table,
                                             p(STABILITY_METHOD, "note")]
     return section("stability-map", "Stability map", parts)
@@ -550,7 +552,7 @@ def attribution_section(agg: Aggregate, figure: str) -> str:
         numeric = {1, 3, 5, 6, 7, 9}
         if _variant_shown(agg, att):
             header, rows, numeric = _insert_variant(header, rows, [r["variant"] for r in records], numeric)
-        parts.append(_table(header, rows, numeric=numeric))
+        parts.append(html_table(header, rows, numeric=numeric))
     parts.append(p(ATTRIBUTION_METHOD, "note"))
     return section("attribution", "What preceded each collapse", parts)
 
@@ -564,6 +566,6 @@ def ablations_section(agg: Aggregate) -> str:
              num(r["p"], 3), num(r["p_holm"], 3), "" if missing(r["sentence"]) else r["sentence"]]
             for r in abl.to_dict("records")]
     return section("ablations", "Stabiliser ablations", [
-        _table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "Holm p",
+        html_table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "Holm p",
                 "in words"], rows, numeric={5, 6}),
         p(ABLATION_METHOD, "note")])
