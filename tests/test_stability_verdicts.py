@@ -107,7 +107,8 @@ def test_direction_and_p_come_from_one_statistic():
     assert pair["difference"] == pytest.approx(observed) and v["estimate"] == pytest.approx(observed)
     null = [crossfit(both[list(c)]) - crossfit(both[[j for j in range(16) if j not in c]])
             for c in combinations(range(16), 8)]
-    assert pair["p"] == pytest.approx(np.mean(np.abs(null) >= abs(observed) * (1 - 1e-12)))
+    # 8 vs 8 seeds is past the 5,000 splits enumerated: a Monte Carlo of 5,000, within its error of the exact p
+    assert pair["p"] == pytest.approx(np.mean(np.abs(null) >= abs(observed) * (1 - 1e-12)), abs=0.01)
     assert (v["proxy_verdict"] == "inconclusive") == (pair["p"] > 0.05)
     # over many studies, a decided verdict agrees with the sign of the estimate it reports
     for _ in range(40):

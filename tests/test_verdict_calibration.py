@@ -117,4 +117,8 @@ def test_the_packaged_error_rates_cover_every_case_pass_and_reach_the_report():
     assert nulls["n_studies"].min() >= 50
     section = error_rates_section()
     assert 'id="error-rates"' in section and f"Worst null: {nulls['rate'].max():.1%}" in section
+    # no null's rate is significantly above 5%
+    from scipy.stats import binomtest
+    for r in nulls.itertuples():
+        assert binomtest(round(r.rate * r.n_studies), r.n_studies, 0.05, alternative="greater").pvalue > 0.01, r
     assert "found in 80% of studies at" in section

@@ -8,8 +8,10 @@ import io
 from importlib import resources
 
 import pandas as pd
+from scipy.stats import binomtest
 
 from harness.report.sections import html_table, p, section
+from harness.stats import ALPHA
 
 CALIBRATION = "calibration/verdicts.csv"
 COLUMNS = ["kind", "verdict", "case", "null_or_effect", "seeds", "n_studies", "rate", "se", "target", "passes"]
@@ -40,11 +42,15 @@ def error_rates_section() -> str:
     kind = table["null_or_effect"].astype(str)
     nulls, effects = table[kind.str.startswith("null")], table[kind.str.startswith("effect")]
     n_studies = int(table["n_studies"].min())
+    worst = nulls.loc[nulls["rate"].idxmax()]
+    k, n = round(worst["rate"] * worst["n_studies"]), int(worst["n_studies"])
+    above = binomtest(k, n, ALPHA, alternative="greater").pvalue
     parts = [p(f"Measured by benchmarks/verdict_calibration.py: whole studies with a known truth, constructed as "
-               f"the aggregate's input tables and judged through the same code that made this report (at least "
-               f"{n_studies} studies per cell). A null has nothing to find, so any verdict it gets is false; the "
-               f"rule is that it gets one in at most 5% of studies. Worst null: "
-               f"{nulls['rate'].max():.1%}."),
+               f"the aggregate's input tables and judged through the same code that made this report ({n_studies} "
+               f"to {int(table['n_studies'].max())} studies per cell). A null has nothing to find, so any verdict it "
+               f"gets is false; the rule is that it gets one in at most 5% of studies. Worst null: "
+               f"{worst['rate']:.1%} ({k} of {n} studies, {worst['verdict']} on '{worst['case']}' at "
+               f"{int(worst['seeds'])} seeds; one-sided binomial p = {above:.2f} against a true rate of 5%)."),
              html_table(["verdict", "null (nothing to find)"] + [f"{n} seeds" for n in seeds], _wide(nulls, seeds),
                     numeric=set(range(2, 2 + len(seeds))))]
     if len(effects):
