@@ -116,8 +116,11 @@ def controls(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
 
     The controls of an event in run R (architecture a, onset t): the trained runs of architecture a at
     the same setting (the sweep's values other than lr) and at R's lr or the next lower lr of the study's
-    grid (without an lr sweep: R's variant), other than R, with no event of ``precursor_events`` at or
-    before t: they shared R's schedule and were still stable through the window. The next lower lr is
+    grid (without an lr sweep: R's variant), other than R, with no event of ``precursor_events`` before
+    t + LOOKBACK_LOGS log intervals (the recipe's log_every): they shared R's schedule and were stable
+    through the window, and a later event of theirs is far enough on that its own precursors (up to
+    LOOKBACK_LOGS logs before it) cannot fall in R's window and pass for the stable runs' spread (a
+    control that collapsed soon after R hid R's real precursor in a third of events). The next lower lr is
     admitted because a 3-seed sweep has only two other runs at R's lr, and the first unstable lr often
     has none stable; a lower lr changes the scale of lr-driven diagnostics, which the comparison of
     relative changes cancels (``departure``), not their schedule."""
@@ -132,6 +135,7 @@ def controls(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
                              for _, r in trained.iterrows())))
     lr = dict(zip(ids, pd.to_numeric(trained[SWEEP_PREFIX + "lr"], errors="coerce"))) if by_lr else {}
     first_onset = {tuple(k): v for k, v in todo.groupby(ID_COLUMNS, sort=False)["onset_step"].min().items()}
+    log_every = float(((study or {}).get("recipe") or {}).get("log_every") or 0)
     found = []
     for ev in todo.itertuples(index=False):
         key = tuple(getattr(ev, c) for c in ID_COLUMNS)
@@ -140,7 +144,8 @@ def controls(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
             lower = [g for g in grid if g < lr[key] and not _same_lr(g, lr[key])]
             allowed = [lr[key]] + lower[-1:]
             peers = [i for i in peers if any(_same_lr(lr[i], a) for a in allowed)]
-        found.append([i for i in peers if first_onset.get(i, math.inf) > ev.onset_step])
+        horizon = ev.onset_step + LOOKBACK_LOGS * log_every
+        found.append([i for i in peers if first_onset.get(i, math.inf) > horizon])
     return todo.assign(controls=pd.Series(found, index=todo.index, dtype=object))
 
 
