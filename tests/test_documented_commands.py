@@ -116,6 +116,8 @@ NOT_RUN = {  # installs, and commands other tests run
     "python -m pytest": "runs these tests",
     "python -m pytest -m 'not slow'": "runs these tests",
     "python benchmarks/collapse_calibration.py": "tests/test_collapse_calibration.py holds its numbers to the targets",
+    "python benchmarks/verdict_calibration.py --out harness/calibration/verdicts.csv":
+        "tests/test_verdict_calibration.py re-checks every case and the packaged table it writes (the full run: ~20 min)",
 }
 
 
