@@ -75,7 +75,8 @@ EVENT_LIST_COLUMNS = ID_COLUMNS + ["event_type", "onset_step"]
 
 # ------------------------------------------------------------------------------------------- events
 
-def _ids(df: pd.DataFrame) -> pd.Series:
+def run_ids(df: pd.DataFrame) -> pd.Series:
+    """Each row's run identity (the ID_COLUMNS tuple), for membership tests between tables."""
     return pd.Series(list(zip(*(df[c] for c in ID_COLUMNS))), index=df.index, dtype=object)
 
 
@@ -84,15 +85,15 @@ def precursor_events(runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     onset, and the end of each diverged run (onset steps_done, type divergence) that no divergence event
     of the run already reports. Only runs of ``runs`` that did not fail."""
     trained = runs[runs["status"] != "failed"]
-    keep = set(_ids(trained))
+    keep = set(run_ids(trained))
     rows = []
     if len(events):
         dated = pd.to_numeric(events["onset_step"], errors="coerce").notna()
         ev = events[events["type"].isin(ATTRIBUTED_TYPES) & dated]
-        ev = ev[_ids(ev).isin(keep)]
+        ev = ev[run_ids(ev).isin(keep)]
         rows += [{**{c: r[c] for c in ID_COLUMNS}, "event_type": r["type"], "onset_step": float(r["onset_step"])}
                  for _, r in ev.iterrows()]
-    reported = set(_ids(events[events["type"] == "divergence"])) if len(events) else set()
+    reported = set(run_ids(events[events["type"] == "divergence"])) if len(events) else set()
     for _, r in trained[trained["status"] == "diverged"].iterrows():
         if tuple(r[c] for c in ID_COLUMNS) not in reported and pd.notna(r.get("steps_done")):
             rows.append({**{c: r[c] for c in ID_COLUMNS}, "event_type": "divergence",
@@ -130,7 +131,7 @@ def controls(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFr
     grid = sorted({float(v) for v in sweep.get("lr") or []})
     by_lr = len(grid) >= 2 and SWEEP_PREFIX + "lr" in trained.columns
     keys = [k for k in sweep if k != "lr" and SWEEP_PREFIX + k in trained.columns]
-    ids = list(_ids(trained))
+    ids = list(run_ids(trained))
     setting = dict(zip(ids, (variant_name({k: r[SWEEP_PREFIX + k] for k in keys}) if by_lr else str(r["variant"])
                              for _, r in trained.iterrows())))
     lr = dict(zip(ids, pd.to_numeric(trained[SWEEP_PREFIX + "lr"], errors="coerce"))) if by_lr else {}
@@ -270,7 +271,7 @@ def departure(steps: np.ndarray, case: np.ndarray, controls: np.ndarray, onset: 
 def _series(trajectories: pd.DataFrame, wanted: set) -> dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """run ID -> diagnostic -> (steps, values), sorted, a re-logged step keeping its last value."""
     diag = trajectories[(trajectories["split"].astype(str) == "train") & is_diagnostic(trajectories["metric"])]
-    diag = diag[_ids(diag).isin(wanted)]
+    diag = diag[run_ids(diag).isin(wanted)]
     diag = diag.assign(value=pd.to_numeric(diag["value"], errors="coerce").astype(float))
     out: dict[tuple, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for key, g in diag.groupby(ID_COLUMNS + ["metric"], sort=True):
@@ -324,7 +325,7 @@ def attribution(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, eve
     todo = controls(study, runs, events)
     if todo.empty:
         return pd.DataFrame(columns=ATTRIBUTION_COLUMNS)
-    wanted = set(_ids(todo)) | {c for cs in todo["controls"] for c in cs}
+    wanted = set(run_ids(todo)) | {c for cs in todo["controls"] for c in cs}
     series = _series(trajectories, wanted) if len(trajectories) else {}
     onsets: dict[tuple, list[float]] = {}
     for ev in todo.itertuples(index=False):

@@ -72,14 +72,10 @@ def _settings(runs: pd.DataFrame, keys: list[str]) -> pd.Series:
                      index=runs.index, dtype=object)
 
 
-def _ids(df: pd.DataFrame) -> pd.Series:
-    return pd.Series(list(zip(*(df[c] for c in ID_COLUMNS))), index=df.index, dtype=object)
-
-
 def _unstable(runs: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
     """Diverged, or a collapse or divergence event (COLLAPSE_TYPES), per run of ``runs``."""
-    hit = set(_ids(events[events["type"].isin(COLLAPSE_TYPES)])) if len(events) else set()
-    return (runs["status"] == "diverged") | _ids(runs).isin(hit)
+    hit = set(precursors.run_ids(events[events["type"].isin(COLLAPSE_TYPES)])) if len(events) else set()
+    return (runs["status"] == "diverged") | precursors.run_ids(runs).isin(hit)
 
 
 # ---------------------------------------------------------------------------- lr curves, sensitivity
