@@ -8,7 +8,8 @@ columns), trajectories.csv (every metric of every run, diagnostics included), ev
 quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
 quantization_summary.csv (per architecture, variant, step and width over the seeds: median, min and
 max), the stability tables of harness.stability (lr_curves, sensitivity, sensitivity_pairs,
-attribution and attribution_summary from harness.attribution, ablations) and notes.json (the sentences the report prints about the
+attribution and attribution_summary from harness.attribution, ablations), controls.csv (harness.controls: the
+study's positive and negative controls, empty without) and notes.json (the sentences the report prints about the
 study as a whole, and the variant at the study's own recipe). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness import claims, stability, stats
+from harness import claims, controls, stability, stats
 from harness.collapse import DetectConfig
 from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS,
                                PIPELINE_KEY, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES,
@@ -237,19 +238,24 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     quantization, quantization_summary, quantization_note = quantization_tables(quantization)
     stability_tables = stability.tables(study, runs, trajectories, events)
     verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
+    control_table, control_notes = controls.evaluate(study, runs, trajectories, events,
+                                                     quantization if quantized else None, pairs, verdicts,
+                                                     stability_tables)
     headlines, publication = claims.headlines(study, runs, events)
     notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
              "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"])),
              "quantization": quantization_note,
              # the variant at the study's own recipe: what a figure of one variant (quantization, trajectories) shows
              "recipe_variant": claims.recipe_variant(study)}
+    if control_notes:  # the report's opening lines about the study's controls (harness.controls)
+        notes["controls"] = control_notes
 
     out_dir = Path(out_dir)
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
-    tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines,
-                                         quantization, quantization_summary,
-                                         *(stability_tables[name] for name in AGGREGATE_TABLES[9:])), strict=True))
-    for name, table in tables.items():
-        write_atomic(out_dir / f"{name}.csv", _csv(table))
+    tables = {"runs": runs, "trajectories": trajectories, "events": events, "summary": summary, "pairs": pairs,
+              "claims": verdicts, "headlines": headlines, "quantization": quantization,
+              "quantization_summary": quantization_summary, **stability_tables, "controls": control_table}
+    for name in AGGREGATE_TABLES:
+        write_atomic(out_dir / f"{name}.csv", _csv(tables[name]))
     write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")
 

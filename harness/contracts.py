@@ -122,9 +122,20 @@ row says the switch matters only when p_holm <= 0.05; otherwise it gives the sma
 runs could have detected). ``switch`` names the on value as a variant does
 (qk_norm=on, z_loss=0.0001): one row per on value of the sweep; failed runs are left out."""
 
+CONTROL_COLUMNS = ["control", "arch_a", "arch_b", "measure", "where", "lr", "k_a", "n_a", "k_b", "n_b", "estimate", "p",
+                   "p_adjusted", "separates", "sentence"]
+"""controls.csv (harness.controls): per declared control (positive | negative) of a study, one row per measure
+that compares its two architectures as the report prints it: measure claim (where: the claim's id), sensitivity
+(where: the setting; estimate: sensitivity of a minus b, nats; p: permutation p; p_adjusted: the table's Holm p),
+instability (where: the setting, lr; k of n unstable runs each; estimate: the rate difference; p: Fisher exact,
+p_adjusted: Holm over the setting's lrs), final perplexity (where: the variant; estimate: P(a has the lower final
+perplexity); p: Mann-Whitney, p_adjusted: the pairs table's Holm p) and collapse rate (Fisher, likewise).
+``separates``: the measure tells the two apart (a claim: it decides, or for the negative control's copy, its
+verdict changes). Empty in a study that declares no control."""
+
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
                     "quantization_summary", "lr_curves", "sensitivity", "sensitivity_pairs", "attribution",
-                    "attribution_summary", "ablations")
+                    "attribution_summary", "ablations", "controls")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""

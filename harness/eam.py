@@ -37,6 +37,7 @@ from harness.contracts import BASE_VARIANT
 from harness.progress import Progress
 from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, resolve_device, train_step, training_loss
 from harness.run import RunRecord
+from harness.study import init_seed
 
 SET_BY_RUN = {"vocab_size": "the data", "teacher_d_model": "the teacher", "seed": "the study's seeds"}
 
@@ -99,6 +100,10 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
         raise ValueError(f"eam: teacher run {teacher_dir} has status {run.get('status')!r} "
                          f"({run.get('reason')}); an EAM needs a completed teacher")
     variant = spec.get("variant", BASE_VARIANT)
+    if teacher_dir.name == f"seed{spec['seed']}" and teacher_dir.parent.parent.name == arch:
+        # the workflow's folder results/{study}/{arch}/{variant}/seed{seed} names the teacher's variant: this
+        # run's, or, for a teacher without a model switch this run sweeps on, the same with it off
+        variant = teacher_dir.parent.name
     if (run.get("arch"), run.get("variant", BASE_VARIANT), run.get("seed")) != (arch, variant, spec["seed"]):
         raise ValueError(f"eam: {teacher_dir} holds arch {run.get('arch')!r} variant {run.get('variant')!r} seed "
                          f"{run.get('seed')!r}, but this run's teacher is {arch!r} variant {variant!r} seed {spec['seed']}")
@@ -204,8 +209,8 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
 
     teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
     d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
-    hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher, "seed": spec["seed"]}
-    torch.manual_seed(spec["seed"])  # encoder and decoder init
+    hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher, "seed": init_seed(spec)}
+    torch.manual_seed(init_seed(spec))  # encoder, decoder and memory init (the seed plus any init_seed_offset)
     model = archs.build(spec["build"], **hparams).to(device)
     record.model = model
     run_shape = shape.as_built(model, spec, corpus.vocab_size, dataclasses.asdict(model.config))

@@ -36,7 +36,7 @@ from safetensors.torch import save_file, save_model
 from harness import __version__, archs
 from harness.contracts import BASE_VARIANT, METRIC_COLUMNS, PIPELINE_KEY
 from harness.files import DiskFull, atomic, write_atomic
-from harness.study import config_hash
+from harness.study import config_hash, init_seed
 
 COMMON_RUNNER = "harness.train:train"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,6 +65,8 @@ class RunRecord:
         self.manifest: dict[str, Any] = {
             "arch": spec.get("arch"), "variant": spec.get("variant", BASE_VARIANT), "build": spec.get("build"),
             "seed": spec.get("seed"), **({"switches": spec["switches"]} if spec.get("switches") else {}),
+            # the model's initialisation seed, where an init_seed_offset moves it off the seed (data order stays)
+            **({"init_seed": init_seed(spec)} if spec.get("init_seed_offset") else {}),
             "study": spec.get("study"), "config_hash": config_hash(spec), "versions": versions(),
             "threads": threads, "recipe_name": spec.get("recipe_name", "common"),
             **({"slurm_job_id": os.environ["SLURM_JOB_ID"]} if "SLURM_JOB_ID" in os.environ else {})}

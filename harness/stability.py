@@ -414,13 +414,24 @@ def _ablation_sentence(r, n_rows: int) -> str:
                    f"corrected over the rows, is {size:.0%} of runs).")
 
 
+def _plans(study: dict, arch: str, key: str, value) -> bool:
+    """Whether the study plans runs of ``arch`` with sweep ``key`` at ``value`` (its ``arch_variants``; a
+    study without them plans every variant of every architecture)."""
+    planned = ((study or {}).get("arch_variants") or {}).get(arch)
+    if planned is None:
+        return True
+    variants = (study or {}).get("variants") or {}
+    return any(value_text(variants.get(v, {}).get(key)) == value for v in planned)
+
+
 def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """ABLATION_COLUMNS: for each switch of STABILISERS in the sweep with an off value (False / 0) and on values,
     per (arch, setting = the other sweep values, lr included, BASE_VARIANT if none) and per on value: unstable
     runs k of n off vs on (each run its own seed), two-sided Fisher exact p (NaN when a side has no run) and
     Holm over the table's rows: a table of 36 rows under a true null had a row "the switch changes the
     instability rate" in 14% of 5-seed studies without it. ``switch`` names the on value as a variant does
-    (qk_norm=on, z_loss=0.0001), so several strengths of one switch stay apart."""
+    (qk_norm=on, z_loss=0.0001), so several strengths of one switch stay apart. An architecture that trains
+    only a model switch's off value (it does not declare it: the study's ``arch_variants``) has no row for it."""
     sweep, rows = _sweep(study), []
     trained = runs[runs["status"] != "failed"] if len(runs) else runs
     for key in STABILISERS:
@@ -437,6 +448,8 @@ def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
             off = g[g["_value"].isin(offs)]
             off_k, off_n = int(off["_unstable"].sum()), len(off)
             for on_value in ons:
+                if not _plans(study, arch, key, on_value):
+                    continue  # a model switch the architecture does not declare: it trains the off value alone
                 on = g[g["_value"] == on_value]
                 on_k, on_n = int(on["_unstable"].sum()), len(on)
                 if not off_n and not on_n:

@@ -5,9 +5,15 @@ workflow/schemas/config.schema.yaml, coerce_overrides types the command-line val
 check_config says the first mistake in one line. resolve then applies the overrides, names the
 study folder after them (study_folder) and normalises the architecture entries, so that the
 workflow itself holds no logic. A study's ``sweep`` maps recipe keys and stabiliser switches to lists
-of values; every combination is a variant of every architecture (``variants``), a level of the run
-folders: results/{study}/{arch}/{variant}/seed{seed}, ``base`` without a sweep. No torch here (a builder named by dotted path is imported, though,
-to check that it exists).
+of values; every combination is a variant (``variants``), a level of the run folders:
+results/{study}/{arch}/{variant}/seed{seed}, ``base`` without a sweep. Every architecture trains every
+variant, except that a model switch (qk_norm) is scoped to the architectures that declare it: the others
+train only its off value (``arch_variants``, harness.variants.arch_values), with no duplicated runs. An
+architecture entry may carry ``init_seed_offset``: its models start from the initialisation of seed +
+offset while its data order stays that of the seed (``init_seed``), the copy a negative control compares
+with the original. A study's ``controls`` name a positive control (a claim the harness must find) and a
+negative one (two copies of one architecture it must not separate); ``_check_controls`` validates them.
+No torch here (a builder named by dotted path is imported, though, to check that it exists).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import yaml
 
 from harness import archs as registry
 from harness.contracts import BASE_VARIANT
-from harness.variants import MODEL_SWITCHES, variants
+from harness.variants import MODEL_SWITCHES, SWITCH_OFF, arch_values, value_text, variant_name, variants
 
 OVERRIDES = ("archs", "seeds", "steps")  # top-level keys that change every study's results
 LIST_OVERRIDES = ("archs", "seeds")
@@ -103,7 +109,8 @@ def check_config(config: dict[str, Any], schema_path: str | Path) -> None:
 
 
 def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
-    """Normalise an arch entry to {name, build, hparams}; a bare name may refer to a study's definition."""
+    """Normalise an arch entry to {name, build, hparams} (plus recipe and a nonzero init_seed_offset when
+    given); a bare name may refer to a study's definition."""
     if isinstance(entry, str):
         if entry in defined:
             return copy.deepcopy(defined[entry])
@@ -118,6 +125,8 @@ def _arch_entry(entry: str | dict, defined: dict[str, dict]) -> dict:
     }
     if recipe := entry.get("recipe", base.get("recipe")):
         arch["recipe"] = recipe
+    if offset := entry.get("init_seed_offset", base.get("init_seed_offset", 0)):
+        arch["init_seed_offset"] = int(offset)
     return arch
 
 
@@ -149,16 +158,73 @@ def _check_sweep(name: str, sweep: dict[str, list], recipe_schema: dict[str, dic
 
 
 def _check_switches(study: dict) -> None:
-    """An architecture asked for a stabiliser switch (by its hparams or the sweep) must honour it."""
+    """An architecture asked for a stabiliser switch by its hparams must honour it. A switch swept on is
+    scoped to the architectures that declare it: the others train only its off value, which the sweep
+    must then list, and at least one architecture of the study must declare it (unless an ``archs``
+    override left them all out)."""
     sweep = study.get("sweep") or {}
+    declared = {arch: registry.info(entry["build"]).switches for arch, entry in study["archs"].items()}
+    for switch in MODEL_SWITCHES:
+        able = sorted(a for a, honoured in declared.items() if switch in honoured)
+
+        def cannot(archs: list[str]) -> str:
+            modules = "; ".join(f"{a}'s module declares SWITCHES = {tuple(declared[a])}" for a in archs)
+            return (f"study {study['base']!r}: architecture {', '.join(repr(a) for a in archs)} does not implement "
+                    f"the stabiliser switch {switch!r} ({modules}); of this study's architectures these do: "
+                    f"{', '.join(able) or 'none'}")
+
+        for arch, entry in study["archs"].items():
+            if entry["hparams"].get(switch) and switch not in declared[arch]:
+                raise ConfigError(cannot([arch]))
+        values = sweep.get(switch) or []
+        if not any(values):
+            continue
+        unable = [a for a in declared if a not in able]
+        if not able and "archs" not in study.get("overrides", {}):  # an override may leave them out: off alone
+            raise ConfigError(cannot(unable) + f": sweep.{switch} would change no run")
+        off = value_text(SWITCH_OFF[switch])
+        if unable and off not in {value_text(v) for v in values}:
+            raise ConfigError(cannot(unable) + f"; a sweep trains them only at {switch}={off}, which sweep.{switch} "
+                              f"{values} does not list: add {str(SWITCH_OFF[switch]).lower()} to it")
+
+
+def arch_variant(study: dict, arch: str, variant: str) -> str:
+    """The variant ``arch`` trains for the sweep combination named ``variant``: the same, but with the model
+    switches its module does not declare at their off value (harness.variants.arch_values)."""
+    values = study["variants"][variant]
+    return variant_name(arch_values(values, registry.info(study["archs"][arch]["build"]).switches))
+
+
+def arch_variants(study: dict) -> dict[str, list[str]]:
+    """The variants each architecture trains, in the sweep's order: every variant, except that an architecture
+    that does not declare a swept model switch trains only the variants with it off (no run twice)."""
+    return {arch: list(dict.fromkeys(arch_variant(study, arch, v) for v in study["variants"]))
+            for arch in study["archs"]}
+
+
+def init_seed(spec: dict[str, Any]) -> int:
+    """The seed of a run's model initialisation (and dropout): its seed plus its architecture entry's
+    ``init_seed_offset`` (0 unless given). Its data order stays seeded by the seed alone."""
+    return int(spec["seed"]) + int(spec.get("init_seed_offset", 0))
+
+
+def _check_init_seeds(study: dict) -> None:
+    """An architecture entry with an init_seed_offset must not start from the initialisation of another
+    entry of the same build at another seed: the two would share draws and not be independent."""
+    seeds = study["seeds"]
     for arch, entry in study["archs"].items():
-        honoured = registry.info(entry["build"]).switches
-        asked = {k for k in MODEL_SWITCHES if entry["hparams"].get(k) or any(sweep.get(k, []))}
-        for switch in sorted(asked - set(honoured)):
-            able = sorted(a for a, e in study["archs"].items() if switch in registry.info(e["build"]).switches)
-            raise ConfigError(f"study {study['base']!r}: architecture {arch!r} does not implement the stabiliser "
-                              f"switch {switch!r} (its module declares SWITCHES = {tuple(honoured)}); of this "
-                              f"study's architectures these do: {', '.join(able) or 'none'}")
+        offset = entry.get("init_seed_offset", 0)
+        if not offset:
+            continue
+        mine = {s + offset for s in seeds}
+        for other, e in study["archs"].items():
+            if other == arch or e["build"] != entry["build"]:
+                continue
+            if shared := sorted(mine & {s + e.get("init_seed_offset", 0) for s in seeds}):
+                raise ConfigError(
+                    f"study {study['base']!r}: {arch!r} with init_seed_offset {offset} would start from the same "
+                    f"initialisations as {other!r} at other seeds (init seeds {shared}); give it an offset larger "
+                    f"than the seeds' span ({max(seeds) - min(seeds)}), e.g. 1000")
 
 
 def recipe_presets() -> dict[str, dict[str, Any]]:
@@ -295,13 +361,16 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if config.get("steps") and config["steps"] != study["recipe"]["steps"]:
             overrides["steps"] = study["recipe"]["steps"] = config["steps"]
         name = study_folder(base, overrides)
-        study["archs"] = {a["name"]: {k: a[k] for k in ("build", "hparams", "recipe") if k in a} for a in archs}
+        study["archs"] = {a["name"]: {k: a[k] for k in ("build", "hparams", "recipe", "init_seed_offset") if k in a}
+                          for a in archs}
         study["name"], study["base"], study["overrides"] = name, base, overrides
         if overrides:
             study["description"] = (f"{study.get('description') or base} "
                                     f"(study {base} with overrides {_override_text(overrides)})")
         study["variants"] = variants(study.get("sweep"))
         _check_switches(study)
+        study["arch_variants"] = arch_variants(study)
+        _check_init_seeds(study)
         for arch in study["archs"]:
             arch_recipe(study, arch)  # an unknown preset fails here, before any job
             pipeline_inputs(study, arch)  # a pipeline without its inputs fails here, before any job
@@ -315,6 +384,7 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         study["reference_arch"] = _arch_entry(study["shape"]["reference"], defined)
         published_curves_file(study)  # a missing curves file fails here, before any job
         _check_claims(study)
+        _check_controls(study)
         studies[name] = study
     if config["study"] not in config["studies"]:
         raise ConfigError(f"config 'study': {config['study']!r} is not one of the studies {sorted(config['studies'])}")
@@ -331,6 +401,48 @@ def _check_claims(study: dict) -> None:
     if study.get("published") and study["published"] not in publications:
         raise ConfigError(f"study {study['name']!r}: published {study['published']!r} is not one of the "
                          f"publications {sorted(publications)}")
+
+
+CONTROL_KINDS = ("positive", "negative")
+
+
+def _check_controls(study: dict) -> None:
+    """A study's ``controls`` (harness.controls judges them): the positive control names a claim of the
+    study's claims (packaged, or its own file) whose architectures the study trains; the negative one two
+    architectures that are copies of one another (same build, hyperparameters and recipe) with different
+    initialisations (an init_seed_offset), so that nothing but the initialisation seed tells them apart.
+    Under an ``archs`` override that leaves a control's architectures out, the control is reported as not
+    run instead of stopping every study's resolution."""
+    from harness import claims  # statistics and YAML schemas: only when a study is resolved
+
+    controls = study.get("controls") or {}
+    where = f"study {study['name']!r}: controls"
+    overridden = "archs" in study.get("overrides", {})
+    if positive := controls.get("positive"):
+        _, known = claims.load(study.get("claims"))
+        claim = next((c for c in known if c.id == positive["claim"]), None)
+        if claim is None:
+            close = difflib.get_close_matches(positive["claim"], [c.id for c in known], 1)
+            raise ConfigError(f"{where}.positive.claim: {positive['claim']!r} is not a claim of the packaged claims "
+                              f"nor of the study's claims file{f' (did you mean {close[0]!r}?)' if close else ''}")
+        if (absent := [a for a in claim.archs if a not in study["archs"]]) and not overridden:
+            raise ConfigError(f"{where}.positive: claim {claim.id!r} is about {', '.join(claim.archs)}; the study has "
+                              f"no architecture {', '.join(repr(a) for a in absent)}")
+    if negative := controls.get("negative"):
+        a, b = negative["archs"]
+        if a == b:
+            raise ConfigError(f"{where}.negative.archs: two different architecture names, got {a!r} twice")
+        if (absent := [x for x in (a, b) if x not in study["archs"]]) and not overridden:
+            raise ConfigError(f"{where}.negative: the study has no architecture {', '.join(repr(x) for x in absent)}")
+        if not absent:
+            ea, eb = study["archs"][a], study["archs"][b]
+            differ = [k for k in ("build", "hparams", "recipe") if ea.get(k) != eb.get(k)]
+            if differ:
+                raise ConfigError(f"{where}.negative: {a!r} and {b!r} must be copies of one architecture, but their "
+                                  f"{', '.join(differ)} differ ({', '.join(f'{ea.get(k)!r} vs {eb.get(k)!r}' for k in differ)})")
+            if ea.get("init_seed_offset", 0) == eb.get("init_seed_offset", 0):
+                raise ConfigError(f"{where}.negative: {a!r} and {b!r} would train identical runs; give one of them an "
+                                  "init_seed_offset (e.g. 1000), so that only the initialisation seed differs")
 
 
 def published_curves_file(study: dict) -> str | None:
@@ -359,8 +471,11 @@ def run_dir(study: str, arch: str, variant: str, seed: int) -> str:
 
 
 def runs(study: dict) -> list[tuple[str, str, int]]:
-    """Every (arch, variant, seed) of a study, in a stable order."""
-    return [(arch, variant, seed) for arch in study["archs"] for variant in study["variants"] for seed in study["seeds"]]
+    """Every (arch, variant, seed) of a study, in a stable order: each architecture's own variants
+    (``arch_variants``; every variant in a study.json written before them)."""
+    planned = study.get("arch_variants") or {}
+    return [(arch, variant, seed) for arch in study["archs"] for variant in planned.get(arch, study["variants"])
+            for seed in study["seeds"]]
 
 
 def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
@@ -380,14 +495,25 @@ def pipeline_inputs(study: dict, arch: str) -> dict[str, str]:
     return inputs
 
 
+def pipeline_runs(study: dict, arch: str, variant: str, seed: int) -> dict[str, str]:
+    """The run folders a pipeline architecture's run consumes, by input name: each input architecture's run
+    of the same seed, at the variant it trains for the same sweep combination ({} for the common loop)."""
+    return {key: run_dir(study["name"], upstream, arch_variant(study, upstream, variant), seed)
+            for key, upstream in pipeline_inputs(study, arch).items()}
+
+
 def run_spec(study: dict, arch: str, variant: str, seed: int) -> dict[str, Any]:
     """Everything one training run needs, as plain JSON-able data. The variant's sweep values override
     the architecture's recipe (recipe keys) or join its hyperparameters (stabiliser switches, under
-    ``switches``: the shape is matched without them, so a switch adds only its own parameters)."""
+    ``switches``: the shape is matched without them, so a switch adds only its own parameters). A nonzero
+    ``init_seed_offset`` of the architecture's entry joins the spec (``init_seed``)."""
     if arch not in study["archs"]:
         raise ConfigError(f"study {study['name']!r} has no architecture {arch!r}: {sorted(study['archs'])}")
     if variant not in study["variants"]:
         raise ConfigError(f"study {study['name']!r} has no variant {variant!r}: {sorted(study['variants'])}")
+    if variant not in (planned := (study.get("arch_variants") or {}).get(arch, study["variants"])):
+        raise ConfigError(f"study {study['name']!r}: {arch!r} does not train variant {variant!r} (it does not "
+                          f"implement the switch it turns on); its variants: {', '.join(planned)}")
     values = study["variants"][variant]
     spec = {
         "study": study["name"],
@@ -409,8 +535,10 @@ def run_spec(study: dict, arch: str, variant: str, seed: int) -> dict[str, Any]:
         spec["recipe"] = {**spec["recipe"], **{k: v for k, v in values.items() if k not in MODEL_SWITCHES}}
         if switches := {k: v for k, v in values.items() if k in MODEL_SWITCHES}:
             spec["switches"] = switches
-    if inputs := pipeline_inputs(study, arch):
-        spec["inputs"] = {key: run_dir(study["name"], upstream, variant, seed) for key, upstream in inputs.items()}
+    if offset := study["archs"][arch].get("init_seed_offset"):
+        spec["init_seed_offset"] = offset
+    if inputs := pipeline_runs(study, arch, variant, seed):
+        spec["inputs"] = inputs
     if (study.get("quantize") or {}).get("every_checkpoint"):  # not tied to bits: another width retrains nothing
         spec["snapshots"] = snapshot_dir(study["name"], arch, variant, seed)
     return spec

@@ -24,6 +24,7 @@ from harness.diagnostics import Probe
 from harness.progress import Progress
 from harness.recipe import Recipe, autocast, evaluate, lr_at, make_optimizer, resolve_device, train_step, training_loss
 from harness.run import RunRecord
+from harness.study import init_seed
 
 
 def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
@@ -36,7 +37,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     manifest.update(data=corpus.info(), recipe=dataclasses.asdict(recipe))
     record.set_device(device, dtype)
 
-    torch.manual_seed(spec["seed"])  # model init and dropout
+    torch.manual_seed(init_seed(spec))  # model init and dropout: the seed, plus the entry's init_seed_offset
     run_shape = shape.for_spec(spec, corpus.vocab_size)
     model = archs.build(spec["build"], **run_shape.hparams).to(device)
     record.model = model

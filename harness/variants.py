@@ -1,7 +1,10 @@
 """Variant names: a study's sweep values -> the readable folder level of its runs, defined once.
 
 A study's ``sweep`` maps recipe keys and stabiliser switches to lists of values; every combination is
-a variant (harness.study trains each architecture under each). Its name, ``lr=0.01,clip=0``, is the
+a variant (harness.study trains each architecture under each). A model switch (MODEL_SWITCHES) is scoped
+to the architectures that declare it: the others train only its off value (``arch_values``), so under a
+sweep ``qk_norm: [false, true]`` memnls runs the ``qk_norm=off`` variants alone, under the same names as
+the transformer's off variants, and is compared with them like with like. Its name, ``lr=0.01,clip=0``, is the
 run folder level, the ``variant`` column of every table, and what the report prints; the same values
 read back from a CSV (numpy numbers and bools, "True"/"False") give the same name. No torch, no pandas.
 """
@@ -63,3 +66,11 @@ def own_values(study: dict) -> dict[str, Any]:
     variant of a sweep that trains as the study's recipe says."""
     own = {**SWITCH_OFF, **study.get("recipe", {})}
     return {k: own.get(k) for k in study.get("sweep") or {}}
+
+
+def arch_values(values: dict[str, Any], honoured: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The values of a sweep combination an architecture trains under: a model switch (MODEL_SWITCHES) it
+    does not declare (``honoured``: its module's SWITCHES) at its off value, everything else as given. Its
+    variant is ``variant_name`` of these: the off variant of the switch, never a copy of it under the on
+    value's name."""
+    return {k: SWITCH_OFF[k] if k in MODEL_SWITCHES and k not in honoured else v for k, v in values.items()}

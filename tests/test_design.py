@@ -18,7 +18,7 @@ from tests.conftest import REPO
 
 PACKAGE = REPO / "harness"
 NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.logs", "harness.progress", "harness.status", "harness.collapse", "harness.stats",
-            "harness.claims", "harness.stability", "harness.attribution", "harness.variants", "harness.aggregate", "harness.report.page", "harness.report.captions"]
+            "harness.claims", "harness.controls", "harness.stability", "harness.attribution", "harness.variants", "harness.aggregate", "harness.report.page", "harness.report.captions"]
 
 
 def module_name(path: Path) -> str:

@@ -221,5 +221,12 @@ def test_a_bad_sweep_fails_early_naming_the_key(sweep, message):
 
 
 def test_a_switch_an_architecture_cannot_honour_is_an_error_naming_both():
+    """Asked by its hparams, or swept without the off value it could train at: an error naming both."""
+    study = {**MICRO_STUDY, "archs": ["transformer", {"name": "memnls", "hparams": {"qk_norm": True}}]}
     with pytest.raises(ConfigError, match="architecture 'memnls' does not implement the stabiliser switch 'qk_norm'"):
-        swept({"qk_norm": [False, True]})
+        resolve(micro_config(study))
+    with pytest.raises(ConfigError, match=r"architecture 'memnls' does not implement the stabiliser switch 'qk_norm'.*"
+                                          r"a sweep trains them only at qk_norm=off, which sweep.qk_norm \[True\]"):
+        swept({"qk_norm": [True]})
+    with pytest.raises(ConfigError, match="sweep.qk_norm would change no run"):
+        swept({"qk_norm": [False, True]}, archs=[{"name": "memnls", "hparams": {"ffn_mult": 5}}])

@@ -48,10 +48,13 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
                     "short and small to support or refute any claim below.</div>")
     if study.get("description"):
         head.append(s.p(study["description"]))
+    head.append(s.controls_lines(agg))  # a study's positive and negative controls, in a line each (or nothing)
     head.append(s.p(f"{len(agg.archs)} architectures ({', '.join(agg.archs)}) × {len(study.get('seeds', []))} seeds "
                    f"on {data.get('name', '?')} ({data.get('tokens', '?')}), {recipe.get('steps', 0):,} steps per run; "
                    f"{len(agg.runs)} runs aggregated."))
-    sections = [
+    controls = s.controls_section(agg)
+    sections = [("controls", "controls")] if controls else []
+    sections += [
         ("claims", "claims"), ("error-rates", "error rates"), ("summary", "summary"), ("not-completed", "runs not completed"),
         ("trajectories", "trajectories"), ("distributions", "final and best"), ("collapse-rate", "collapse rate"),
         ("pairs", "pairs"), ("grad-norm", "gradient norm")]
@@ -67,7 +70,8 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
     sections += [("pipelines", "pipelines")] if any(c.startswith(s.PREFIX) for c in agg.runs.columns) else []
     sections += [("params", "parameters"), ("recipe", "recipe"), ("provenance", "provenance")]
     head.append("<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in sections) + "</nav>")
-    body = head + [
+    body = [h for h in head if h] + [
+        *([controls] if controls else []),
         s.claims_section(agg),
         error_rates_section(),
         s.summary_section(agg),

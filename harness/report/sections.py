@@ -569,3 +569,40 @@ def ablations_section(agg: Aggregate) -> str:
         html_table(["arch", "stabiliser", "setting", "unstable, off (k/n)", "unstable, on (k/n)", "Fisher p", "Holm p",
                 "in words"], rows, numeric={5, 6}),
         p(ABLATION_METHOD, "note")])
+
+
+CONTROLS_METHOD = (
+    "How it was decided: the positive control passes when its claim gets the expected verdict (its own declared "
+    "test, at 0.05). The negative control passes when no measure the report prints tells the two copies apart: "
+    "every claim about the original gets the same verdict with the copy in its place; learning-rate sensitivity "
+    "by its permutation p at 0.05 (one declared comparison, the claims' rule; the pairs table's Holm p is shown "
+    "beside it); unstable runs per learning rate by Fisher's exact test, Holm over the learning rates (the "
+    "stability map prints the counts without a test); final perplexity and collapse rate by the pairs table's "
+    "Holm-corrected p. With this many comparisons a copy is sometimes separated by chance alone: that is what "
+    "the control measures, and a failure says that a difference of that size elsewhere may be noise.")
+
+
+def controls_lines(agg: Aggregate) -> str:
+    """The report's opening lines about the study's controls (notes.json's controls.lines); empty without."""
+    found = agg.notes.get("controls") or {}
+    passed = found.get("passed") or {}
+    kinds = [k for k in ("positive", "negative") if k in passed] or [None] * len(found.get("lines", []))
+    lines = [p(line, "warn" if passed.get(kind) is False else "") for line, kind in zip(found.get("lines", []), kinds)]
+    return f'<div id="controls-lines">{"".join(lines)}</div>' if lines else ""
+
+
+def controls_section(agg: Aggregate) -> str:
+    """Every comparison of each control's pair of architectures (controls.csv); empty without controls."""
+    if not agg.notes.get("controls"):
+        return ""
+    parts, table = [], agg.controls
+    if table is not None and not table.empty:
+        rows = [[r["control"], f"{r['arch_a']} vs {r['arch_b']}", r["measure"], r["where"],
+                 "" if missing(r["lr"]) else f"{float(r['lr']):g}",
+                 "" if missing(r["p"]) else num(r["p"], 3), "" if missing(r["p_adjusted"]) else num(r["p_adjusted"], 3),
+                 "yes" if str(r["separates"]).lower() == "true" else "no", r["sentence"]]
+                for r in table.astype(object).to_dict("records")]
+        parts.append(html_table(["control", "pair", "measure", "where", "lr", "p", "corrected p", "separates them",
+                                 "in words"], rows, numeric={4, 5, 6}))
+    parts.append(p(CONTROLS_METHOD, "note"))
+    return section("controls", "Controls: a known effect, and two copies of one architecture", parts)

@@ -12,7 +12,7 @@ from harness.study import (
     check_config,
     coerce_overrides,
     default_study,
-    pipeline_inputs,
+    pipeline_runs,
     published_curves_file,
     resolve,
     run_dir,
@@ -56,11 +56,14 @@ def run_dirs(study):
 
 
 def pipeline_input_files(wildcards):
-    """A pipeline architecture trains on the same-variant, same-seed runs its module declares as inputs."""
+    """A pipeline architecture trains on the same-seed runs its module declares as inputs, each at the
+    variant that architecture trains for the same sweep values (harness.study.pipeline_runs)."""
     study = STUDIES[wildcards.study]
     return [
-        f"{run_dir(wildcards.study, upstream, wildcards.variant, wildcards.seed)}/{name}"
-        for upstream in pipeline_inputs(study, wildcards.arch).values()
+        f"{folder}/{name}"
+        for folder in pipeline_runs(
+            study, wildcards.arch, wildcards.variant, int(wildcards.seed)
+        ).values()
         for name in ("run.json", "model.safetensors")
     ]
 
