@@ -210,9 +210,10 @@ def _positive(study: dict, spec: dict, verdicts: pd.DataFrame, pairs: pd.DataFra
     rows = [_row("positive", a, b, "claim", claim.id, separates=verdict in SEPARATING_VERDICTS,
                  sentence=f"claim {claim.id} ({claim.statement}): {verdict}, expected {expect}."
                  + (f" {row[0]['sentence']}" if row else ""))]
-    rows += sensitivity_rows("positive", a, b, stability_tables.get("sensitivity_pairs"))
-    rows += instability_rows("positive", a, b, stability_tables.get("lr_curves"))
-    rows += pair_rows("positive", a, b, pairs)
+    if a != b:  # a claim about two architectures: what else compares them
+        rows += sensitivity_rows("positive", a, b, stability_tables.get("sensitivity_pairs"))
+        rows += instability_rows("positive", a, b, stability_tables.get("lr_curves"))
+        rows += pair_rows("positive", a, b, pairs)
     passed = verdict == expect
     setting = _recipe_setting(study)
     decisive = _decisive(rows, "sensitivity", setting) if claim.kind == "more_stable_than" else None

@@ -82,7 +82,9 @@ DRY_RUNS = {
     """snakemake --cores 1 reports/collapse.html --config 'archs=[transformer,"examples.gru:build"]'""":
         ("tiny+archs=transformer,examples.gru.build", 6),
     "snakemake --cores 4 reports/collapse.html --config study=seed-enwik8-70m": ("seed-enwik8-70m", 10),
-    "snakemake --cores 2 reports/collapse.html --config study=stability": ("stability", 216),  # 6 x 12 variants x 3
+    # 4 attention archs x 24 variants + memnls and diag_ssm x 12 (qk_norm=off alone), x 3 seeds
+    "snakemake --cores 2 reports/collapse.html --config study=stability": ("stability", 360),
+    "snakemake --cores 2 reports/collapse.html --config study=controls": ("controls", 75),  # 3 x 5 lrs x 5 seeds
 }
 SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
 # run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
