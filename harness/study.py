@@ -50,7 +50,7 @@ def coerce_overrides(config: dict[str, Any]) -> dict[str, Any]:
     Snakemake reads `--config seeds=[0,1]` with YAML's BaseLoader, so list items and mapping values
     arrive as strings ('0', '1'); a scalar (`seeds=0`) arrives as an int. This is the one place
     that turns them into what the schema describes: integer seeds and steps, a list for a scalar
-    archs/seeds, and YAML-typed hyperparameters of an architecture entry.
+    archs/seeds, YAML-typed hyperparameters of an architecture entry and its integer init_seed_offset.
     """
 
     def integer(value):
@@ -80,6 +80,11 @@ def coerce_overrides(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(config.get("archs"), list):
         config["archs"] = [
             {**entry, "hparams": typed(entry["hparams"])} if isinstance(entry, dict) and "hparams" in entry else entry
+            for entry in config["archs"]
+        ]
+        config["archs"] = [
+            {**entry, "init_seed_offset": integer(entry["init_seed_offset"])}
+            if isinstance(entry, dict) and "init_seed_offset" in entry else entry
             for entry in config["archs"]
         ]
     if config.get("study") is not None and not isinstance(config["study"], str):
@@ -401,9 +406,6 @@ def _check_claims(study: dict) -> None:
     if study.get("published") and study["published"] not in publications:
         raise ConfigError(f"study {study['name']!r}: published {study['published']!r} is not one of the "
                          f"publications {sorted(publications)}")
-
-
-CONTROL_KINDS = ("positive", "negative")
 
 
 def _check_controls(study: dict) -> None:

@@ -18,7 +18,8 @@ from harness import claims, controls, stability, stats
 from harness.contracts import CONTROL_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, SWEEP_PREFIX
 from harness.report.page import render
 from harness.run import execute
-from harness.study import ConfigError, check_config, config_hash, init_seed, resolve, run_spec, runs
+from harness.study import (ConfigError, check_config, coerce_overrides, config_hash, init_seed, resolve,
+                           run_spec, runs)
 from harness.variants import variant_name, variants
 from tests.conftest import MICRO_STUDY, REPO, SCHEMA, micro_config
 from tests.test_report_stability import write_aggregate
@@ -56,6 +57,10 @@ def test_a_copy_whose_initialisations_overlap_the_originals_is_an_error():
 def test_the_schema_takes_init_seed_offset_and_rejects_a_negative_one():
     config = micro_config({**MICRO_STUDY, "archs": ["transformer", COPY]})
     check_config(config, SCHEMA)
+    # from the command line (Snakemake's BaseLoader gives strings): typed before validation
+    typed = coerce_overrides({**micro_config(), "archs": ["transformer", {**COPY, "init_seed_offset": "1000"}]})
+    assert typed["archs"][1]["init_seed_offset"] == 1000
+    check_config(typed, SCHEMA)
     bad = {"study": "micro", "studies": {"micro": {**MICRO_STUDY, "archs": [{**COPY, "init_seed_offset": -1}]}}}
     with pytest.raises(ConfigError, match="init_seed_offset.*-1 is less than the minimum of 0"):
         check_config(bad, SCHEMA)

@@ -15,4 +15,8 @@ With several variants the per-run figures (trajectories, gradient norm, quantiza
 variant alone (notes.json's recipe_variant, else the first in table order); distributions, collapse rate,
 pairs and the summary put up to three variants side by side and show the recipe variant alone beyond
 that, so the page does not grow with the variants except the per-setting lr curves and stability map.
-Each reduced figure or table says in one line which variant it shows and where the rest are (the csv)."""
+Each reduced figure or table says in one line which variant it shows and where the rest are (the csv).
+
+A study that declares controls (harness.controls) opens with one line per control under its description
+(notes.json's controls.lines) and gets a "Controls" section first, every comparison of each control's pair
+(controls.csv); a study without them gets the page it had."""

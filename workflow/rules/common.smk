@@ -56,8 +56,7 @@ def run_dirs(study):
 
 
 def pipeline_input_files(wildcards):
-    """A pipeline architecture trains on the same-seed runs its module declares as inputs, each at the
-    variant that architecture trains for the same sweep values (harness.study.pipeline_runs)."""
+    """A pipeline architecture trains on its inputs' same-seed runs (harness.study.pipeline_runs)."""
     study = STUDIES[wildcards.study]
     return [
         f"{folder}/{name}"
