@@ -66,12 +66,16 @@ def test_dry_run_of_the_stability_preset_plans_every_variant_and_wires_eam_to_it
     done = snakemake(workdir, "-n", "--cores", "1", "reports/stability/collapse.html")
     assert done.returncode == 0, done.stderr
     counts = job_counts(done.stdout)
-    assert counts["train"] == counts["detect"] == counts["quantize"] == 6 * 12 * 3  # archs x variants x seeds
+    # the 4 attention archs x 24 variants (qk_norm off and on), memnls and diag_ssm x 12 (qk_norm off), x 3 seeds
+    assert counts["train"] == counts["detect"] == counts["quantize"] == (4 * 24 + 2 * 12) * 3
     jobs = re.findall(r"output: (results/stability/(\w+)/([^/]+)/seed(\d)/metrics.csv)", done.stdout)
-    assert {variant for _, _, variant, _ in jobs} == {f"lr={lr},z_loss={z}" for lr in ("0.003", "0.01", "0.03", "0.1",
-                                                                                     "0.3", "1") for z in ("0", "0.001")}
-    eam = re.search(r"input: (results/stability/transformer/lr=0.3,z_loss=0.001/seed2/run.json)[^\n]*\n\s+output: "
-                    r"results/stability/eam/lr=0.3,z_loss=0.001/seed2/metrics.csv", done.stdout)
+    lrs = ("0.003", "0.01", "0.03", "0.1", "0.3", "1")
+    variants = {f"lr={lr},z_loss={z},qk_norm={q}" for lr in lrs for z in ("0", "0.001") for q in ("off", "on")}
+    assert {variant for _, _, variant, _ in jobs} == variants
+    for arch in ("memnls", "diag_ssm"):  # no qk_norm: its off variants alone, none trained twice
+        assert {v for _, a, v, _ in jobs if a == arch} == {v for v in variants if v.endswith("qk_norm=off")}
+    eam = re.search(r"input: (results/stability/transformer/lr=0.3,z_loss=0.001,qk_norm=on/seed2/run.json)[^\n]*\n"
+                    r"\s+output: results/stability/eam/lr=0.3,z_loss=0.001,qk_norm=on/seed2/metrics.csv", done.stdout)
     assert eam, "eam trains on the transformer run of its own variant and seed"
 
 
