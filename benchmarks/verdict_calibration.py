@@ -571,7 +571,7 @@ def read_attribution(diagnostic: str) -> Reader:
 
 # ------------------------------------------------------------------------------------ the cases
 
-SHARES = {"boundary": 1.0, "claim effect": 0.25, "pair": 0.25, "diagnostics": 0.25, "six": 0.125}
+SHARES = {"boundary": 1.0, "claim effect": 0.25, "pair": 1.0, "diagnostics": 0.25, "six": 0.125}
 """Shares of --studies by what a study costs to judge and where precision matters (the module's docstring):
 the claims judged on a boundary, where a correct test decides in up to 5% of studies, get every study."""
 SIX = ("diag_ssm", "eam", "memnls", "resonance", "transformer", "trn_hybrid")  # the stability study's

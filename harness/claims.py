@@ -25,7 +25,7 @@ from scipy.stats import binomtest, fisher_exact
 
 from harness.claim_data import Claim, Evidence, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
-from harness.stability import mean_interval
+from harness.stability import SENSITIVITY_TEST, mean_interval
 from harness.stats import ALPHA, FALSE_ALARM_RATE, MEDIAN_MIN_SEEDS, clopper_pearson, median_interval
 from harness.text import UNITS, bits, num, parse_scale, perplexity, plain, scale_text, spread, step
 from harness.variants import own_values, setting_name, value_text, variant_name
@@ -156,8 +156,9 @@ def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: t
 
 def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
     """With an lr sweep (the stability study) the claim's one declared test is learning-rate sensitivity
-    (Wortsman et al. 2023): A's per-seed sensitivity against B's on their common lr grid, the two-sided
-    permutation test of harness.stability.sensitivity_test at ALPHA (its raw p: this claim is one
+    (Wortsman et al. 2023): A's per-seed sensitivity against B's on their common lr grid
+    (harness.stability.pair_sensitivities), the two-sided test of harness.stability.sensitivity_test at
+    ALPHA (its raw p: this claim is one
     pre-declared comparison; the table's Holm covers the exploratory all-pairs table). The unstable runs
     over the grid are described, not tested: runs at several lrs of one seed are not independent
     replicates. Without a sweep: the event rates over the seeds at the study's recipe (``_compare_rates``)."""
@@ -183,9 +184,10 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
         return (f"needs at least {MIN_SEEDS} seeds of each of {a} and {b} with a final loss at every learning rate "
                 f"of their common grid (has {n_a} and {n_b})")
     verdict = "inconclusive" if not p <= ALPHA else "supported" if difference < 0 else "contradicted"
-    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023, each seed's optimum chosen on the other seeds) of "
-                f"{a} minus that of {b}: {difference:+.3f} nats over {int(row['n_lrs'])} common learning rates, "
-                f"{n_a} and {n_b} seeds (two-sided permutation test of that difference, p = {p:.3g}).")
+    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023; each seed's loss over the grid above its loss at "
+                f"the learning rate best for both architectures' earlier seeds) of {a} minus that of {b}: "
+                f"{difference:+.3f} nats over {int(row['n_lrs'])} common learning rates, {n_a} and {n_b} seeds "
+                f"(two-sided {SENSITIVITY_TEST}, p = {p:.3g}).")
     if row.get("missing"):
         sentence += f" Left out: {row['missing']}."
     curves = evidence.stability.get("lr_curves")

@@ -456,13 +456,17 @@ def _empty(table) -> bool:
 SENSITIVITY_METHOD = (
     "How it was decided: sensitivity after Wortsman et al. 2023, per seed the mean over the learning-rate grid of "
     "min(final loss, initial loss) minus the loss at the grid's optimum, in nats (a diverged run counts as its "
-    "initial loss); each seed's optimum is the learning rate where the OTHER seeds' median loss is lowest, so a "
-    "quiet seed is not rewarded for its quietness; the mean over seeds with its interval ("
+    "initial loss); each seed's optimum is the learning rate where the median loss of the seeds BEFORE it is lowest "
+    "(the first seed only chooses), so a quiet seed is not rewarded for its quietness and no two seeds choose for "
+    "each other; the mean over seeds with its interval ("
     + stability.INTERVAL_LABEL + "); stable lr: the largest grid learning rate up to which no learning rate is "
     "unstable (a majority of runs unstable, beyond the detector's false alarms) or unmeasured, itself stable in a "
     "majority of runs (k/n stable at it); pairs: on the learning rates both have trained runs at, the difference "
-    "of mean sensitivities and its two-sided permutation p (whole seeds relabelled, the estimator recomputed), "
-    "Holm-corrected over the study's pairs.")
+    "of mean sensitivities, each seed's optimum now the learning rate best for BOTH architectures' earlier seeds "
+    "(an optimum chosen on one architecture's own seeds lands off more often the noisier they are), and its "
+    "two-sided " + stability.SENSITIVITY_TEST + " p (Welch's t against Student's t with the smaller side's "
+    "values less one degrees of freedom, which holds its size whatever the ratio of the two architectures' seed "
+    "noise), Holm-corrected over the study's pairs.")
 STABILITY_METHOD = (
     "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
     "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
