@@ -88,6 +88,7 @@ import numpy as np
 import pandas as pd
 
 from harness import claims, stability
+from harness.claims import DECIDED
 from harness.collapse import testable
 from harness.contracts import EVENT_COLUMNS, ID_COLUMNS, QUANTIZATION_COLUMNS, SWEEP_PREFIX
 from harness.variants import variants
@@ -95,7 +96,6 @@ from harness.variants import variants
 ALPHA = 0.05  # the false-verdict target of every null (the harness's own ALPHA)
 POWER = 0.80  # the power target of every effect ...
 POWER_SEEDS = 12  # ... at this many seeds
-DECIDED = ("supported", "contradicted", "reproduced", "not reproduced", "partly reproduced", "consistent")
 
 # ------------------------------------------------------------------------------------ the synthetic study
 

@@ -123,9 +123,16 @@ row says the switch matters only when p_holm <= 0.05; otherwise it gives the sma
 runs could have detected). ``switch`` names the on value as a variant does
 (qk_norm=on, z_loss=0.0001): one row per on value of the sweep; failed runs are left out."""
 
+LOOK_COLUMNS = ["question", "kind", "archs", "setting", "look", "seeds", "alpha", "decided", "verdict", "p"]
+"""looks.csv of a study with a seed budget (empty otherwise): one row per question (a claim:
+``claim:<id>``; a sensitivity pair: ``pair <setting>: <a> vs <b>``) and look, up to the look that decided
+it: the fewest seeds of its architectures at that look, the level the look spent (harness.sequential),
+whether it was decided, the verdict (a claim's, or for a pair '<arch> less sensitive' or 'inconclusive')
+and the pair's Holm-corrected p."""
+
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
                     "quantization_summary", "lr_curves", "sensitivity", "sensitivity_pairs", "attribution",
-                    "attribution_summary", "ablations")
+                    "attribution_summary", "ablations", "looks")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""

@@ -334,7 +334,7 @@ def sensitivity(outcomes: pd.DataFrame, grid: list[float] | None = None) -> pd.D
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 
 
-def sensitivity_pairs(outcomes: pd.DataFrame) -> pd.DataFrame:
+def sensitivity_pairs(outcomes: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """SENSITIVITY_PAIR_COLUMNS: every pair of architectures within a setting, compared on their COMMON grid
     (the lrs both have trained runs at: a failed run is no outcome, and a sensitivity over 5 lrs is not
     comparable with one over 6) by ``sensitivity_test`` of their ``pair_sensitivities``: the mean difference
@@ -365,11 +365,11 @@ def sensitivity_pairs(outcomes: pd.DataFrame) -> pd.DataFrame:
         return table
     table["p_holm"] = holm(table["p"])
     m = len(table)
-    table["sentence"] = [_pair_sentence(r, m) for r in table.itertuples(index=False)]
+    table["sentence"] = [_pair_sentence(r, m, alpha) for r in table.itertuples(index=False)]
     return table
 
 
-def _pair_sentence(r, n_pairs: int) -> str:
+def _pair_sentence(r, n_pairs: int, alpha: float) -> str:
     where = "" if r.setting == BASE_VARIANT else f"{r.setting}: "
     seeds = f"{r.n_a} seeds" if r.n_a == r.n_b else f"{r.n_a} and {r.n_b} seeds"
     grid = f"{r.n_lrs} common learning rates"
@@ -378,7 +378,7 @@ def _pair_sentence(r, n_pairs: int) -> str:
         return (f"{where}{r.arch_a} vs {r.arch_b}: cannot compare learning-rate sensitivity with {seeds}; "
                 f"it needs at least 3 seeds of each with a final loss at every common learning rate (the first "
                 f"seeds only choose the optimum).{left_out}")
-    if r.p_holm <= ALPHA:
+    if r.p_holm <= alpha:
         low, high = (r.arch_a, r.arch_b) if r.difference < 0 else (r.arch_b, r.arch_a)
         return (f"{where}{low} is less sensitive to the learning rate than {high} "
                 f"(by {num(abs(r.difference), LOSS_DIGITS)} nats over {grid}; {SENSITIVITY_TEST} p = {r.p:.2g}, "
@@ -403,24 +403,24 @@ def detectable_difference(n_off: int, n_on: int, alpha: float) -> float:
     return min(sizes) if sizes else math.nan
 
 
-def _ablation_sentence(r, n_rows: int) -> str:
+def _ablation_sentence(r, n_rows: int, alpha: float) -> str:
     off_name = r.off_name
     text = f"{_where(r.arch, r.setting)}: {r.off_k} of {r.off_n} runs unstable with {off_name}, {r.on_k} of {r.on_n} with {r.switch}"
     if math.isnan(r.p):
         return text + " (no comparison: one side has no trained run)."
-    if r.p_holm <= ALPHA:
+    if r.p_holm <= alpha:
         return text + (f" (two-sided Fisher exact p = {r.p:.2g}, Holm-corrected over the {n_rows} rows "
                        f"{r.p_holm:.2g}: the switch changes the instability rate).")
-    size = detectable_difference(r.off_n, r.on_n, ALPHA / n_rows)
+    size = detectable_difference(r.off_n, r.on_n, alpha / n_rows)
     text += f" (Fisher p = {r.p:.2g}, Holm-corrected over the {n_rows} rows {r.p_holm:.2g}: "
     if math.isnan(size):
         return text + (f"no difference could be detected with {r.off_n} vs {r.on_n} runs: even "
-                       f"0 of {r.off_n} against {r.on_n} of {r.on_n} does not reach {ALPHA} after the correction).")
+                       f"0 of {r.off_n} against {r.on_n} of {r.on_n} does not reach {alpha:.3g} after the correction).")
     return text + (f"no difference of the size these runs can detect was found: the smallest they can detect, "
                    f"corrected over the rows, is {size:.0%} of runs).")
 
 
-def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
     """ABLATION_COLUMNS: for each switch of STABILISERS in the sweep with an off value (False / 0) and on values,
     per (arch, setting = the other sweep values, lr included, BASE_VARIANT if none) and per on value: unstable
     runs k of n off vs on (each run its own seed), two-sided Fisher exact p (NaN when a side has no run) and
@@ -455,7 +455,7 @@ def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
     table = pd.DataFrame(rows, columns=ABLATION_COLUMNS + ["off_name"])
     if len(table):
         table["p_holm"] = holm(table["p"])
-        table["sentence"] = [_ablation_sentence(r, int(table["p"].notna().sum()))
+        table["sentence"] = [_ablation_sentence(r, int(table["p"].notna().sum()), alpha)
                              for r in table.itertuples(index=False)]
     return table[ABLATION_COLUMNS]
 
@@ -463,9 +463,10 @@ def ablations(study: dict, runs: pd.DataFrame, events: pd.DataFrame) -> pd.DataF
 # ------------------------------------------------------------------------------------------------ all
 
 def tables(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
-           config: DetectConfig | None = None) -> dict[str, pd.DataFrame]:
+           config: DetectConfig | None = None, alpha: float = ALPHA) -> dict[str, pd.DataFrame]:
     """Every stability table of a study, by its AGGREGATE_TABLES name, each with exactly its contract's
-    columns (empty frames where the study has no lr sweep, no events or no switch)."""
+    columns (empty frames where the study has no lr sweep, no events or no switch); the pairs and
+    ablations decided at level ``alpha`` (a look of a seed budget spends less: harness.sequential)."""
     events = events if len(events) else pd.DataFrame(columns=ID_COLUMNS + ["type", "onset_step"])
     outcomes = run_outcomes(study, runs, trajectories, events)
     attributed = precursors.attribution(study, runs, trajectories, events, config) if len(runs) else \
@@ -473,9 +474,9 @@ def tables(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: 
     return {
         "lr_curves": lr_curves(outcomes),
         "sensitivity": sensitivity(outcomes, _grid(study, outcomes)),
-        "sensitivity_pairs": sensitivity_pairs(outcomes),
+        "sensitivity_pairs": sensitivity_pairs(outcomes, alpha),
         "attribution": attributed,
         "attribution_summary": precursors.attribution_summary(study, attributed, runs, events) if len(runs) else
         pd.DataFrame(columns=ATTRIBUTION_SUMMARY_COLUMNS),
-        "ablations": ablations(study, runs, events),
+        "ablations": ablations(study, runs, events, alpha),
     }

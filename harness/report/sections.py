@@ -510,7 +510,7 @@ def sensitivity_section(agg: Aggregate, figure: str) -> str:
                  num(r["difference"], 3), num(r["p"], 3), num(r["p_holm"], 3),
                  "" if missing(r["sentence"]) else r["sentence"]] for r in pairs.to_dict("records")]
         parts.append('<h3 id="lr-sensitivity-pairs">Sensitivity, pair by pair</h3>')
-        parts.append(html_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "permutation p", "Holm p",
+        parts.append(html_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "Welch-Hsu p", "Holm p",
                              "in words"], rows, numeric={4, 5, 6}))
     parts.append(p(SENSITIVITY_METHOD, "note"))
     return section("lr-sensitivity", "Learning-rate sensitivity", parts)
