@@ -117,14 +117,16 @@ def _taken(runs: pd.DataFrame, budget: SeedBudget, seeds: list[int]) -> int:
 
 
 def replay(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd.DataFrame,
-           quantization: pd.DataFrame | None, last_look: int | None = None
+           quantization: pd.DataFrame | None, last_look: int | None = None, alphas: list[float] | None = None
            ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
     """(looks, claims, stability tables) of a study with a seed budget, judged look by look on the seeds
-    each look had (up to ``last_look``, default every look its runs reached). Each question keeps the
-    claims row or sensitivity pair of the look that decided it, its sentence saying at which look, with how
-    many seeds and at what level; the other tables are those of all the runs."""
+    each look had (up to ``last_look``, default every look its runs reached) at the budget's levels
+    (``alphas``: others, for benchmarks/verdict_calibration.py to measure looks without spending). Each
+    question keeps the claims row or sensitivity pair of the look that decided it, its sentence saying at
+    which look, with how many seeds and at what level; the other tables are the last look's (its level
+    the smallest: the ablations are judged conservatively)."""
     budget = SeedBudget.of(study["seed_budget"])
-    seeds, counts, alphas = list(study["seeds"]), budget.looks(), budget.alphas()
+    seeds, counts, alphas = list(study["seeds"]), budget.looks(), alphas or budget.alphas()
     last = last_look or _taken(runs, budget, seeds)
     frozen: dict[str, tuple[int, pd.Series, tuple]] = {}  # question: (look, its row then, its row's key)
     rows, final = [], None
