@@ -23,6 +23,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/quantize.smk"
+include: "workflow/rules/look.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

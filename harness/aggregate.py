@@ -8,8 +8,9 @@ columns), trajectories.csv (every metric of every run, diagnostics included), ev
 quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
 quantization_summary.csv (per architecture, variant, step and width over the seeds: median, min and
 max), the stability tables of harness.stability (lr_curves, sensitivity, sensitivity_pairs,
-attribution and attribution_summary from harness.attribution, ablations), controls.csv (harness.controls: the
-study's positive and negative controls, empty without) and notes.json (the sentences the report prints about the
+attribution and attribution_summary from harness.attribution, ablations), looks.csv (a seed budget's
+looks: harness.sequential), controls.csv (harness.controls: the study's positive and negative controls, empty
+without) and notes.json (the sentences the report prints about the
 study as a whole, and the variant at the study's own recipe). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.
@@ -23,9 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness import claims, controls, stability, stats
+from harness import claims, controls, sequential, stability, stats
 from harness.collapse import DetectConfig
-from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS,
+from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, LOOK_COLUMNS, METRIC_COLUMNS,
                                PIPELINE_KEY, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES,
                                SWEEP_PREFIX)
 from harness.files import write_atomic
@@ -198,8 +199,10 @@ def _with_shape_flags(pairs: pd.DataFrame, summary: pd.DataFrame, study: dict) -
     return pairs
 
 
-def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
-    """Read every run folder of ``study`` and write the study's tables to ``out_dir``."""
+def read_study(run_dirs: list[Path], study: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                          list[pd.DataFrame]]:
+    """(runs with their scores, trajectories, events, scores, per-run quantization tables) of a study's run
+    folders: what every verdict is judged on (the aggregate, and each look of a seed budget)."""
     if not run_dirs:
         raise ValueError(f"study {study.get('name')!r}: no run folders to aggregate")
     if "name" not in study:
@@ -232,12 +235,25 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"), min_evals=min_evals)
     score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
+    return runs, trajectories, events, scores, quantization
+
+
+def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
+    """Read every run folder of ``study`` and write the study's tables to ``out_dir``. With a seed budget
+    the claims and sensitivity pairs are those of the look that decided each (harness.sequential.replay)."""
+    runs, trajectories, events, scores, quantization = read_study(run_dirs, study)
+    quantized = bool((study.get("quantize") or {}).get("bits"))
     summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on=["arch", "variant"],
                                                                  how="left")
     pairs = _with_shape_flags(stats.compare(scores, seed=0), summary, study)
     quantization, quantization_summary, quantization_note = quantization_tables(quantization)
-    stability_tables = stability.tables(study, runs, trajectories, events)
-    verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
+    if study.get("seed_budget"):
+        looks, verdicts, stability_tables = sequential.replay(study, runs, trajectories, events,
+                                                              quantization if quantized else None)
+    else:
+        stability_tables = stability.tables(study, runs, trajectories, events)
+        verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
+        looks = pd.DataFrame(columns=LOOK_COLUMNS)
     control_table, control_notes = controls.evaluate(study, runs, trajectories, events,
                                                      quantization if quantized else None, pairs, verdicts,
                                                      stability_tables)
@@ -254,7 +270,8 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
     tables = {"runs": runs, "trajectories": trajectories, "events": events, "summary": summary, "pairs": pairs,
               "claims": verdicts, "headlines": headlines, "quantization": quantization,
-              "quantization_summary": quantization_summary, **stability_tables, "controls": control_table}
+              "quantization_summary": quantization_summary, **stability_tables, "looks": looks,
+              "controls": control_table}
     for name in AGGREGATE_TABLES:
         write_atomic(out_dir / f"{name}.csv", _csv(tables[name]))
     write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")

@@ -18,8 +18,8 @@ of the report. The measures, for the control's pair:
   original architecture tested again with the copy in its place (the same runs, renamed): a verdict that
   changes separates the copies;
 - ``sensitivity``: the learning-rate sensitivity pair (harness.stability.sensitivity_pairs, per setting): the
-  difference of mean cross-fitted sensitivities and its permutation p; it separates when the raw p is at
-  most ALPHA (the rule of a single declared comparison, as a claim uses; the table's Holm p is shown too);
+  difference of mean sensitivities and its p (harness.stability.sensitivity_test); it separates when the raw p
+  is at most ALPHA (the rule of a single declared comparison, as a claim uses; the table's Holm p is shown too);
 - ``instability``: unstable runs k of n per learning rate (harness.stability.lr_curves, per setting), which the
   stability map prints without a test: two-sided Fisher exact test per learning rate, Holm over the
   setting's learning rates;
@@ -42,7 +42,7 @@ from scipy.stats import fisher_exact
 from harness import claims, stability
 from harness.contracts import CONTROL_COLUMNS
 from harness.logs import is_loss
-from harness.stats import ALPHA, holm, min_possible_p
+from harness.stats import ALPHA, holm
 from harness.variants import own_values, setting_name, value_text
 
 SEPARATING_VERDICTS = ("supported", "contradicted", "reproduced", "partly reproduced", "not reproduced", "consistent")
@@ -71,17 +71,16 @@ def _where(setting) -> str:
 
 def sensitivity_rows(control: str, a: str, b: str, pairs: pd.DataFrame) -> list[dict]:
     """One row per setting with a sensitivity pair of a and b: the difference a - b (sign turned to the
-    control's order), the permutation p and the table's Holm p; separates when p <= ALPHA."""
+    control's order), its p (sensitivity_test) and the table's Holm p; separates when p <= ALPHA."""
     rows = []
     for r in _pair(pairs, a, b).sort_values("setting", key=lambda c: c.astype(str)).to_dict("records"):
         sign = 1 if r["arch_a"] == a else -1
         difference, p = sign * float(r["difference"]), float(r["p"])
         n_a, n_b = (int(r["n_a"]), int(r["n_b"]))[::sign]
-        floor = min_possible_p(n_a, n_b)
         decided = p <= ALPHA
         text = (f"{_where(r['setting'])}: learning-rate sensitivity of {a} minus {b} {difference:+.3f} nats over "
-                f"{int(r['n_lrs'])} learning rates, {n_a} and {n_b} seeds; permutation p = {p:.2g} (the smallest "
-                f"these seeds allow: {floor:.2g}), Holm over the study's pairs {float(r['p_holm']):.2g}: "
+                f"{int(r['n_lrs'])} learning rates, {n_a} and {n_b} seeds; {stability.SENSITIVITY_TEST} p = {p:.2g}, "
+                f"Holm over the study's pairs {float(r['p_holm']):.2g}: "
                 + (f"{a if difference < 0 else b} is less sensitive" if decided else "no difference"))
         rows.append(_row(control, a, b, "sensitivity", _where(r["setting"]), n_a=n_a, n_b=n_b, estimate=difference,
                          p=p, p_adjusted=float(r["p_holm"]), separates=decided, sentence=text + "."))
@@ -222,9 +221,7 @@ def _positive(study: dict, spec: dict, verdicts: pd.DataFrame, pairs: pd.DataFra
         n_a, n_b = int(decisive["n_a"]), int(decisive["n_b"])
         seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} and {n_b} seeds"
         how = (f"{'decided' if passed else 'tested'} at {seeds} each, learning-rate sensitivity {a} minus {b} "
-               f"{decisive['estimate']:+.3f} nats, permutation p = {_p_text(decisive['p'])}")
-        if not passed:
-            how += f"; the smallest p these seeds allow is {_p_text(min_possible_p(n_a, n_b))}"
+               f"{decisive['estimate']:+.3f} nats, {stability.SENSITIVITY_TEST} p = {_p_text(decisive['p'])}")
     unstable = [r for r in rows if r["measure"] == "instability" and r["where"] == _where(setting) and r["separates"]]
     more = "".join(f"; at lr={value_text(r['lr'])} {r['k_a']} of {r['n_a']} runs of {a} unstable against {r['k_b']} "
                    f"of {r['n_b']} of {b} (Fisher p = {_p_text(r['p'])})" for r in unstable)
@@ -253,21 +250,14 @@ def _negative(study: dict, spec: dict, verdicts: pd.DataFrame, pairs: pd.DataFra
     rows += pair_rows("negative", a, b, pairs)
     separated = [r for r in rows if r["separates"]]
     decisive = _decisive(rows, "sensitivity", _recipe_setting(study))
-    sens, blind = "", ""
-    if decisive and not math.isnan(decisive["p"]):
-        sens = f"sensitivity p = {_p_text(decisive['p'])}; "
-        n_a, n_b = int(decisive["n_a"]), int(decisive["n_b"])
-        if (floor := min_possible_p(n_a, n_b)) > ALPHA:
-            seeds = f"{n_a} seeds" if n_a == n_b else f"{n_a} and {n_b} seeds"
-            blind = (f"; with {seeds} its smallest possible p is {_p_text(floor)}, so it could not have separated "
-                     "them")
+    sens = f"sensitivity p = {_p_text(decisive['p'])}; " if decisive and not math.isnan(decisive["p"]) else ""
     measures = sorted({r["measure"] for r in rows}, key=[
         "claim", "sensitivity", "instability", "final perplexity", "collapse rate"].index)
     if not rows:
         return rows, f"Negative control: nothing of this study compares {a} with {b}.", None
     if not separated:
         line = (f"Negative control: it finds no difference between {name} ({a} and {b}, another initialisation seed; "
-                f"{sens}none of the {len(rows)} comparisons of {', '.join(measures)} separates them{blind}).")
+                f"{sens}none of the {len(rows)} comparisons of {', '.join(measures)} separates them).")
     else:
         listed = "; ".join(r["sentence"].rstrip(".") for r in separated)
         line = (f"Negative control failed: {len(separated)} of the {len(rows)} comparisons of {name} ({a} and {b}, "

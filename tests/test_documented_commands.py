@@ -85,6 +85,9 @@ DRY_RUNS = {
     # 4 attention archs x 24 variants + memnls and diag_ssm x 12 (qk_norm=off alone), x 3 seeds
     "snakemake --cores 2 reports/collapse.html --config study=stability": ("stability", 360),
     "snakemake --cores 2 reports/collapse.html --config study=controls": ("controls", 75),  # 3 x 5 lrs x 5 seeds
+    # a seed budget: its first look, 3 seeds of every variant (the later looks are planned as it goes)
+    "snakemake --cores 2 reports/collapse.html --config study=stability 'seeds={start: 3, step: 2, max: 11}'":
+        ("stability+seeds=3by2", 360),
 }
 SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
 # run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
@@ -118,6 +121,8 @@ NOT_RUN = {  # installs, and commands other tests run
     "python -m pytest": "runs these tests",
     "python -m pytest -m 'not slow'": "runs these tests",
     "python benchmarks/collapse_calibration.py": "tests/test_collapse_calibration.py holds its numbers to the targets",
+    "python benchmarks/verdict_calibration.py --budget 3,2,11":
+        "tests/test_verdict_calibration.py measures the looks of one null and one effect on a few studies",
     "python benchmarks/verdict_calibration.py --out harness/calibration/verdicts.csv":
         "tests/test_verdict_calibration.py re-checks every case and the packaged table it writes (the full run: ~20 min)",
 }

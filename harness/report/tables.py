@@ -13,7 +13,8 @@ import seaborn as sns
 from harness import stats
 from harness.aggregate import read_table
 from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, CLAIM_COLUMNS,
-                               CONTROL_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, LR_CURVE_COLUMNS, METRIC_COLUMNS, QUANTIZATION_COLUMNS,
+                               CONTROL_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, LOOK_COLUMNS, LR_CURVE_COLUMNS,
+                               METRIC_COLUMNS, QUANTIZATION_COLUMNS,
                                QUANTIZATION_SUMMARY_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS)
 from harness.claims import HEADLINE_COLUMNS
 from harness.text import UNITS
@@ -45,6 +46,7 @@ class Aggregate:
     attribution: pd.DataFrame | None = None  # per (event, diagnostic that left its baseline before it)
     attribution_summary: pd.DataFrame | None = None  # per (arch, variant) with events
     ablations: pd.DataFrame | None = None  # per (arch, stabiliser switch, setting)
+    looks: pd.DataFrame | None = None  # per (question, look) of a seed budget (harness.sequential); else empty
     controls: pd.DataFrame | None = None  # per (control, measure of its pair): harness.controls; empty without
     study_archs: list[str] | None = None  # set by `only`: the whole study's, so colours stay the same
 
@@ -121,6 +123,9 @@ def load(aggregate_dir: Path, published_curves: Path | None = None) -> Aggregate
     def table(name: str, required: list[str]) -> pd.DataFrame:
         return read_table(aggregate_dir / f"{name}.csv", required, "written by `python -m harness aggregate`")
 
+    def optional(name: str, required: list[str]) -> pd.DataFrame:
+        return table(name, required) if (aggregate_dir / f"{name}.csv").is_file() else pd.DataFrame(columns=required)
+
     curves = None
     if published_curves is not None:
         curves = read_table(Path(published_curves), ["arch", "step", "split", "metric", "value"], "published curves")
@@ -143,7 +148,8 @@ def load(aggregate_dir: Path, published_curves: Path | None = None) -> Aggregate
         attribution=table("attribution", ATTRIBUTION_COLUMNS),
         attribution_summary=table("attribution_summary", ATTRIBUTION_SUMMARY_COLUMNS),
         ablations=table("ablations", ABLATION_COLUMNS),
-        # written since the study's controls (harness.controls); an older aggregate folder has none
-        controls=table("controls", CONTROL_COLUMNS) if (aggregate_dir / "controls.csv").is_file()
-        else pd.DataFrame(columns=CONTROL_COLUMNS),
+        # written since seed budgets (harness.sequential) and controls (harness.controls): an aggregate folder
+        # written before them has neither, and reads as a study without
+        looks=optional("looks", LOOK_COLUMNS),
+        controls=optional("controls", CONTROL_COLUMNS),
     )

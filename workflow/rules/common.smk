@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
+from harness.sequential import budget_runs
 from harness.study import (
     check_config,
     coerce_overrides,
@@ -49,9 +50,13 @@ wildcard_constraints:
         sorted({re.escape(v) for s in STUDIES.values() for v in s["variants"]})
     ),
     seed=r"\d+",
+    look=r"\d+",
 
 
 def run_dirs(study):
+    """Every run folder of a study; with a seed budget, those its looks asked for (look.smk)."""
+    if STUDIES[study].get("seed_budget"):
+        return budget_run_dirs(study)
     return [run_dir(study, *run) for run in runs(STUDIES[study])]
 
 
