@@ -302,3 +302,16 @@ def test_the_report_opens_with_the_controls_and_a_study_without_them_gets_the_pa
     (agg / "notes.json").write_text(json.dumps(saved))
     render(agg, tmp_path / "again.html")
     assert (tmp_path / "again.html").read_text() == before
+
+
+def test_a_seed_budget_plans_and_extends_each_architectures_own_variants():
+    from harness import sequential
+
+    study = {**MICRO_STUDY, "seeds": {"start": 3, "step": 2, "max": 7}, "sweep": {"qk_norm": [False, True]}}
+    resolved = resolve(micro_config(study))["micro"]
+    first = sequential.budget_runs(resolved, lambda k: None, upto=1)
+    assert sorted({(a, v) for a, v, _ in first}) == [("memnls", "qk_norm=off"), ("transformer", "qk_norm=off"),
+                                                     ("transformer", "qk_norm=on")]
+    open_claim = pd.DataFrame([{"kind": "claim", "archs": "memnls, transformer", "setting": "base"}])
+    assert sequential.needed(resolved, open_claim) == {"memnls": ["qk_norm=off"],
+                                                       "transformer": ["qk_norm=off", "qk_norm=on"]}
