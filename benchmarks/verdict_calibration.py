@@ -1,7 +1,7 @@
 """Error rates of the study-level verdicts: the stability tables and the verdicts on published claims.
 
     python benchmarks/verdict_calibration.py [--studies N] [--seeds 3,5,8,12] [--only NAME,...] [--seed S]
-                                             [--out PATH] [--list]
+                                             [--out PATH] [--list] [--budget START,STEP,MAX]
 
 The collapse detector is calibrated (benchmarks/collapse_calibration.py); this measures the layer above
 it. A *scenario* draws whole synthetic studies with a known truth, each as the tables harness.aggregate
@@ -37,6 +37,13 @@ a uniform guess is exactly the published transfer, at bytes loss levels where th
   least one event of the study (the summary sentence then names it); the real precursor is found when
   it is first for more than half of the study's events.
 
+With ``--budget start,step,max`` the claims and pairs (LOOK_KINDS) are measured over a seed budget's
+looks instead of at fixed seed counts: each study is drawn at max seeds and judged as the workflow judges a
+budget (harness.sequential.replay: look by look on the first seeds, each question kept at the look that
+decided it, each look at its spent level). ``rate_unspent`` is the same studies with every look deciding
+at 5%, what the spending prevents; ``mean_seeds`` the mean seed count of the deciding look (max where
+nothing was decided). A pair is decided when the looks table says so (at its look's level).
+
 The synthetic study is the repository's ``stability`` study (config/config.yaml): TinyShakespeare bytes
 (vocabulary 256: an untrained model's loss is ln 256 = 5.55 nats), 200 steps, warmup 150, train logs
 every 5 steps, evaluations every 10, no gradient clipping, not a smoke study, an lr sweep 3e-3, 1e-2,
@@ -60,10 +67,10 @@ trajectories hold the validation loss alone.
 Cost: judging a study (harness.stability.tables and claims.evaluate loop over runs in pandas) takes, in
 CPU time, ~25-50 ms for one or two architectures without a sweep, ~75 ms for a pair over the lr grid,
 ~140 ms with train diagnostics and ~450 ms for six architectures over lr x z_loss. So each scenario runs
-a share of --studies (SHARES): every one for the claims on a boundary (a correct test decides there in up
-to 5% of studies, and precision matters: 400 studies, SE 1.1 points at 5%), a quarter for the pairs, the
-attribution studies and the claims' effects (100: SE 2.2 points at 5%), an eighth for the six-architecture
-studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
+a share of --studies (SHARES): every one for the claims on a boundary and for the pairs over the lr grid
+(a correct test decides there in up to 5% of studies, and precision matters: 400 studies, SE 1.1 points
+at 5%), a quarter for the attribution studies and the claims' effects (100: SE 2.2 points at 5%), an
+eighth for the six-architecture studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
 claims are parsed once (``claims_parsed_once``).
 
 Runtime of the full default run (every case, seeds 3,5,8,12, --studies 400; 14,400 studies): 19 minutes

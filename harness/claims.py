@@ -25,7 +25,7 @@ from scipy.stats import binomtest, fisher_exact
 
 from harness.claim_data import Claim, Evidence, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
-from harness.stability import SENSITIVITY_TEST, mean_interval
+from harness.stability import PAIR_MIN_VALUES, SENSITIVITY_TEST, mean_interval
 from harness.stats import ALPHA, FALSE_ALARM_RATE, clopper_pearson, median_interval, median_min_seeds
 from harness.text import UNITS, bits, num, parse_scale, perplexity, plain, scale_text, spread, step
 from harness.variants import own_values, setting_name, value_text, variant_name
@@ -186,9 +186,9 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
     sign = 1 if row["arch_a"] == a else -1  # difference of A minus B
     difference, p = sign * float(row["difference"]), float(row["p"])
     n_a, n_b = (int(row["n_a"]), int(row["n_b"]))[::sign]
-    if min(n_a, n_b) < MIN_SEEDS:
-        return (f"needs at least {MIN_SEEDS} seeds of each of {a} and {b} with a final loss at every learning rate "
-                f"of their common grid (has {n_a} and {n_b})")
+    if min(n_a, n_b) < MIN_SEEDS or math.isnan(p):
+        return (f"needs at least {PAIR_MIN_VALUES + 1} seeds of each of {a} and {b} with a final loss at every "
+                f"learning rate of their common grid (has {n_a} and {n_b}; the first seeds only choose the optimum)")
     verdict = "inconclusive" if not p <= evidence.alpha else "supported" if difference < 0 else "contradicted"
     sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023; each seed's loss over the grid above its loss at "
                 f"the learning rate best for both architectures' earlier seeds) of {a} minus that of {b}: "

@@ -199,6 +199,10 @@ def pair_sensitivities(seeds_a, la: np.ndarray, seeds_b, lb: np.ndarray) -> tupl
     return values[:len(la)][~np.isnan(values[:len(la)])], values[len(la):][~np.isnan(values[len(la):])]
 
 
+PAIR_MIN_VALUES = 3
+"""Sensitivities of each architecture a pair needs (4 seeds: the first only chooses). With 2 each, one
+degree of freedom, a pair of seeds that both happen not to diverge has almost no spread, and a null where
+30% of the runs at lr 1 diverge was decided in 9.75% of 3-seed studies (benchmarks/verdict_calibration.py)."""
 SENSITIVITY_TEST = "Welch-Hsu t-test"
 """Welch's t referred to Student's t with min(n_a, n_b) - 1 degrees of freedom (Hsu 1938): ``sensitivity_test``."""
 
@@ -207,10 +211,11 @@ def sensitivity_test(sa: np.ndarray, sb: np.ndarray) -> tuple[float, float]:
     """(difference, two-sided p) of two sets of per-seed sensitivities (``pair_sensitivities``): the mean
     difference a - b, and Welch's t referred to Student's t with min(n_a, n_b) - 1 degrees of freedom
     (Hsu 1938), which keeps the size at or under the level for any ratio of the two architectures' seed
-    noise (Welch's own df erred in 5.75% of 5-seed studies at SD 0.01 vs 0.04). NaN below 2 values each.
+    noise (Welch's own df erred in 5.75% of 5-seed studies at SD 0.01 vs 0.04). NaN below PAIR_MIN_VALUES
+    values each.
     Direction and p come from the one statistic."""
     sa, sb = np.asarray(sa, dtype=float), np.asarray(sb, dtype=float)
-    if len(sa) < 2 or len(sb) < 2:
+    if len(sa) < PAIR_MIN_VALUES or len(sb) < PAIR_MIN_VALUES:
         return math.nan, math.nan
     difference = float(sa.mean() - sb.mean())
     se = math.sqrt(sa.var(ddof=1) / len(sa) + sb.var(ddof=1) / len(sb))
@@ -338,8 +343,8 @@ def sensitivity_pairs(outcomes: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFr
     """SENSITIVITY_PAIR_COLUMNS: every pair of architectures within a setting, compared on their COMMON grid
     (the lrs both have trained runs at: a failed run is no outcome, and a sensitivity over 5 lrs is not
     comparable with one over 6) by ``sensitivity_test`` of their ``pair_sensitivities``: the mean difference
-    a - b and its p (direction and p from one statistic); Holm over every pair of the table; NaN p below 3
-    seeds of each (n_a, n_b: the seeds that enter; the first only chooses). ``missing`` names the lrs and
+    a - b and its p (direction and p from one statistic); Holm over every pair of the table; NaN p below
+    PAIR_MIN_VALUES sensitivities of each (n_a, n_b: the seeds that enter; the first only chooses). ``missing`` names the lrs and
     seeds left out."""
     rows = []
     for setting, g in outcomes.groupby("setting", sort=True):
@@ -376,8 +381,8 @@ def _pair_sentence(r, n_pairs: int, alpha: float) -> str:
     left_out = f" Left out: {r.missing}." if r.missing else ""
     if math.isnan(r.p_holm):
         return (f"{where}{r.arch_a} vs {r.arch_b}: cannot compare learning-rate sensitivity with {seeds}; "
-                f"it needs at least 3 seeds of each with a final loss at every common learning rate (the first "
-                f"seeds only choose the optimum).{left_out}")
+                f"it needs at least {PAIR_MIN_VALUES + 1} seeds of each with a final loss at every common learning "
+                f"rate (the first seeds only choose the optimum).{left_out}")
     if r.p_holm <= alpha:
         low, high = (r.arch_a, r.arch_b) if r.difference < 0 else (r.arch_b, r.arch_a)
         return (f"{where}{low} is less sensitive to the learning rate than {high} "

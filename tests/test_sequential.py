@@ -121,6 +121,8 @@ def test_the_dag_stops_adding_seeds_once_the_question_is_decided(tmp_path):
     assert "Decided at look 2" in claims.loc["transformer-calm", "sentence"]
     table = pd.read_csv(workdir / "results/micro/looks.csv")
     assert table["look"].tolist() == [1, 2] and table["decided"].tolist() == [False, True]
+    report = (workdir / "reports/micro/collapse.html").read_text()
+    assert 'id="looks"' in report and "Seeds until decided" in report and "1 of 1 questions decided" in report
     shown = status(workdir, "micro")  # harness status: the runs the looks asked for, and where the budget stands
     assert "micro: 8 runs planned: 8 done" in shown and "done at look 2 of at most 3 (8 seeds)" in shown, shown
     again = snakemake(workdir, "--cores", "1", "-n", "reports/collapse.html")

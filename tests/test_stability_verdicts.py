@@ -144,7 +144,7 @@ def test_one_seed_per_lr_is_one_seed():
     finals = {"memnls": CURVE[None] + rng.normal(0, 0.02, (1, 6)), "transformer": CURVE[None] + rng.normal(0, 0.02, (1, 6))}
     finals["transformer"][0, 2:] = np.inf
     v, _ = verdict(finals)
-    assert v["proxy_verdict"] == "cannot test" and "needs at least 3 seeds" in v["sentence"], v["sentence"]
+    assert v["proxy_verdict"] == "cannot test" and "needs at least 4 seeds" in v["sentence"], v["sentence"]
     assert math.isnan(v["n"]) or v["n"] < 3
 
 
@@ -245,3 +245,16 @@ def test_ablation_rows_are_corrected_across_the_table_and_say_what_they_could_de
         size = stability.detectable_difference(12, 12, 0.05 / 36)
         assert f"the smallest they can detect, corrected over the rows, is {size:.0%} of runs" in row["sentence"]
         assert 0.5 < size < 1
+
+
+def test_three_seeds_give_no_pair_p():
+    """Before: with 3 seeds, 2 sensitivities each (the first seed only chooses), Welch-Hsu had one degree of
+    freedom, and a null where 30% of the runs at lr 1 diverge was decided in 9.75% of studies (two seeds that
+    both happen not to diverge have almost no spread). A pair now needs 3 sensitivities of each: 4 seeds."""
+    rng = np.random.default_rng(8)
+    finals = {arch: CURVE + rng.normal(0, 0.02, (3, 6)) for arch in ("memnls", "transformer")}
+    _, tables = verdict(finals)
+    pair = tables["sensitivity_pairs"].iloc[0]
+    assert math.isnan(pair["p"]) and "needs at least 4 seeds of each" in pair["sentence"]
+    finals = {arch: CURVE + rng.normal(0, 0.02, (4, 6)) for arch in ("memnls", "transformer")}
+    assert not math.isnan(verdict(finals)[1]["sensitivity_pairs"].iloc[0]["p"])
