@@ -9,6 +9,8 @@ from snakemake.utils import validate
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
 from harness.study import (
+    admission_dir,
+    admission_spec,
     check_config,
     coerce_overrides,
     default_study,
@@ -75,6 +77,18 @@ def spec_json(wildcards):
         ),
         sort_keys=True,
     )
+
+
+def admission_json(wildcards):
+    """The admission check's spec, with its cache key `checked` (harness.study.admission_spec)."""
+    return json.dumps(
+        admission_spec(STUDIES[wildcards.study], wildcards.arch), sort_keys=True
+    )
+
+
+def admission_record(wildcards):
+    """Every training job waits for its architecture's admission record (ancient: it gates, never reruns)."""
+    return ancient(f"{admission_dir(wildcards.study)}/{wildcards.arch}.json")
 
 
 def study_json(wildcards):
