@@ -600,7 +600,8 @@ def _admit(spec: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
                        "compared_in": c.compared_in, "note": c.probe_note,
                        "results": [dataclasses.asdict(r) for r in results]})
     statuses = [r["status"] for m in models for r in m["results"]]
-    return {"study": spec.get("study"), "arch": spec["runs"][0]["arch"], "build": spec["runs"][0]["build"],
+    arch, build = spec["runs"][0]["arch"], spec["runs"][0]["build"]
+    return {"study": spec.get("study"), "arch": arch, "build": build, "label": label_of(arch, build),
             "checked": spec.get("checked"), "passed": "failed" not in statuses,
             "warnings": [f"{r['property']}: {r['evidence']}" for m in models for r in m["results"] if r["status"] == "warning"],
             "tolerances": dict(TOLERANCES), "models": models, "wall_time_s": round(time.time() - t0, 3)}
@@ -629,7 +630,7 @@ def report(record: dict[str, Any]) -> str:
         lines += [Result(**r).line() for r in m["results"]]
     verdict = "admitted" if record["passed"] else "NOT admitted"
     warned = f", {len(record['warnings'])} warning(s)" if record["warnings"] else ""
-    lines.append(f"{verdict}: {record['arch']}{warned} ({record['wall_time_s']:.1f} s)")
+    lines.append(f"{verdict}: {record['label']}{warned} ({record['wall_time_s']:.1f} s)")
     return "\n".join(lines)
 
 

@@ -255,7 +255,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not record["passed"]:
         for line in admission.failures(record):
             print(f"error: {line}", file=sys.stderr)
-        print(f"{record['arch']} is not admitted: none of its runs starts (README: Adding an architecture)",
+        print(f"{record['label']} is not admitted: none of its runs starts (README: Adding an architecture)",
               file=sys.stderr)
         return 1
     if args.out:
