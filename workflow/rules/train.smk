@@ -5,8 +5,8 @@
 
 rule train:
     input:
-        admission=admission_record,
         upstream=pipeline_input_files,
+        admission=admission_record,
     output:
         metrics="results/{study}/{arch}/{variant}/seed{seed}/metrics.csv",
         manifest="results/{study}/{arch}/{variant}/seed{seed}/run.json",
