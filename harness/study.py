@@ -429,9 +429,6 @@ def config_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-ADMISSION_MODULE = "harness.admission"  # its checks are part of the cache key: a changed check is run again
-
-
 def admission_dir(study: str) -> str:
     """Where the admission records of a study's architectures live (results/{study}/.admission/{arch}.json)."""
     return f"results/{study}/.admission"
@@ -441,10 +438,10 @@ def admission_spec(study: dict, arch: str) -> dict[str, Any]:
     """What the admission check of one architecture of a study needs (harness.admission.admit): one run
     spec per distinct model among its variants (variants that differ only in recipe keys share a model;
     a stabiliser switch makes another), each at the study's first seed, and ``checked``, the cache key:
-    a hash of those specs' model-defining fields, of the source files of the builder, of the study's
-    reference architecture (its count sets the width) and of a pipeline's evaluation builder, and of
-    harness/admission.py itself. The same key means the same verdict, so the workflow reruns the check
-    only when one of them changes."""
+    a hash of those specs' model-defining fields (build, hyperparameters, the study's model and shape,
+    data, seed, sequence length) and of the source file of the builder (and of a pipeline's evaluation
+    builder). The same key means the same model, so the workflow reruns the check only when one of them
+    changes; a change of the checks themselves (harness/admission.py) re-checks nothing already admitted."""
     runs: dict[str, dict[str, Any]] = {}
     for variant in study["variants"]:
         spec = run_spec(study, arch, variant, study["seeds"][0])
@@ -452,8 +449,7 @@ def admission_spec(study: dict, arch: str) -> dict[str, Any]:
     specs = list(runs.values())
     build = study["archs"][arch]["build"]
     pipeline = registry.info(build).pipeline
-    sources = {"build": registry.source_hash(build), "reference": registry.source_hash(study["reference_arch"]["build"]),
-               "admission": registry.source_hash(ADMISSION_MODULE)}
+    sources = {"build": registry.source_hash(build)}
     if pipeline and pipeline.evaluation:
         sources["evaluation"] = registry.source_hash(pipeline.evaluation)
     model_keys = ("build", "seed", "data", "model", "hparams", "shape", "reference", "switches")

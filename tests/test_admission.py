@@ -111,7 +111,7 @@ def test_a_model_of_the_wrong_contract_is_not_compared_further(broken_study):
 
 def test_the_faint_leak_is_caught_because_logits_are_compared_in_float64(broken_study):
     """Its leak moves logits by ~5e-5: above float64's tolerance, below the float32 one (which must sit
-    above the FFT models' honest float32 rounding, up to 5e-6)."""
+    above the FFT models' honest float32 rounding, up to 1.8e-5)."""
     _, results = admitted(broken_study, "faint_leak")
     assert admission.TOLERANCES["causality"] < results["causality"].value < admission.TOLERANCES["causality_float32"]
     assert results["causality"].tolerance == admission.TOLERANCES["causality"]
@@ -139,7 +139,7 @@ def test_a_model_that_runs_only_in_float32_is_compared_there_at_the_float32_tole
     record, results = admitted(micro("tests.test_admission:float32_only"), "test_admission")
     assert record["passed"] and record["models"][0]["compared_in"] == "float32"
     assert results["causality"].tolerance == admission.TOLERANCES["causality_float32"]
-    assert "tolerance 0.0001 in float32" in results["causality"].evidence
+    assert "tolerance 0.001 in float32" in results["causality"].evidence
 
 
 def test_a_model_that_cannot_be_sized_fails_admission_saying_why():
@@ -163,7 +163,7 @@ def test_every_builtin_architecture_and_the_worked_example_pass_admission_in_sec
     record, results = admitted(study, name)
     assert record["passed"] and not record["warnings"], admission.report(record)
     assert {p: r.status for p, r in results.items()} == dict.fromkeys(admission.PROPERTIES, "passed")
-    assert results["causality"].value <= 1e-13  # honest float64 rounding: 0 to 1.7e-14 (resonance's FFT)
+    assert results["causality"].value <= 1e-13  # honest float64 rounding: 0 to 2e-14 (resonance's FFT)
     assert abs(results["init_loss"].value) < 0.2  # nats from ln V
     assert record["models"][0]["compared_in"] == "float64"
     assert record["wall_time_s"] < 10
