@@ -88,7 +88,7 @@ TOLERANCES: dict[str, float] = {
 PROBE_DROPOUT = 0.1  # dropout of the forward checks when the study trains without (0): its paths run too
 SEED = 1234  # the inputs' generator, the same for every architecture
 # tokens per forward of the causality check, whose rows are cut points: at the tiny study's length 128,
-# 16 rows per combination (62 distinct cut points of 127 over the four), every cut point at its short
+# 16 rows per combination (58 distinct cut points of 127 over the four), every cut point at its short
 # length 42; on a GPU more rows fit in the same time
 TOKEN_BUDGET = {"cpu": 2048, "cuda": 16384}
 # the shape solver counts on the CPU when the study's width^2 * depth is below this (a few ms a build),
@@ -497,7 +497,8 @@ def check_candidate(c: Candidate) -> list[Result]:
             failed = Result("output_contract", "failed", f"cannot be built: {type(e).__name__}: {e}")
             return [failed if p == "output_contract" else _skipped(p, "it cannot be built") for p in PROPERTIES]
         native = Probe(model, c.device)
-        results = {"accounting": check_accounting(c, model), "output_contract": check_output_contract(native, c)}
+        results = {"accounting": _guarded("accounting", lambda: check_accounting(c, model)),
+                   "output_contract": _guarded("output_contract", lambda: check_output_contract(native, c))}
         if results["output_contract"].status == "failed":  # forwards of the wrong contract compare nothing
             nonfinite = "non-finite" in results["output_contract"].evidence
             results["init_loss"] = (_guarded("init_loss", lambda: check_init_loss(native, c)) if nonfinite
@@ -623,7 +624,27 @@ def _admit(spec: dict[str, Any], device: torch.device | None) -> dict[str, Any]:
               "warnings": [f"{r['property']}: {r['evidence']}" for m in models for r in m["results"]
                            if r["status"] == "warning"],
               "tolerances": dict(TOLERANCES), "models": models, "wall_time_s": round(time.time() - t0, 3)}
+    record["failures"] = failures(record)  # what a reader of the record prints, without loading torch
     return record
+
+
+def admit_study(spec: dict[str, Any], cache: Path, device: torch.device | None = None) -> dict[str, Any]:
+    """Check every architecture of a study (harness.study.admission_specs) in one process, each verdict
+    written to ``cache``/{checked}.json unless it is there already, where the workflow's per-architecture
+    admission jobs find it (`harness check --spec ARCH_SPEC --cache`) without loading torch again.
+    Returns {study, checked, archs: {arch: {checked, passed, cached}}}."""
+    t0 = time.time()
+    verdicts = {}
+    for arch, arch_spec in spec["archs"].items():
+        path = Path(cache) / f"{arch_spec['checked']}.json"
+        cached = path.is_file()
+        record = json.loads(path.read_text()) if cached else admit(arch_spec, device)
+        if not cached:
+            write_record(path, record)
+        print(report(record) + (" (cached)" if cached else ""), flush=True)
+        verdicts[arch] = {"checked": arch_spec["checked"], "passed": record["passed"], "cached": cached}
+    return {"study": spec.get("study"), "checked": spec.get("checked"), "archs": verdicts,
+            "wall_time_s": round(time.time() - t0, 3)}
 
 
 def failures(record: dict[str, Any]) -> list[str]:

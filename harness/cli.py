@@ -237,29 +237,51 @@ def _check_spec(args: argparse.Namespace) -> dict:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    spec = None
+    if args.spec:
+        spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
+        hit = Path(args.cache) / f"{spec.get('checked')}.json" if args.cache and "runs" in spec else None
+        if hit is not None and hit.is_file():  # checked already (the study-wide job): no torch to load
+            record = json.loads(hit.read_text())
+            print(f"{record['label']}: {'admitted' if record['passed'] else 'NOT admitted'} by the check of {hit}")
+            return _verdict(record, args.out)
     import torch
 
     from harness import admission
 
     torch.set_num_threads(args.threads)
-    if args.spec:
-        spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
-    elif args.arch:
-        spec = _check_spec(args)
-    else:
-        raise ValueError("check: name an architecture (a registry name or 'package.module:function') or give --spec")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
+    if spec is None and args.arch:
+        spec = _check_spec(args)
+    elif spec is None:
+        raise ValueError("check: name an architecture (a registry name or 'package.module:function') or give --spec")
+    if "archs" in spec:  # a study's architectures, into the cache (the workflow's study-wide job)
+        if not args.cache:
+            raise ValueError("check: --spec of a study needs --cache, the folder its verdicts go to")
+        verdicts = admission.admit_study(spec, Path(args.cache), device)
+        if args.out:
+            admission.write_record(Path(args.out), verdicts)
+        return 0
     record = admission.admit(spec, device)
     print(admission.report(record), flush=True)
+    if args.cache and spec.get("checked"):
+        admission.write_record(Path(args.cache) / f"{spec['checked']}.json", record)
+    return _verdict(record, args.out)
+
+
+def _verdict(record: dict, out: str | None) -> int:
+    """Write an admitted record to ``out``; else one line per failed property, and exit status 1."""
     if not record["passed"]:
-        for line in admission.failures(record):
+        for line in record["failures"]:
             print(f"error: {line}", file=sys.stderr)
         print(f"{record['label']} is not admitted: none of its runs starts (README: Adding an architecture)",
               file=sys.stderr)
         return 1
-    if args.out:
-        admission.write_record(Path(args.out), record)
+    if out:
+        from harness.files import write_atomic
+
+        write_atomic(Path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return 0
 
 
@@ -310,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a study of config/config.yaml (default: the one it names; without a config, the tiny "
                    "study's shape), then KEY=VALUE: d_model, n_layers, n_heads, dropout, seq_len, mode, reference "
                    "set the shape, any other key is a hyperparameter of ARCH (e.g. --shape tiny seq_len=256 ffn_hidden=300)")
-    p.add_argument("--spec", help="an admission spec as JSON text or a .json file (the workflow's; harness.study.admission_spec)")
+    p.add_argument("--spec", help="an admission spec as JSON text or a .json file: of one architecture "
+                   "(harness.study.admission_spec; the workflow's per-architecture job) or of a study's "
+                   "(admission_specs: every verdict into --cache)")
+    p.add_argument("--cache", help="a folder of verdicts named by their key (the builder's source, hyperparameters "
+                   "and shape): a verdict found there is not checked again")
     p.add_argument("--out", help="write the admission record (JSON) here when no check failed")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when present)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")

@@ -430,8 +430,18 @@ def config_hash(spec: dict[str, Any]) -> str:
 
 
 def admission_dir(study: str) -> str:
-    """Where the admission records of a study's architectures live (results/{study}/.admission/{arch}.json)."""
+    """Where the admission records of a study's architectures live: results/{study}/.admission/{arch}.json,
+    the verdicts by key in cache/{checked}.json, and the study-wide check's .study-{checked}.json (a name
+    no architecture has: the arch wildcard starts with no dot)."""
     return f"results/{study}/.admission"
+
+
+def admission_specs(study: dict) -> dict[str, Any]:
+    """The admission checks of every architecture of a study, to run in one process (its imports once),
+    and ``checked``, a key of their keys: the study-wide job's output is named after it."""
+    specs = {arch: admission_spec(study, arch) for arch in study["archs"]}
+    checked = hashlib.sha256(json.dumps(sorted(s["checked"] for s in specs.values())).encode()).hexdigest()[:16]
+    return {"study": study["name"], "checked": checked, "archs": specs}
 
 
 def admission_spec(study: dict, arch: str) -> dict[str, Any]:

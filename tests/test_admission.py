@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,7 +22,7 @@ import torch.nn as nn
 from harness import admission, cli
 from harness.archs import make_config
 from harness.status import load_studies
-from harness.study import admission_spec, resolve, study_for_check
+from harness.study import admission_spec, admission_specs, resolve, study_for_check
 from tests.broken_archs import Config, Sound
 from tests.conftest import MICRO_STUDY, REPO, micro_config, workflow_copy, write_config
 from tests.test_workflow import snakemake
@@ -208,6 +210,38 @@ def test_run_json_and_the_report_record_the_verdict_and_its_tolerances():
     note = admission_note(runs)
     assert "max |Δ| of a logit <= 1e-09 compared in float64" in note and "within ±0.5 nats of ln V" in note
     assert "Not checked: old." in note
+
+
+NO_TORCH = ("import sys\n"
+            "class NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.partition('.')[0] == 'torch':\n"
+            "            raise ImportError('torch is blocked in this test')\n"
+            "sys.meta_path.insert(0, NoTorch())\n"
+            "from harness import cli\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+
+
+def test_the_study_wide_check_fills_the_cache_and_each_architecture_reads_its_verdict_without_torch(tmp_path):
+    study = micro("bidirectional_gru")
+    cache, out = tmp_path / "cache", tmp_path / "study.json"
+    assert cli.main(["check", "--spec", json.dumps(admission_specs(study)), "--cache", str(cache), "--out", str(out)]) == 0
+    verdicts = json.loads(out.read_text())["archs"]
+    assert verdicts["transformer"]["passed"] and not verdicts["bidirectional_gru"]["passed"]
+    assert sorted(p.stem for p in cache.iterdir()) == sorted(v["checked"] for v in verdicts.values())
+
+    def gate(arch: str) -> subprocess.CompletedProcess:  # the workflow's per-architecture job, on a cache hit
+        return subprocess.run([sys.executable, "-c", NO_TORCH, "check", "--spec", json.dumps(admission_spec(study, arch)),
+                               "--cache", str(cache), "--out", str(tmp_path / f"{arch}.json")],
+                              capture_output=True, text=True, cwd=REPO)
+
+    done = gate("transformer")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "transformer.json").read_text())["passed"]
+    done = gate("bidirectional_gru")
+    assert done.returncode == 1 and not (tmp_path / "bidirectional_gru.json").exists()
+    assert re.search(rf"^error: bidirectional_gru \({BROKEN}:bidirectional_gru\) is not causal: changing token \d+",
+                     done.stderr, re.M), done.stderr
 
 
 # --- `harness check ARCH` ----------------------------------------------------------------------------------

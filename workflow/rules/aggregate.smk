@@ -16,6 +16,8 @@ rule aggregate:
         ],
         # a study's own claims file: editing it re-tests the claims
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
+        # the study-wide admission check (it runs first, by priority; the runs' own gates are their inputs)
+        admission=admission_study_output,
     output:
         expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
     log:

@@ -11,6 +11,7 @@ from harness.report.captions import captions
 from harness.study import (
     admission_dir,
     admission_spec,
+    admission_specs,
     check_config,
     coerce_overrides,
     default_study,
@@ -51,6 +52,7 @@ wildcard_constraints:
         sorted({re.escape(v) for s in STUDIES.values() for v in s["variants"]})
     ),
     seed=r"\d+",
+    checked=r"[0-9a-f]{16}",
 
 
 def run_dirs(study):
@@ -84,6 +86,18 @@ def admission_json(wildcards):
     return json.dumps(
         admission_spec(STUDIES[wildcards.study], wildcards.arch), sort_keys=True
     )
+
+
+def admission_study_json(wildcards):
+    """The admission checks of every architecture of a study, for the study-wide job."""
+    return json.dumps(admission_specs(STUDIES[wildcards.study]), sort_keys=True)
+
+
+def admission_study_output(wildcards):
+    """The study-wide admission job's output, named after the study's key: the aggregate's input, so
+    the job is part of the DAG (and a new key runs it again)."""
+    checked = admission_specs(STUDIES[wildcards.study])["checked"]
+    return f"{admission_dir(wildcards.study)}/.study-{checked}.json"
 
 
 def admission_record(wildcards):
