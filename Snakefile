@@ -24,6 +24,7 @@ include: "workflow/rules/admission.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/quantize.smk"
+include: "workflow/rules/look.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
 

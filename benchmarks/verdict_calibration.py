@@ -1,7 +1,7 @@
 """Error rates of the study-level verdicts: the stability tables and the verdicts on published claims.
 
     python benchmarks/verdict_calibration.py [--studies N] [--seeds 3,5,8,12] [--only NAME,...] [--seed S]
-                                             [--out PATH] [--list]
+                                             [--out PATH] [--list] [--budget START,STEP,MAX]
 
 The collapse detector is calibrated (benchmarks/collapse_calibration.py); this measures the layer above
 it. A *scenario* draws whole synthetic studies with a known truth, each as the tables harness.aggregate
@@ -37,6 +37,13 @@ a uniform guess is exactly the published transfer, at bytes loss levels where th
   least one event of the study (the summary sentence then names it); the real precursor is found when
   it is first for more than half of the study's events.
 
+With ``--budget start,step,max`` the claims and pairs (LOOK_KINDS) are measured over a seed budget's
+looks instead of at fixed seed counts: each study is drawn at max seeds and judged as the workflow judges a
+budget (harness.sequential.replay: look by look on the first seeds, each question kept at the look that
+decided it, each look at its spent level). ``rate_unspent`` is the same studies with every look deciding
+at 5%, what the spending prevents; ``mean_seeds`` the mean seed count of the deciding look (max where
+nothing was decided). A pair is decided when the looks table says so (at its look's level).
+
 The synthetic study is the repository's ``stability`` study (config/config.yaml): TinyShakespeare bytes
 (vocabulary 256: an untrained model's loss is ln 256 = 5.55 nats), 200 steps, warmup 150, train logs
 every 5 steps, evaluations every 10, no gradient clipping, not a smoke study, an lr sweep 3e-3, 1e-2,
@@ -60,10 +67,10 @@ trajectories hold the validation loss alone.
 Cost: judging a study (harness.stability.tables and claims.evaluate loop over runs in pandas) takes, in
 CPU time, ~25-50 ms for one or two architectures without a sweep, ~75 ms for a pair over the lr grid,
 ~140 ms with train diagnostics and ~450 ms for six architectures over lr x z_loss. So each scenario runs
-a share of --studies (SHARES): every one for the claims on a boundary (a correct test decides there in up
-to 5% of studies, and precision matters: 400 studies, SE 1.1 points at 5%), a quarter for the pairs, the
-attribution studies and the claims' effects (100: SE 2.2 points at 5%), an eighth for the six-architecture
-studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
+a share of --studies (SHARES): every one for the claims on a boundary and for the pairs over the lr grid
+(a correct test decides there in up to 5% of studies, and precision matters: 400 studies, SE 1.1 points
+at 5%), a quarter for the attribution studies and the claims' effects (100: SE 2.2 points at 5%), an
+eighth for the six-architecture studies (50: SE 3.1 points). `--only CASE --studies N` measures one case more precisely. The packaged
 claims are parsed once (``claims_parsed_once``).
 
 Runtime of the full default run (every case, seeds 3,5,8,12, --studies 400; 14,400 studies): 19 minutes
@@ -87,15 +94,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from harness import claims, stability
+from harness import claims, sequential, stability
+from harness.claims import DECIDED
 from harness.collapse import testable
 from harness.contracts import EVENT_COLUMNS, ID_COLUMNS, QUANTIZATION_COLUMNS, SWEEP_PREFIX
+from harness.sequential import SeedBudget
 from harness.variants import variants
 
 ALPHA = 0.05  # the false-verdict target of every null (the harness's own ALPHA)
 POWER = 0.80  # the power target of every effect ...
 POWER_SEEDS = 12  # ... at this many seeds
-DECIDED = ("supported", "contradicted", "reproduced", "not reproduced", "partly reproduced", "consistent")
 
 # ------------------------------------------------------------------------------------ the synthetic study
 
@@ -456,6 +464,7 @@ class Verdicts:
     tables: Tables
     stability: dict[str, pd.DataFrame]
     claims: pd.DataFrame
+    looks: pd.DataFrame | None = None  # with a seed budget: harness.sequential's looks (what each decided)
 
 
 def judge(t: Tables) -> Verdicts:
@@ -532,7 +541,13 @@ def read_pairs(better: str = "memnls", worse: str = "transformer") -> Reader:
         pairs = v.stability["sensitivity_pairs"]
         if pairs.empty:
             return False, False
-        decided = _p(pairs) <= ALPHA
+        if v.looks is None:
+            decided = _p(pairs) <= ALPHA
+        else:  # decided at some look, each at its own level
+            settled = v.looks.loc[v.looks["decided"] & (v.looks["kind"] == "pair"), ["setting", "archs"]]
+            keys = set(zip(settled["setting"], settled["archs"]))
+            decided = pd.Series([(s, f"{a}, {b}") in keys for s, a, b in
+                                 zip(pairs["setting"], pairs["arch_a"], pairs["arch_b"])], index=pairs.index)
         diff = pd.to_numeric(pairs["difference"], errors="coerce")  # a - b
         right = decided & (((pairs["arch_a"] == better) & (pairs["arch_b"] == worse) & (diff < 0))
                            | ((pairs["arch_a"] == worse) & (pairs["arch_b"] == better) & (diff > 0)))
@@ -571,7 +586,7 @@ def read_attribution(diagnostic: str) -> Reader:
 
 # ------------------------------------------------------------------------------------ the cases
 
-SHARES = {"boundary": 1.0, "claim effect": 0.25, "pair": 0.25, "diagnostics": 0.25, "six": 0.125}
+SHARES = {"boundary": 1.0, "claim effect": 0.25, "pair": 1.0, "diagnostics": 0.25, "six": 0.125}
 """Shares of --studies by what a study costs to judge and where precision matters (the module's docstring):
 the claims judged on a boundary, where a correct test decides in up to 5% of studies, get every study."""
 SIX = ("diag_ssm", "eam", "memnls", "resonance", "transformer", "trn_hybrid")  # the stability study's
@@ -787,6 +802,55 @@ def measure(cases: list[Case], n_studies: int | dict[str, int], seeds: list[int]
     return table.sort_values(["_order", "seeds"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 
+LOOK_KINDS = ("sensitivity_pairs", "more_stable_than", "events", "no_clip_needed", "quantization", "transfer")
+"""The verdicts a seed budget's looks decide (harness.sequential.questions): the claims and the pairs."""
+LOOKS_COLUMNS = ["kind", "verdict", "case", "null_or_effect", "budget", "n_studies", "rate", "se", "target",
+                 "passes", "rate_unspent", "mean_seeds"]
+
+
+def judge_looks(t: Tables, budget: SeedBudget, alphas: list[float] | None = None) -> Verdicts:
+    """A study drawn at the budget's max seeds, judged as the workflow judges a seed budget: look by look on
+    the first seeds (harness.sequential.replay), each question at the look that decided it."""
+    study = {**t.study, "seed_budget": {"start": budget.start, "step": budget.step, "max": budget.max,
+                                        "looks": budget.looks()}}
+    looks, verdicts, tables = sequential.replay(study, t.runs, t.trajectories, t.events, t.quantization,
+                                                alphas=alphas)
+    return Verdicts(t, tables, verdicts, looks)
+
+
+def measure_looks(cases: list[Case], n_studies: int | dict[str, int], budget: SeedBudget, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """LOOKS_COLUMNS: per case of LOOK_KINDS, its rate over the budget's looks (each look at its spent
+    level), the rate when every look decides at ALPHA (what spending prevents), and the mean seeds of the
+    looks that decided (the budget's max where none did)."""
+    rows = []
+    with claims_parsed_once():
+        for scenario in dict.fromkeys(c.scenario for c in cases if c.kind in LOOK_KINDS):
+            mine = [c for c in cases if c.scenario == scenario and c.kind in LOOK_KINDS]
+            n = studies_for(scenario, n_studies)
+            start, rng = time.process_time(), rng_for(seed, scenario, budget.max)
+            hits, unspent, seeds = (np.zeros((len(mine), n)) for _ in range(3))
+            for i in range(n):
+                t = draw_study(SCENARIOS[scenario], budget.max, rng)
+                spent, naive = judge_looks(t, budget), judge_looks(t, budget, [ALPHA] * len(budget.looks()))
+                for k, case in enumerate(mine):
+                    decided, right = case.read(spent)
+                    hits[k, i] = right if case.effect else decided
+                    unspent[k, i] = case.read(naive)[1 if case.effect else 0]
+                    decided_at = spent.looks.loc[spent.looks["decided"], "seeds"]
+                    seeds[k, i] = decided_at.max() if (decided or right) and len(decided_at) else budget.max
+            for k, case in enumerate(mine):
+                rate = float(hits[k].mean())
+                target = POWER if case.effect else case.target
+                rows.append([case.kind, case.verdict, case.scenario, EFFECT if case.effect else NULL,
+                             f"{budget.start}+{budget.step} to {budget.max} ({len(budget.looks())} looks)", n, rate,
+                             math.sqrt(rate * (1 - rate) / n), target, passes(case.effect, rate, target, n),
+                             float(unspent[k].mean()), float(seeds[k].mean())])
+            if progress:
+                progress(f"{scenario}, looks {budget.looks()}: {n} studies in {time.process_time() - start:.1f} s CPU")
+    return pd.DataFrame(rows, columns=LOOKS_COLUMNS)
+
+
 def seeds_for_power(table: pd.DataFrame) -> pd.DataFrame:
     """Per effect: the smallest seed count of the table at which it is found in POWER of the studies."""
     rows = []
@@ -799,7 +863,7 @@ def seeds_for_power(table: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(table: pd.DataFrame) -> str:
     def cell(column, value) -> str:
-        if column in ("rate", "se", "target"):
+        if column in ("rate", "se", "target", "rate_unspent", "mean_seeds"):
             return "" if pd.isna(value) else f"{value:.3f}"
         if column == "passes":
             return "" if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) \
@@ -820,13 +884,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the table as CSV here")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--budget", help="start,step,max: measure the claims and pairs over a seed budget's looks "
+                                         "(harness.sequential) instead of at fixed seed counts")
     args = parser.parse_args(argv)
     if args.list:
         for c in CASES:
             print(f"{c.name:50} {c.kind:18} {'effect' if c.effect else 'null':6} {SCENARIOS[c.scenario].about}")
         return 0
-    seeds = [int(s) for s in args.seeds.split(",")]
     start, cpu = time.perf_counter(), time.process_time()
+    if args.budget:
+        budget = SeedBudget(*(int(x) for x in args.budget.split(",")))
+        table = measure_looks(select(args.only), args.studies, budget, args.seed,
+                              progress=lambda line: print(line, file=sys.stderr, flush=True))
+        print(markdown(table))
+        if args.out:
+            table.to_csv(args.out, index=False)
+        print(f"\n({time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; --studies "
+              f"{args.studies}, seed {args.seed}, budget {args.budget})")
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
     table = measure(select(args.only), args.studies, seeds, args.seed,
                     progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(markdown(table))

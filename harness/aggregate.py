@@ -8,7 +8,8 @@ scores and a pipeline's own numbers as ``pipeline_*`` columns), trajectories.csv
 quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
 quantization_summary.csv (per architecture, variant, step and width over the seeds: median, min and
 max), the stability tables of harness.stability (lr_curves, sensitivity, sensitivity_pairs,
-attribution and attribution_summary from harness.attribution, ablations) and notes.json (the sentences the report prints about the
+attribution and attribution_summary from harness.attribution, ablations), looks.csv (a seed budget's
+looks: harness.sequential) and notes.json (the sentences the report prints about the
 study as a whole, and the variant at the study's own recipe). Every number the report shows is
 computed here. A failed or diverged run is a row like any other: the statistics count it and the
 report lists it. No torch here.
@@ -22,9 +23,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness import claims, stability, stats
+from harness import claims, sequential, stability, stats
 from harness.collapse import DetectConfig
-from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, METRIC_COLUMNS,
+from harness.contracts import (AGGREGATE_TABLES, BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS, LOOK_COLUMNS, METRIC_COLUMNS,
                                PIPELINE_KEY, QUANTIZATION_COLUMNS, QUANTIZATION_SUMMARY_COLUMNS, RUN_STATUSES,
                                SWEEP_PREFIX)
 from harness.files import write_atomic
@@ -213,8 +214,10 @@ def _with_shape_flags(pairs: pd.DataFrame, summary: pd.DataFrame, study: dict) -
     return pairs
 
 
-def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
-    """Read every run folder of ``study`` and write the study's tables to ``out_dir``."""
+def read_study(run_dirs: list[Path], study: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame,
+                                                          list[pd.DataFrame]]:
+    """(runs with their scores, trajectories, events, scores, per-run quantization tables) of a study's run
+    folders: what every verdict is judged on (the aggregate, and each look of a seed budget)."""
     if not run_dirs:
         raise ValueError(f"study {study.get('name')!r}: no run folders to aggregate")
     if "name" not in study:
@@ -247,12 +250,25 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     scores = stats.run_scores(trajectories, events, runs, target_ppl=study.get("target_ppl"), min_evals=min_evals)
     score_columns = [c for c in scores.columns if c not in runs.columns or c in ID_COLUMNS]
     runs = runs.merge(scores[score_columns], on=ID_COLUMNS, how="left", validate="one_to_one")
+    return runs, trajectories, events, scores, quantization
+
+
+def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
+    """Read every run folder of ``study`` and write the study's tables to ``out_dir``. With a seed budget
+    the claims and sensitivity pairs are those of the look that decided each (harness.sequential.replay)."""
+    runs, trajectories, events, scores, quantization = read_study(run_dirs, study)
+    quantized = bool((study.get("quantize") or {}).get("bits"))
     summary = stats.summarize(scores, n_boot=2000, seed=0).merge(_per_arch_shape(runs), on=["arch", "variant"],
                                                                  how="left")
     pairs = _with_shape_flags(stats.compare(scores, seed=0), summary, study)
     quantization, quantization_summary, quantization_note = quantization_tables(quantization)
-    stability_tables = stability.tables(study, runs, trajectories, events)
-    verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
+    if study.get("seed_budget"):
+        looks, verdicts, stability_tables = sequential.replay(study, runs, trajectories, events,
+                                                              quantization if quantized else None)
+    else:
+        stability_tables = stability.tables(study, runs, trajectories, events)
+        verdicts = claims.evaluate(study, runs, events, quantization if quantized else None, stability_tables)
+        looks = pd.DataFrame(columns=LOOK_COLUMNS)
     headlines, publication = claims.headlines(study, runs, events)
     notes = {"seed_caveat": stats.seed_caveat(summary, pairs), "publication": publication,
              "final_window": stats.final_window_caveat(int(study["recipe"]["steps"]), int(study["recipe"]["eval_every"])),
@@ -264,7 +280,8 @@ def aggregate(run_dirs: list[Path], out_dir: Path, study: dict) -> None:
     write_atomic(out_dir / "study.json", json.dumps(study, indent=2) + "\n")
     tables = dict(zip(AGGREGATE_TABLES, (runs, trajectories, events, summary, pairs, verdicts, headlines,
                                          quantization, quantization_summary,
-                                         *(stability_tables[name] for name in AGGREGATE_TABLES[9:])), strict=True))
+                                         *(stability_tables[name] for name in AGGREGATE_TABLES[9:15]), looks),
+                      strict=True))
     for name, table in tables.items():
         write_atomic(out_dir / f"{name}.csv", _csv(table))
     write_atomic(out_dir / "notes.json", json.dumps(notes, indent=2, sort_keys=True) + "\n")

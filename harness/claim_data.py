@@ -15,6 +15,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from harness.contracts import BASE_VARIANT
+from harness.stats import ALPHA
 from harness.variants import own_values, variant_name
 
 
@@ -57,6 +58,7 @@ class Evidence:
     events: pd.DataFrame
     quantization: pd.DataFrame | None = None
     stability: dict[str, pd.DataFrame] = field(default_factory=dict)
+    alpha: float = ALPHA  # the level each verdict is decided at (less at a look of a seed budget)
     steps: int = field(init=False)
 
     def __post_init__(self):
@@ -67,7 +69,8 @@ class Evidence:
         """The evidence of one variant's runs."""
         def only(table):
             return None if table is None else table[table["variant"] == name]
-        return Evidence(self.study, only(self.runs), only(self.events), only(self.quantization), self.stability)
+        return Evidence(self.study, only(self.runs), only(self.events), only(self.quantization), self.stability,
+                        self.alpha)
 
 
 def recipe_variant(study: dict) -> str | None:

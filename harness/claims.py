@@ -25,8 +25,8 @@ from scipy.stats import binomtest, fisher_exact
 
 from harness.claim_data import Claim, Evidence, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
-from harness.stability import mean_interval
-from harness.stats import ALPHA, FALSE_ALARM_RATE, MEDIAN_MIN_SEEDS, clopper_pearson, median_interval
+from harness.stability import PAIR_MIN_VALUES, SENSITIVITY_TEST, mean_interval
+from harness.stats import ALPHA, FALSE_ALARM_RATE, clopper_pearson, median_interval, median_min_seeds
 from harness.text import UNITS, bits, num, parse_scale, perplexity, plain, scale_text, spread, step
 from harness.variants import own_values, setting_name, value_text, variant_name
 
@@ -38,19 +38,24 @@ TYPICAL = 0.5  # "runs collapse" / "runs do not" speak of the typical run: the r
 # -------------------------------------------------------------------------------------- verdict rules
 
 
-def decide(expect_event: bool, k: int, n: int) -> str:
+def level_text(alpha: float) -> str:
+    """The confidence level of an interval at ``alpha``, as a sentence says it: 95%, 98.6%."""
+    return f"{100 * (1 - alpha):.3g}%"
+
+
+def decide(expect_event: bool, k: int, n: int, alpha: float = ALPHA) -> str:
     """The verdict on k of n runs with the claimed event, given only when the evidence separates.
 
     A claim that runs have an event (or have none) is about the typical run, and a detector's false alarm
     must not decide it: events count as real only when a one-sided binomial test rejects the detector's
-    false-alarm rate (p <= ALPHA), and a rate is "typical" or "atypical" only when its exact
-    (Clopper-Pearson) 95% interval lies wholly above or below 1/2, so at a rate of exactly 1/2 each side's
-    verdict comes at most 2.5% of the time at any n (Wilson's interval gave 6.25% at n = 4). That takes
-    6 seeds: 6 of 6 or 0 of 6. Fewer than MIN_SEEDS runs give no verdict."""
+    false-alarm rate (p <= alpha), and a rate is "typical" or "atypical" only when its exact
+    (Clopper-Pearson) 1 - alpha interval lies wholly above or below 1/2, so at a rate of exactly 1/2 each
+    side's verdict comes at most alpha / 2 of the time at any n (Wilson's interval gave 6.25% at n = 4).
+    At 0.05 that takes 6 seeds: 6 of 6 or 0 of 6. Fewer than MIN_SEEDS runs give no verdict."""
     if n < MIN_SEEDS:
         return "inconclusive"
-    lo, hi = clopper_pearson(k, n)
-    beyond_noise = binomtest(k, n, FALSE_ALARM_RATE, alternative="greater").pvalue <= ALPHA
+    lo, hi = clopper_pearson(k, n, 1 - alpha)
+    beyond_noise = binomtest(k, n, FALSE_ALARM_RATE, alternative="greater").pvalue <= alpha
     if expect_event:
         if beyond_noise and lo > TYPICAL:
             return "reproduced"
@@ -62,16 +67,16 @@ def decide(expect_event: bool, k: int, n: int) -> str:
     return "consistent" if hi < TYPICAL else "inconclusive"
 
 
-def seeds_to_settle(expect_event: bool, k: int, n: int, most: int = 50) -> int | None:
+def seeds_to_settle(expect_event: bool, k: int, n: int, most: int = 50, alpha: float = ALPHA) -> int | None:
     """The fewest runs that would give a verdict if the rate seen so far held (None: more than ``most``)."""
     for m in range(max(n, 1) + 1, most + 1):
-        if decide(expect_event, round(m * k / n) if n else 0, m) != "inconclusive":
+        if decide(expect_event, round(m * k / n) if n else 0, m, alpha) != "inconclusive":
             return m
     return None
 
 
-def _inconclusive_text(expect_event: bool, k: int, n: int) -> str:
-    settle = seeds_to_settle(expect_event, k, n)
+def _inconclusive_text(expect_event: bool, k: int, n: int, alpha: float) -> str:
+    settle = seeds_to_settle(expect_event, k, n, alpha=alpha)
     return (f" Inconclusive: too few runs to tell the claimed behaviour from chance and from the detector's "
             f"false alarms ({FALSE_ALARM_RATE:.0%} of healthy runs); "
             + (f"{settle} seeds would settle it if this rate held." if settle else
@@ -121,14 +126,14 @@ def _events(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str
     if n == 0:
         return f"needs runs of {arch} that reach step {horizon:,} (or diverge)"
     where = f" with onset at steps {window[0]:,}-{window[1]:,}" if window else ""
-    lo, hi = clopper_pearson(k, n)
-    verdict = decide(expect_event, k, n)
+    lo, hi = clopper_pearson(k, n, 1 - evidence.alpha)
+    verdict = decide(expect_event, k, n, evidence.alpha)
     sentence = (f"{k} of {n} seeds of {arch} had a {' or '.join(types)} event{where} in {horizon:,} steps"
                 + (f" (onsets at steps {', '.join(f'{s:,}' for s in onsets)})" if onsets else "")
                 + (f"; outside that window: {', '.join(elsewhere)}" if elsewhere else "")
-                + f"; exact (Clopper-Pearson) 95% interval of the rate {lo:.2f} to {hi:.2f}.")
+                + f"; exact (Clopper-Pearson) {level_text(evidence.alpha)} interval of the rate {lo:.2f} to {hi:.2f}.")
     if verdict == "inconclusive":
-        sentence += _inconclusive_text(expect_event, k, n)
+        sentence += _inconclusive_text(expect_event, k, n, evidence.alpha)
     elif verdict == "consistent" and k:
         sentence += f" The {k} event(s) are within what the detector's false alarms explain."
     return Outcome(verdict, sentence, k, n, k / n, lo, hi)
@@ -139,14 +144,15 @@ def _rates(claim: Claim, evidence: Evidence) -> tuple[tuple[int, int], tuple[int
                  for arch in claim.archs)
 
 
-def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: tuple[str, str]) -> Outcome:
-    """A's event rate against B's over seeds (one run each): one two-sided Fisher exact test at ALPHA, its
+def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: tuple[str, str],
+                   alpha: float) -> Outcome:
+    """A's event rate against B's over seeds (one run each): one two-sided Fisher exact test at alpha, its
     direction the sign of the rate difference (verdicts[0] when A's is lower, verdicts[1] when higher).
     Two one-sided tests at ALPHA each, as before, erred twice as often under the null."""
     a, b = claim.archs
     p = float(fisher_exact([[ka, na - ka], [kb, nb - kb]]).pvalue)
     difference = ka / na - kb / nb
-    verdict = "inconclusive" if p > ALPHA or difference == 0 else verdicts[0] if difference < 0 else verdicts[1]
+    verdict = "inconclusive" if p > alpha or difference == 0 else verdicts[0] if difference < 0 else verdicts[1]
     sentence = (f"{a}: {ka} of {na} seeds with a {' or '.join(claim.params['types'])} event; {b}: {kb} of {nb}; "
                 f"two-sided Fisher exact p = {p:.3g}.")
     if verdict == "inconclusive":
@@ -156,8 +162,9 @@ def _compare_rates(claim: Claim, ka: int, na: int, kb: int, nb: int, verdicts: t
 
 def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
     """With an lr sweep (the stability study) the claim's one declared test is learning-rate sensitivity
-    (Wortsman et al. 2023): A's per-seed sensitivity against B's on their common lr grid, the two-sided
-    permutation test of harness.stability.sensitivity_test at ALPHA (its raw p: this claim is one
+    (Wortsman et al. 2023): A's per-seed sensitivity against B's on their common lr grid
+    (harness.stability.pair_sensitivities), the two-sided test of harness.stability.sensitivity_test at
+    ALPHA (its raw p: this claim is one
     pre-declared comparison; the table's Holm covers the exploratory all-pairs table). The unstable runs
     over the grid are described, not tested: runs at several lrs of one seed are not independent
     replicates. Without a sweep: the event rates over the seeds at the study's recipe (``_compare_rates``)."""
@@ -170,7 +177,7 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
         (ka, na), (kb, nb) = _rates(claim, recipe)
         if min(na, nb) < MIN_SEEDS:
             return f"needs at least {MIN_SEEDS} seeds of each of {a} and {b}"
-        return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+        return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"), evidence.alpha)
     setting = _recipe_setting(evidence)
     pair = pairs[(pairs["setting"] == setting) & pairs["arch_a"].isin(claim.archs) & pairs["arch_b"].isin(claim.archs)]
     if pair.empty:
@@ -179,13 +186,14 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
     sign = 1 if row["arch_a"] == a else -1  # difference of A minus B
     difference, p = sign * float(row["difference"]), float(row["p"])
     n_a, n_b = (int(row["n_a"]), int(row["n_b"]))[::sign]
-    if min(n_a, n_b) < MIN_SEEDS:
-        return (f"needs at least {MIN_SEEDS} seeds of each of {a} and {b} with a final loss at every learning rate "
-                f"of their common grid (has {n_a} and {n_b})")
-    verdict = "inconclusive" if not p <= ALPHA else "supported" if difference < 0 else "contradicted"
-    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023, each seed's optimum chosen on the other seeds) of "
-                f"{a} minus that of {b}: {difference:+.3f} nats over {int(row['n_lrs'])} common learning rates, "
-                f"{n_a} and {n_b} seeds (two-sided permutation test of that difference, p = {p:.3g}).")
+    if min(n_a, n_b) < MIN_SEEDS or math.isnan(p):
+        return (f"needs at least {PAIR_MIN_VALUES + 1} seeds of each of {a} and {b} with a final loss at every "
+                f"learning rate of their common grid (has {n_a} and {n_b}; the first seeds only choose the optimum)")
+    verdict = "inconclusive" if not p <= evidence.alpha else "supported" if difference < 0 else "contradicted"
+    sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023; each seed's loss over the grid above its loss at "
+                f"the learning rate best for both architectures' earlier seeds) of {a} minus that of {b}: "
+                f"{difference:+.3f} nats over {int(row['n_lrs'])} common learning rates, {n_a} and {n_b} seeds "
+                f"(two-sided {SENSITIVITY_TEST}, p = {p:.3g}).")
     if row.get("missing"):
         sentence += f" Left out: {row['missing']}."
     curves = evidence.stability.get("lr_curves")
@@ -228,7 +236,7 @@ def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | st
     (ka, na), (kb, nb) = _rates(claim, evidence.variant(variant))
     if min(na, nb) < MIN_SEEDS:
         return f"needs at least {MIN_SEEDS} trained seeds of each of {a} and {b} without gradient clipping"
-    outcome = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"))
+    outcome = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"), evidence.alpha)
     where = "" if variant == BASE_VARIANT else f" (variant {variant})"
     outcome.sentence = f"Without gradient clipping{where}, {outcome.sentence}"
     return outcome
@@ -269,11 +277,11 @@ def judge_number(lo: float, hi: float, params: dict) -> str:
     return "supported" if hi < bound else "contradicted" if lo > bound else "inconclusive"
 
 
-def quantization_verdict(per_seed: np.ndarray, params: dict) -> tuple[str, float, float, float]:
+def quantization_verdict(per_seed: np.ndarray, params: dict, alpha: float = ALPHA) -> tuple[str, float, float, float]:
     """(verdict, median, lo, hi) of per-seed increases (bits per byte) against a quantization claim: the
-    median over seeds with its distribution-free 95% interval (harness.stats.median_interval), whose
+    median over seeds with its distribution-free 1 - alpha interval (harness.stats.median_interval), whose
     coverage holds for skewed increases too, where a t interval on 3-5 of them does not."""
-    median, lo, hi = median_interval(per_seed)
+    median, lo, hi = median_interval(per_seed, 1 - alpha)
     return judge_number(lo, hi, params), median, lo, hi
 
 
@@ -283,9 +291,10 @@ def _claimed_text(params: dict) -> str:
     return f"at most {params['at_most']:+.4f}"
 
 
-def _too_few_text(n: int) -> str:
-    return (f" Inconclusive: a distribution-free 95% interval of the median needs {MEDIAN_MIN_SEEDS} seeds "
-            f"(this study: {n})." if n < MEDIAN_MIN_SEEDS else "")
+def _too_few_text(n: int, alpha: float) -> str:
+    needed = median_min_seeds(1 - alpha)
+    return (f" Inconclusive: a distribution-free {level_text(alpha)} interval of the median needs {needed} seeds "
+            f"(this study: {n})." if n < needed else "")
 
 
 def _quantization(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
@@ -303,20 +312,21 @@ def _quantization(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome
     data = evidence.study.get("data", {})
     per_byte = bytes_per_token(data)
     if p.get("grows_with_training"):
-        return _growth(claim, mine, per_byte, data)
+        return _growth(claim, mine, per_byte, data, evidence.alpha)
     if per_byte is None:
         return (f"needs bytes per token of this tokenizer ({data.get('name')} {data.get('tokens')}): the claim "
                 "is in bits per byte, the study measures bits per token")
     final = mine[mine["step"] == mine.groupby("seed")["step"].transform("max")]
     per_seed = final.groupby("seed")["bpt_increase"].mean().to_numpy() / per_byte
-    verdict, median, lo, hi = quantization_verdict(per_seed, p)
-    interval = f", distribution-free 95% interval {lo:+.4f} to {hi:+.4f}" if math.isfinite(lo) else ""
+    verdict, median, lo, hi = quantization_verdict(per_seed, p, evidence.alpha)
+    level = level_text(evidence.alpha)
+    interval = f", distribution-free {level} interval {lo:+.4f} to {hi:+.4f}" if math.isfinite(lo) else ""
     return Outcome(verdict, f"At {b} bits the loss of {arch} rises by {median:+.4f} bits per byte (median over "
                    f"{len(per_seed)} seeds{interval}; {_per_byte_text(data)}); the claim: {_claimed_text(p)} bits "
-                   f"per byte." + _too_few_text(len(per_seed)), n=len(per_seed), estimate=median, lo=lo, hi=hi)
+                   f"per byte." + _too_few_text(len(per_seed), evidence.alpha), n=len(per_seed), estimate=median, lo=lo, hi=hi)
 
 
-def _growth(claim: Claim, mine: pd.DataFrame, per_byte: float | None, data: dict) -> Outcome | str:
+def _growth(claim: Claim, mine: pd.DataFrame, per_byte: float | None, data: dict, alpha: float) -> Outcome | str:
     """The per-seed slope of the loss increase over training steps: its median's interval above 0
     supports "grows with training", below 0 contradicts it. The sign needs no unit conversion."""
     (arch,) = claim.archs
@@ -324,14 +334,14 @@ def _growth(claim: Claim, mine: pd.DataFrame, per_byte: float | None, data: dict
     if not slopes:
         return f"needs {arch}'s weights quantized at several training steps (quantize.every_checkpoint)"
     unit = "bits per byte" if per_byte else "bits per token"
-    median, lo, hi = median_interval(np.array(slopes) * 1000 / (per_byte or 1.0))
+    median, lo, hi = median_interval(np.array(slopes) * 1000 / (per_byte or 1.0), 1 - alpha)
     verdict = "inconclusive" if not math.isfinite(lo) else "supported" if lo > 0 else "contradicted" if hi < 0 \
         else "inconclusive"
-    interval = f", distribution-free 95% interval {lo:+.4f} to {hi:+.4f}" if math.isfinite(lo) else ""
+    interval = f", distribution-free {level_text(alpha)} interval {lo:+.4f} to {hi:+.4f}" if math.isfinite(lo) else ""
     return Outcome(verdict, f"The {claim.params['bits']}-bit loss increase of {arch} changes by {median:+.4f} "
                    f"{unit} per 1,000 steps (median over {len(slopes)} seeds{interval}"
                    + (f"; {_per_byte_text(data)}" if per_byte else "; the sign needs no bytes per token") + ")."
-                   + _too_few_text(len(slopes)), n=len(slopes), estimate=median, lo=lo, hi=hi)
+                   + _too_few_text(len(slopes), alpha), n=len(slopes), estimate=median, lo=lo, hi=hi)
 
 
 TRANSFER_LOSSES = ("pipeline_teacher_loss", "pipeline_eam_loss")
@@ -361,12 +371,12 @@ def _transfer(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | s
     uniform = np.log(done["vocab_size"].astype(float))
     teacher, model = (done[c].astype(float) for c in TRANSFER_LOSSES)
     shares = ((uniform - model) / (uniform - teacher)).to_numpy()
-    mean, (lo, hi) = float(shares.mean()), mean_interval(shares)
+    mean, (lo, hi) = float(shares.mean()), mean_interval(shares, 1 - evidence.alpha)
     p, target = claim.params, published_share(claim.params)
     verdict = "supported" if lo >= target else "contradicted" if hi < target else "inconclusive"
     vocab = ", ".join(f"{int(v):,}" for v in sorted(done["vocab_size"].unique()))
     return Outcome(verdict, f"{arch} keeps {mean:.3f} of its teacher's gain over a uniform guess ((ln V - its loss) / "
-                   f"(ln V - the teacher's), V = {vocab}; mean over {len(shares)} seeds, 95% t interval {lo:.3f} to "
+                   f"(ln V - the teacher's), V = {vocab}; mean over {len(shares)} seeds, {level_text(evidence.alpha)} t interval {lo:.3f} to "
                    f"{hi:.3f}); the published losses (teacher {p['teacher_loss']}, model {p['model_loss']} nats, "
                    f"V = {p['vocab_size']:,}; a loss ratio of {p['teacher_loss'] / p['model_loss']:.3f}) imply "
                    f"{target:.3f}.", n=len(shares), estimate=mean, lo=lo, hi=hi)
@@ -429,6 +439,8 @@ def _scale(evidence: Evidence, claim: Claim) -> str:
     return f"{data.get('name')} {data.get('tokens')}, {evidence.steps:,} steps{size}{runs}"
 
 
+DECIDED = ("supported", "contradicted", "reproduced", "not reproduced", "partly reproduced", "consistent")
+"""The verdicts that decide a claim (the others: inconclusive, cannot test)."""
 ACROSS_VARIANTS = ("more_stable_than", "no_clip_needed")
 """Kinds tested on the variants of a sweep (the lr grid; the grad_clip=0 variants); the other kinds speak
 of one architecture's own training and are tested on the runs at the study's own recipe (recipe_variant)."""
@@ -477,14 +489,15 @@ def _test(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
 
 
 def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame, quantization: pd.DataFrame | None = None,
-             stability: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-    """One row per claim (packaged, plus the study's own `claims` file) whose architectures the study ran.
+             stability: dict[str, pd.DataFrame] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
+    """One row per claim (packaged, plus the study's own `claims` file) whose architectures the study ran,
+    each decided at level ``alpha`` (a look of a seed budget spends less: harness.sequential).
 
     ``runs`` needs arch, variant, seed, status (and steps_done, n_params, sweep_*, pipeline_* where a kind
     reads them); ``events`` arch, variant, seed, type, onset_step; ``quantization`` arch, variant, seed,
     step, bits, bpt_increase; ``stability`` harness.stability.tables' output."""
     _, all_claims = load(study.get("claims"))
-    evidence = Evidence(study, runs, events, quantization, stability or {})
+    evidence = Evidence(study, runs, events, quantization, stability or {}, alpha)
     ran = set(runs["arch"])
     rows = []
     for claim in all_claims:

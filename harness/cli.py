@@ -1,4 +1,4 @@
-"""Command line: ``harness train|check|detect|status|quantize|aggregate|report|evaluate ...`` (or ``python -m harness ...``).
+"""Command line: ``harness train|check|detect|status|quantize|aggregate|look|report|evaluate ...`` (or ``python -m harness ...``).
 
 Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
 ``detect`` starts without loading torch.
@@ -178,6 +178,23 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
     study = json.loads(args.study)
     aggregate([Path(p) for p in args.runs], Path(args.out), study)
+    return 0
+
+
+def _cmd_look(args: argparse.Namespace) -> int:
+    from harness import sequential
+    from harness.aggregate import quantization_tables, read_study
+    from harness.files import write_atomic
+
+    study = json.loads(args.study)
+    runs, trajectories, events, _, quantization = read_study([Path(p) for p in args.runs], study)
+    quantized = bool((study.get("quantize") or {}).get("bits"))
+    plan = sequential.plan(study, runs, trajectories, events, quantization_tables(quantization)[0] if quantized
+                           else None, args.look)
+    write_atomic(Path(args.out), json.dumps(plan, indent=1) + "\n")
+    print(f"look {plan['look']} ({plan['seeds']} seeds, level {plan['alpha']:.3g}): {len(plan['decided'])} "
+          f"decided, {len(plan['open'])} open; " + ("done" if plan["done"] else
+                                                   f"next look trains {', '.join(plan['need'])}"))
     return 0
 
 
@@ -363,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("runs", nargs="+", help="run folders")
     p.set_defaults(func=_cmd_aggregate)
+
+    p = sub.add_parser("look", help="one look of a seed budget: what is decided, what needs more seeds")
+    p.add_argument("--study", required=True, help="the resolved study as JSON")
+    p.add_argument("--look", required=True, type=int, help="the look's number, from 1")
+    p.add_argument("--out", required=True, help="the look's plan (JSON)")
+    p.add_argument("runs", nargs="+", help="the run folders the study has by this look")
+    p.set_defaults(func=_cmd_look)
 
     p = sub.add_parser("report", help="aggregate tables -> one self-contained HTML page")
     p.add_argument("--aggregate", required=True, help="folder written by `aggregate`")

@@ -89,8 +89,8 @@ lrs to have these tables."""
 SENSITIVITY_COLUMNS = ["arch", "setting", "n_seeds", "n_lrs", "sensitivity", "lo", "hi", "best_final_loss",
                        "stable_lr", "stable_k", "stable_n", "sentence"]
 """sensitivity.csv: learning-rate sensitivity per (arch, setting), Wortsman et al. 2023: per seed, the mean
-over the lr grid of min(final loss, initial loss) minus the loss at the optimum lr chosen on the other
-seeds (harness.stability.crossfit_sensitivity, nats); the mean over seeds with its interval (lo, hi:
+over the lr grid of min(final loss, initial loss) minus the loss at the optimum lr chosen on the seeds
+before it (harness.stability.prequential_sensitivity, nats; the first seed only chooses); the mean over seeds with its interval (lo, hi:
 Student t over the seeds, NaN below 2; its measured coverage: harness.stability.INTERVAL_LABEL); n_seeds
 counts the seeds with a final loss at every lr the (arch, setting) has trained runs at (only they enter).
 best_final_loss: the lowest per-lr median final loss of the grid. stable_lr: harness.stability.stable_range
@@ -99,9 +99,10 @@ stable_n runs were stable at it (NaN lr: none; then the smallest lr's counts).""
 SENSITIVITY_PAIR_COLUMNS = ["setting", "arch_a", "arch_b", "n_a", "n_b", "n_lrs", "difference", "p", "p_holm",
                             "missing", "sentence"]
 """sensitivity_pairs.csv: the per-seed sensitivities of two architectures compared on their common lr grid
-(n_lrs: the lrs both have trained runs at): difference of mean cross-fitted sensitivities a - b, its
-two-sided permutation p (harness.stability.sensitivity_test), Holm-corrected over the study's pairs; ``missing`` names the lrs and
-seeds left out."""
+(n_lrs: the lrs both have trained runs at; n_a, n_b: the seeds with a final loss at each, the first only
+choosing): difference of mean sensitivities a - b, each seed's optimum chosen on both architectures'
+earlier seeds (harness.stability.pair_sensitivities), its two-sided p (harness.stability.sensitivity_test),
+Holm-corrected over the study's pairs; ``missing`` names the lrs and seeds left out."""
 ATTRIBUTION_COLUMNS = ["arch", "variant", "seed", "event_type", "onset_step", "diagnostic", "left_step",
                        "lead_steps", "z", "first", "n_controls"]
 """attribution.csv: per (collapse, spike or divergence event, diagnostic of its run that departed from the
@@ -124,9 +125,16 @@ row says the switch matters only when p_holm <= 0.05; otherwise it gives the sma
 runs could have detected). ``switch`` names the on value as a variant does
 (qk_norm=on, z_loss=0.0001): one row per on value of the sweep; failed runs are left out."""
 
+LOOK_COLUMNS = ["question", "kind", "archs", "setting", "look", "seeds", "alpha", "decided", "verdict", "p"]
+"""looks.csv of a study with a seed budget (empty otherwise): one row per question (a claim:
+``claim:<id>``; a sensitivity pair: ``pair <setting>: <a> vs <b>``) and look, up to the look that decided
+it: the fewest seeds of its architectures at that look, the level the look spent (harness.sequential),
+whether it was decided, the verdict (a claim's, or for a pair '<arch> less sensitive' or 'inconclusive')
+and the pair's Holm-corrected p."""
+
 AGGREGATE_TABLES = ("runs", "trajectories", "events", "summary", "pairs", "claims", "headlines", "quantization",
                     "quantization_summary", "lr_curves", "sensitivity", "sensitivity_pairs", "attribution",
-                    "attribution_summary", "ablations")
+                    "attribution_summary", "ablations", "looks")
 AGGREGATE_FILES = ["study.json", "notes.json"] + [f"{name}.csv" for name in AGGREGATE_TABLES]
 """What `aggregate` writes per study (harness.aggregate documents each), the report's only inputs
 besides the published curves."""

@@ -195,13 +195,15 @@ def median_rank(n: int, level: float = 0.95) -> int:
     return r
 
 
-MEDIAN_MIN_SEEDS = next(n for n in range(1, 100) if median_rank(n))
-"""Seeds a distribution-free 95% interval of a median needs: 6, where [min, max] covers 1 - 2/2^6 = 97%."""
+def median_min_seeds(level: float = 0.95) -> int:
+    """Seeds a distribution-free ``level`` interval of a median needs: 6 at 95%, where [min, max] covers
+    1 - 2/2^6 = 97%."""
+    return next(n for n in range(1, 1000) if median_rank(n, level))
 
 
 def median_interval(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """(median, lo, hi) of per-seed values, the interval the order statistics of median_rank (NaN below
-    MEDIAN_MIN_SEEDS values: no interval holds its coverage there, whatever the data)."""
+    median_min_seeds(level) values: no interval holds its coverage there, whatever the data)."""
     x = np.sort(np.asarray(x, dtype=float))
     median = float(np.median(x)) if len(x) else math.nan
     r = median_rank(len(x), level)

@@ -176,8 +176,32 @@ def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config
         runs = _runs(plan)
         total = plan["recipe"]["steps"]
         state = StudyState(folder)
+    if (plan or study or {}).get("seed_budget"):
+        runs, state.note = _budget(plan or study, results)
     state.runs = [run_state(root, folder, a, v, s, total, now) for a, v, s in runs]
     return state
+
+
+def _budget(study: dict, results: Path) -> tuple[list[tuple[str, str, int]], str]:
+    """The runs a seed budget has asked for so far, from its looks' plans on disk, and where it stands."""
+    from harness.sequential import budget_runs
+
+    def plan_of_look(k: int) -> dict | None:
+        path = results / "looks" / f"look{k}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    counts = study["seed_budget"]["looks"]
+    made = [p for k in range(1, len(counts) + 1) if (p := plan_of_look(k)) is not None]
+    last = made[-1] if made else None
+    if last is not None and last["done"]:
+        note = (f"seeds until decided: done at look {last['look']} of at most {len(counts)} ({last['seeds']} seeds): "
+                f"{len(last['decided'])} questions decided, {len(last['open'])} open")
+    else:
+        k = len(made) + 1
+        note = (f"seeds until decided: look {k} of at most {len(counts)} in progress ({counts[k - 1]} seeds)"
+                + (f"; look {last['look']}: {len(last['decided'])} decided, {len(last['open'])} open, more seeds "
+                   f"of {', '.join(last['need'])}" if last else ""))
+    return budget_runs(study, plan_of_look), note
 
 
 def time_left(study: StudyState) -> str | None:

@@ -65,8 +65,10 @@ def coerce_overrides(config: dict[str, Any]) -> dict[str, Any]:
         return value
 
     for key in LIST_OVERRIDES:
-        if config.get(key) is not None and not isinstance(config[key], list):
+        if config.get(key) is not None and not isinstance(config[key], (list, dict)):
             config[key] = [config[key]]
+    if isinstance(config.get("seeds"), dict):  # a seed budget: seeds={start: 3, step: 2, max: 11}
+        config["seeds"] = {k: integer(v) for k, v in config["seeds"].items()}
     if isinstance(config.get("seeds"), list):
         config["seeds"] = [integer(s) for s in config["seeds"]]
     if config.get("steps") is not None:
@@ -243,6 +245,8 @@ def study_folder(base: str, overrides: dict[str, Any]) -> str:
         if key == "archs":
             text = ",".join(e.replace(":", ".") if isinstance(e, str) else f"{e['name']}@{_short_hash(e)}"
                             for e in value)
+        elif key == "seeds" and isinstance(value, dict):  # not max: a larger max continues the same runs
+            text = f"{value['start']}by{value.get('step', 1)}"
         elif key == "seeds":
             text = _seeds_text(value)
         else:
@@ -290,8 +294,9 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         overrides = {}
         if config.get("archs") and archs != list(defined.values()):
             overrides["archs"] = list(config["archs"])
-        if config.get("seeds") and list(config["seeds"]) != study["seeds"]:
-            overrides["seeds"] = study["seeds"] = list(config["seeds"])
+        if config.get("seeds") and config["seeds"] != study["seeds"]:
+            overrides["seeds"] = study["seeds"] = copy.deepcopy(config["seeds"])
+        _seed_budget(study, base)
         if config.get("steps") and config["steps"] != study["recipe"]["steps"]:
             overrides["steps"] = study["recipe"]["steps"] = config["steps"]
         name = study_folder(base, overrides)
@@ -319,6 +324,21 @@ def resolve(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if config["study"] not in config["studies"]:
         raise ConfigError(f"config 'study': {config['study']!r} is not one of the studies {sorted(config['studies'])}")
     return studies
+
+
+def _seed_budget(study: dict, base: str) -> None:
+    """A study's ``seeds: {start, step, max}`` -> its seed_budget (start, step, max and the looks' seed
+    counts) and the seeds it may train, 0..max-1 (harness.sequential); a plain list stays as it is."""
+    from harness.sequential import SeedBudget  # statistics: only when a study is resolved
+
+    if not isinstance(study["seeds"], dict):
+        return
+    try:
+        budget = SeedBudget.of(study["seeds"])
+    except ValueError as e:
+        raise ConfigError(f"study {base!r}: {e}") from None
+    study["seed_budget"] = {"start": budget.start, "step": budget.step, "max": budget.max, "looks": budget.looks()}
+    study["seeds"] = list(range(budget.max))
 
 
 def _check_claims(study: dict) -> None:

@@ -137,7 +137,7 @@ def test_tables_keep_every_run_and_name_the_columns(study_runs):
     aggregate(run_dirs, out, study)
     assert sorted(p.name for p in out.iterdir()) == sorted(AGGREGATE_FILES) == [
         "ablations.csv", "attribution.csv", "attribution_summary.csv", "claims.csv", "events.csv", "headlines.csv",
-        "lr_curves.csv", "notes.json", "pairs.csv", "quantization.csv", "quantization_summary.csv", "runs.csv",
+        "looks.csv", "lr_curves.csv", "notes.json", "pairs.csv", "quantization.csv", "quantization_summary.csv", "runs.csv",
         "sensitivity.csv", "sensitivity_pairs.csv", "study.json", "summary.csv", "trajectories.csv"]
     assert json.loads((out / "study.json").read_text()) == study
 

@@ -16,7 +16,8 @@ from tests.conftest import REPO, SCHEMA
 
 
 # config/README.md's headings of the schema's sections
-HEADINGS = {"Top level": "top", "A study": "study", "An architecture entry": "arch_entry"}
+HEADINGS = {"Top level": "top", "A study": "study", "An architecture entry": "arch_entry",
+            "Seeds until decided": "seed_budget"}
 
 
 def schema_keys(schema: dict) -> dict[str, set[str]]:
@@ -49,7 +50,7 @@ def test_config_readme_describes_every_schema_key():
     schema = yaml.safe_load(SCHEMA.read_text())
     readme = (REPO / "config" / "README.md").read_text()
     keys = schema_keys(schema)
-    assert set(keys) == {"top", "study", "arch_entry"}, set(keys)  # a new section needs its heading
+    assert set(keys) == {"top", "study", "arch_entry", "seed_budget"}, set(keys)  # a new section needs its heading
     rows: dict[str, set[str]] = {}  # section -> the keys its table describes
     section = None
     for line in readme.splitlines():

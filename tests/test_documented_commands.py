@@ -83,6 +83,9 @@ DRY_RUNS = {
         ("tiny+archs=transformer,examples.gru.build", 6),
     "snakemake --cores 4 reports/collapse.html --config study=seed-enwik8-70m": ("seed-enwik8-70m", 10),
     "snakemake --cores 2 reports/collapse.html --config study=stability": ("stability", 216),  # 6 x 12 variants x 3
+    # a seed budget: its first look, 3 seeds of every variant (the later looks are planned as it goes)
+    "snakemake --cores 2 reports/collapse.html --config study=stability 'seeds={start: 3, step: 2, max: 11}'":
+        ("stability+seeds=3by2", 216),
 }
 SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
 # run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
@@ -118,6 +121,8 @@ NOT_RUN = {  # installs, and commands other tests run
     "python -m pytest": "runs these tests",
     "python -m pytest -m 'not slow'": "runs these tests",
     "python benchmarks/collapse_calibration.py": "tests/test_collapse_calibration.py holds its numbers to the targets",
+    "python benchmarks/verdict_calibration.py --budget 3,2,11":
+        "tests/test_verdict_calibration.py measures the looks of one null and one effect on a few studies",
     "python benchmarks/verdict_calibration.py --out harness/calibration/verdicts.csv":
         "tests/test_verdict_calibration.py re-checks every case and the packaged table it writes (the full run: ~20 min)",
 }

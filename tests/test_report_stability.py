@@ -256,7 +256,7 @@ def test_sensitivity_section_shows_the_tables_numbers_and_says_how_it_was_decide
     assert "<td>0.03 (3/3)</td>" in sens and sens.count("<td>0.01 (2/3)</td>") == 2  # stable lr (k/n)
     assert "<td>learning rate only</td>" in sens
     assert sens.count("vs") >= 3 and '<td class="num">0.100</td><td class="num">0.300</td>' in sens  # p, Holm p
-    assert "Wortsman et al. 2023" in sens and "permutation p" in sens and "OTHER seeds" in sens and "measured coverage" in sens and "Holm" in sens
+    assert "Wortsman et al. 2023" in sens and "Welch-Hsu t-test p" in sens and "seeds BEFORE it" in sens and "measured coverage" in sens and "Holm" in sens
     assert "mamba: sensitivity 0.20 nats." in sens
 
 

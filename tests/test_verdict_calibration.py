@@ -127,3 +127,16 @@ def test_the_packaged_error_rates_cover_every_case_pass_and_reach_the_report():
     for r in nulls.itertuples():
         assert binomtest(round(r.rate * r.n_studies), r.n_studies, 0.05, alternative="greater").pvalue > 0.01, r
     assert "found in 80% of studies at" in section
+
+
+def test_looks_hold_the_error_rate_that_deciding_at_every_look_loses():
+    """Over a seed budget's five looks (3 to 11 seeds), a claim on identical architectures is decided as
+    the workflow decides it (each look at its spent level) and, for comparison, at 5% at every look; an
+    effect is still found, at fewer seeds than the budget's max on average."""
+    budget = vc.SeedBudget(3, 2, 11)
+    null = vc.measure_looks(vc.select("memnls-anti-collapse:identical"), 12, budget)
+    effect = vc.measure_looks(vc.select("sensitivity_pairs:sensitivity+0.3"), 6, budget)
+    assert list(null.columns) == vc.LOOKS_COLUMNS and len(null) == 1
+    assert null["rate"].iloc[0] <= null["rate_unspent"].iloc[0]
+    assert null["rate"].iloc[0] <= 0.05 + 2 * (0.05 * 0.95 / 12) ** 0.5
+    assert effect["rate"].iloc[0] >= 0.8 and effect["mean_seeds"].iloc[0] < 11

@@ -17,6 +17,7 @@ import matplotlib
 from harness.files import write_atomic
 from harness.report import sections as s
 from harness.report.error_rates import error_rates_section
+from harness.report.looks import looks_section
 from harness.report.figures import STYLE, figures, png
 from harness.report.tables import load
 
@@ -51,8 +52,9 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
     head.append(s.p(f"{len(agg.archs)} architectures ({', '.join(agg.archs)}) × {len(study.get('seeds', []))} seeds "
                    f"on {data.get('name', '?')} ({data.get('tokens', '?')}), {recipe.get('steps', 0):,} steps per run; "
                    f"{len(agg.runs)} runs aggregated."))
+    looks = looks_section(agg)
     sections = [
-        ("claims", "claims"), ("error-rates", "error rates"), ("summary", "summary"), ("not-completed", "runs not completed"),
+        ("claims", "claims"), *([("looks", "looks")] if looks else []), ("error-rates", "error rates"), ("summary", "summary"), ("not-completed", "runs not completed"),
         ("trajectories", "trajectories"), ("distributions", "final and best"), ("collapse-rate", "collapse rate"),
         ("pairs", "pairs"), ("grad-norm", "gradient norm")]
     quantization = s.quantization_section(agg, figure("quantization"))
@@ -69,6 +71,7 @@ def render(aggregate_dir: Path, out_html: Path, figures_dir: Path | None = None,
     head.append("<nav>" + "".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t in sections) + "</nav>")
     body = head + [
         s.claims_section(agg),
+        looks,
         error_rates_section(),
         s.summary_section(agg),
         s.not_completed_section(agg),

@@ -483,13 +483,17 @@ def _empty(table) -> bool:
 SENSITIVITY_METHOD = (
     "How it was decided: sensitivity after Wortsman et al. 2023, per seed the mean over the learning-rate grid of "
     "min(final loss, initial loss) minus the loss at the grid's optimum, in nats (a diverged run counts as its "
-    "initial loss); each seed's optimum is the learning rate where the OTHER seeds' median loss is lowest, so a "
-    "quiet seed is not rewarded for its quietness; the mean over seeds with its interval ("
+    "initial loss); each seed's optimum is the learning rate where the median loss of the seeds BEFORE it is lowest "
+    "(the first seed only chooses), so a quiet seed is not rewarded for its quietness and no two seeds choose for "
+    "each other; the mean over seeds with its interval ("
     + stability.INTERVAL_LABEL + "); stable lr: the largest grid learning rate up to which no learning rate is "
     "unstable (a majority of runs unstable, beyond the detector's false alarms) or unmeasured, itself stable in a "
     "majority of runs (k/n stable at it); pairs: on the learning rates both have trained runs at, the difference "
-    "of mean sensitivities and its two-sided permutation p (whole seeds relabelled, the estimator recomputed), "
-    "Holm-corrected over the study's pairs.")
+    "of mean sensitivities, each seed's optimum now the learning rate best for BOTH architectures' earlier seeds "
+    "(an optimum chosen on one architecture's own seeds lands off more often the noisier they are), and its "
+    "two-sided " + stability.SENSITIVITY_TEST + " p (Welch's t against Student's t with the smaller side's "
+    "values less one degrees of freedom, which holds its size whatever the ratio of the two architectures' seed "
+    "noise), Holm-corrected over the study's pairs.")
 STABILITY_METHOD = (
     "How it was decided: a run is unstable when it diverged (ended non-finite) or the detector found a collapse "
     "or a divergence event in it; k of n runs per architecture and learning rate, no test.")
@@ -533,7 +537,7 @@ def sensitivity_section(agg: Aggregate, figure: str) -> str:
                  num(r["difference"], 3), num(r["p"], 3), num(r["p_holm"], 3),
                  "" if missing(r["sentence"]) else r["sentence"]] for r in pairs.to_dict("records")]
         parts.append('<h3 id="lr-sensitivity-pairs">Sensitivity, pair by pair</h3>')
-        parts.append(html_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "permutation p", "Holm p",
+        parts.append(html_table(["setting", "A", "B", "seeds", "difference A − B (nats)", "Welch-Hsu p", "Holm p",
                              "in words"], rows, numeric={4, 5, 6}))
     parts.append(p(SENSITIVITY_METHOD, "note"))
     return section("lr-sensitivity", "Learning-rate sensitivity", parts)

@@ -13,7 +13,8 @@ import seaborn as sns
 from harness import stats
 from harness.aggregate import read_table
 from harness.contracts import (ABLATION_COLUMNS, ATTRIBUTION_COLUMNS, ATTRIBUTION_SUMMARY_COLUMNS, CLAIM_COLUMNS,
-                               EVENT_COLUMNS, ID_COLUMNS, LR_CURVE_COLUMNS, METRIC_COLUMNS, QUANTIZATION_COLUMNS,
+                               EVENT_COLUMNS, ID_COLUMNS, LOOK_COLUMNS, LR_CURVE_COLUMNS, METRIC_COLUMNS,
+                               QUANTIZATION_COLUMNS,
                                QUANTIZATION_SUMMARY_COLUMNS, SENSITIVITY_COLUMNS, SENSITIVITY_PAIR_COLUMNS)
 from harness.claims import HEADLINE_COLUMNS
 from harness.text import UNITS
@@ -45,6 +46,7 @@ class Aggregate:
     attribution: pd.DataFrame | None = None  # per (event, diagnostic that left its baseline before it)
     attribution_summary: pd.DataFrame | None = None  # per (arch, variant) with events
     ablations: pd.DataFrame | None = None  # per (arch, stabiliser switch, setting)
+    looks: pd.DataFrame | None = None  # per (question, look) of a seed budget (harness.sequential); else empty
     study_archs: list[str] | None = None  # set by `only`: the whole study's, so colours stay the same
 
     @property
@@ -142,4 +144,5 @@ def load(aggregate_dir: Path, published_curves: Path | None = None) -> Aggregate
         attribution=table("attribution", ATTRIBUTION_COLUMNS),
         attribution_summary=table("attribution_summary", ATTRIBUTION_SUMMARY_COLUMNS),
         ablations=table("ablations", ABLATION_COLUMNS),
+        looks=table("looks", LOOK_COLUMNS),
     )

@@ -4,16 +4,7 @@ localrules:
 
 rule aggregate:
     input:
-        runs=lambda wildcards: [
-            f"{run}/{name}"
-            for run in run_dirs(wildcards.study)
-            for name in ("metrics.csv", "run.json", "events.csv")
-            + (
-                ("quantization.csv",)
-                if STUDIES[wildcards.study]["quantize"]["bits"]
-                else ()
-            )
-        ],
+        runs=lambda wildcards: run_files(wildcards.study, run_dirs(wildcards.study)),
         # a study's own claims file: editing it re-tests the claims
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
         # the study-wide admission check (it runs first, by priority; the runs' own gates are their inputs)

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
+from harness.sequential import budget_runs
 from harness.study import (
     admission_dir,
     admission_spec,
@@ -53,9 +54,13 @@ wildcard_constraints:
     ),
     seed=r"\d+",
     checked=r"[0-9a-f]{16}",
+    look=r"\d+",
 
 
 def run_dirs(study):
+    """Every run folder of a study; with a seed budget, those its looks asked for (look.smk)."""
+    if STUDIES[study].get("seed_budget"):
+        return budget_run_dirs(study)
     return [run_dir(study, *run) for run in runs(STUDIES[study])]
 
 
