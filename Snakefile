@@ -1,4 +1,4 @@
-"""Train every architecture x seed of a study, detect collapse events, quantize, aggregate, report.
+"""Admit every architecture of a study, train every architecture x seed, detect collapse events, quantize, aggregate, report.
 
     snakemake --cores 1 reports/collapse.html                    # the study named in config/config.yaml
     snakemake --cores 1 reports/collapse.html --config study=seed-tinyshakespeare seeds=[0,1,2,3,4]
@@ -20,6 +20,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/admission.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/detect.smk"
 include: "workflow/rules/quantize.smk"

@@ -54,6 +54,9 @@ class Model(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        # small, as in the seed models: the tied head's logits start near 0, the loss near ln V
+        # (PyTorch's N(0, 1) embedding makes them tens of nats wide; `harness check` says so)
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm_f = nn.LayerNorm(config.d_model)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)

@@ -1,8 +1,8 @@
 """All runs of a study -> tidy tables: the only input the report reads.
 
 Writes study.json, runs.csv (one row per run: identity with its variant, the variant's sweep values as
-``sweep_*`` columns, status, shape, provenance, scores and a pipeline's own numbers as ``pipeline_*``
-columns), trajectories.csv (every metric of every run, diagnostics included), events.csv, summary.csv
+``sweep_*`` columns, status, shape, its architecture's admission verdict (``admission*``), provenance,
+scores and a pipeline's own numbers as ``pipeline_*`` columns), trajectories.csv (every metric of every run, diagnostics included), events.csv, summary.csv
 (per architecture and variant), pairs.csv (per pair of architectures within a variant), claims.csv
 (the published claims, tested), headlines.csv (published figures beside measured ones),
 quantization.csv (every run's quantization rows, ``final`` marking the trained model's),
@@ -95,6 +95,7 @@ def _run_row(run: dict[str, Any], variants: dict[str, dict[str, Any]]) -> dict[s
         "threads": run.get("threads"), "wall_time_s": run.get("wall_time_s"), "steps_done": run.get("steps_done"),
         "data_name": data.get("name"), "data_sha256": data.get("sha256"), "data_tokens": data.get("tokens"),
         "vocab_size": data.get("vocab_size"),
+        **_admission_columns(run.get("admission")),
     }
     for name, version in sorted((run.get("versions") or {}).items()):
         row[f"version_{name}"] = version
@@ -103,6 +104,21 @@ def _run_row(run: dict[str, Any], variants: dict[str, dict[str, Any]]) -> dict[s
         if isinstance(value, (int, float, str)):
             row[f"{PIPELINE_KEY}_{name}"] = value
     return row
+
+
+def _admission_columns(admission: dict[str, Any] | None) -> dict[str, Any]:
+    """run.json's admission verdict (harness.admission.summary) as runs.csv columns: ``admission`` is
+    'passed', 'passed with warnings' or empty (a run trained outside the workflow's admission check),
+    ``admission_warnings`` the warnings, ``admission_tolerances`` the tolerances as JSON, and
+    ``admission_checked`` the cache key of the check."""
+    if not admission:
+        return {"admission": None, "admission_warnings": None, "admission_tolerances": None, "admission_checked": None}
+    verdict = "passed" if admission.get("passed") else "failed"
+    if admission.get("passed") and admission.get("warnings"):
+        verdict = "passed with warnings"
+    return {"admission": verdict, "admission_warnings": "; ".join(admission.get("warnings") or []) or None,
+            "admission_tolerances": json.dumps(admission.get("tolerances") or {}, sort_keys=True),
+            "admission_checked": admission.get("checked")}
 
 
 def _with_identity(df: pd.DataFrame, run: dict[str, Any], path: Path) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Command line: ``harness train|detect|status|quantize|aggregate|look|report|evaluate ...`` (or ``python -m harness ...``).
+"""Command line: ``harness train|check|detect|status|quantize|aggregate|look|report|evaluate ...`` (or ``python -m harness ...``).
 
 Each subcommand is a thin wrapper over one module; imports happen inside the subcommand so that
 ``detect`` starts without loading torch.
@@ -21,8 +21,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from harness.run import Interrupted, execute
 
     spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
+    admitted = None
+    if args.admission:  # the workflow's admission record of this architecture (harness.admission)
+        from harness.admission import summary
+
+        record = json.loads(Path(args.admission).read_text())
+        if not record.get("passed") or (record.get("arch"), record.get("build")) != (spec["arch"], spec["build"]):
+            raise ValueError(f"train: {args.admission} does not admit {spec['arch']} ({spec['build']}): "
+                             f"it records {record.get('arch')} ({record.get('build')}), passed {record.get('passed')}")
+        admitted = summary(record)
     try:
-        execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads)
+        execute(spec, Path(args.out), state_dir=Path(args.state) if args.state else None, threads=args.threads,
+                admission=admitted)
     except Interrupted as e:
         print(f"run {e} (not failed): it wrote no outputs; run the same command again (Snakemake: "
               "the same target) to continue it", file=sys.stderr)
@@ -211,6 +221,87 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_spec(args: argparse.Namespace) -> dict:
+    """The admission spec of `harness check ARCH --shape [STUDY] [KEY=VALUE ...]`."""
+    import yaml
+
+    from harness.status import CONFIG, load_studies
+    from harness.study import admission_spec, default_study, study_for_check
+
+    words = list(args.shape or [])
+    name = words.pop(0) if words and "=" not in words[0] else None
+    settings = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ValueError(f"check: --shape takes a study name, then KEY=VALUE pairs; got {word!r}")
+        settings[key] = yaml.safe_load(value)
+    root = Path.cwd()
+    if str(root) not in sys.path:  # a dotted path is imported from the working directory, as the workflow does
+        sys.path.insert(0, str(root))
+    study = None
+    if (root / CONFIG).is_file():
+        studies, config = load_studies(root)
+        name = name or default_study(studies, config)
+        study = studies.get(name) or next((s for s in studies.values() if s["base"] == name), None)
+        if study is None:
+            raise ValueError(f"check: {name!r} is not a study of {CONFIG}: {sorted(studies)}")
+    elif name is not None:
+        raise ValueError(f"check: no {CONFIG} here to find study {name!r} in; run from the workflow's folder, "
+                         "or give only KEY=VALUE pairs")
+    study, arch = study_for_check(study, args.arch, settings)
+    return admission_spec(study, arch)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    spec = None
+    if args.spec:
+        spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
+        hit = Path(args.cache) / f"{spec.get('checked')}.json" if args.cache and "runs" in spec else None
+        if hit is not None and hit.is_file():  # checked already (the study-wide job): no torch to load
+            record = json.loads(hit.read_text())
+            print(f"{record['label']}: {'admitted' if record['passed'] else 'NOT admitted'} by the check of {hit}")
+            return _verdict(record, args.out)
+    import torch
+
+    from harness import admission
+
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    if spec is None and args.arch:
+        spec = _check_spec(args)
+    elif spec is None:
+        raise ValueError("check: name an architecture (a registry name or 'package.module:function') or give --spec")
+    if "archs" in spec:  # a study's architectures, into the cache (the workflow's study-wide job)
+        if not args.cache:
+            raise ValueError("check: --spec of a study needs --cache, the folder its verdicts go to")
+        verdicts = admission.admit_study(spec, Path(args.cache), device)
+        if args.out:
+            admission.write_record(Path(args.out), verdicts)
+        return 0
+    record = admission.admit(spec, device)
+    print(admission.report(record), flush=True)
+    if args.cache and spec.get("checked"):
+        admission.write_record(Path(args.cache) / f"{spec['checked']}.json", record)
+    return _verdict(record, args.out)
+
+
+def _verdict(record: dict, out: str | None) -> int:
+    """Write an admitted record to ``out``; else one line per failed property, and exit status 1."""
+    if not record["passed"]:
+        for line in record["failures"]:
+            print(f"error: {line}", file=sys.stderr)
+        print(f"{record['label']} is not admitted: none of its runs starts (README: Adding an architecture)",
+              file=sys.stderr)
+        return 1
+    if out:
+        from harness.files import write_atomic
+
+        write_atomic(Path(out), json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from harness.status import status
 
@@ -231,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="run folder for metrics.csv, run.json, model.safetensors")
     p.add_argument("--state", help="folder for the resume checkpoint (default: OUT/../.state)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned for determinism)")
+    p.add_argument("--admission", help="the architecture's admission record (written by `check --out`); "
+                   "run.json keeps its verdict and tolerances")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("detect", help="print the collapse events of a training log")
@@ -247,6 +340,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="what to print: a readable table (default), the events CSV, or a JSON list of records")
     p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("check", help="admission checks of an architecture at a study's shape: causality, batch "
+                       "independence, output contract, loss at initialisation, determinism, parameter accounting")
+    p.add_argument("arch", nargs="?", help="a registry name or a builder by dotted path 'package.module:function' "
+                   "(imported from the working directory)")
+    p.add_argument("--shape", nargs="+", metavar="STUDY|KEY=VALUE",
+                   help="a study of config/config.yaml (default: the one it names; without a config, the tiny "
+                   "study's shape), then KEY=VALUE: d_model, n_layers, n_heads, dropout, seq_len, mode, reference "
+                   "set the shape, any other key is a hyperparameter of ARCH (e.g. --shape tiny seq_len=256 ffn_hidden=300)")
+    p.add_argument("--spec", help="an admission spec as JSON text or a .json file: of one architecture "
+                   "(harness.study.admission_spec; the workflow's per-architecture job) or of a study's "
+                   "(admission_specs: every verdict into --cache)")
+    p.add_argument("--cache", help="a folder of verdicts named by their key (the builder's source, hyperparameters "
+                   "and shape): a verdict found there is not checked again")
+    p.add_argument("--out", help="write the admission record (JSON) here when no check failed")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, or auto (cuda when present)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("status", help="what is done, running, failed and left of a study, from its files")
     p.add_argument("study", nargs="?", help="a study folder of results/ (default: every one there, else the study "

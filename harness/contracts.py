@@ -54,7 +54,9 @@ RUN_STATUSES = ("completed", "diverged", "failed")
 RUN_KEYS = ["arch", "variant", "build", "seed", "study", "config_hash", "versions", "threads", "status", "reason",
             "steps_done", "wall_time_s", "warnings"]
 """run.json keys every run has, whatever happened to it; a run that got far enough adds data, recipe,
-device, dtype, hparams, n_params and shape."""
+device, dtype, hparams, n_params and shape; a run the workflow trained adds ``admission``, its
+architecture's admission verdict (harness.admission.summary: passed, the cache key ``checked``, the
+tolerances, any warnings, the dtype the logits were compared in)."""
 PIPELINE_KEY = "pipeline"
 """run.json key holding a pipeline architecture's own numbers (flat name -> number or text); the
 aggregate prefixes them with ``pipeline_`` and the report shows them in one generic table."""

@@ -121,6 +121,27 @@ def load_teacher(teacher_dir: str | Path | None, spec: dict, corpus: data.Corpus
     return teacher.eval().requires_grad_(False)
 
 
+ADMISSION_WRITES = 256  # random keys the admission model's memory holds (below regulate_every: no regulation)
+
+
+def evaluation_model(spec: dict[str, Any], vocab_size: int) -> eam_arch.Model:
+    """The evaluation path (tokens -> Encoder -> memory read -> Decoder) at a run spec's shape, for the
+    admission checks (harness.admission): the teacher's width is the study's d_model (the teacher is
+    an architecture of the study), and the memory holds ADMISSION_WRITES random unit keys with random
+    values drawn from the run's seed, so that a read depends on the Encoder's key (an unwritten memory
+    reads zeros, and logits that ignore the tokens would pass any check). The Encoder and the Decoder
+    are initialised from the global generator, as the runner does after torch.manual_seed(seed)."""
+    model_hparams, _ = split_hparams(spec["hparams"])
+    hparams = {**model_hparams, "vocab_size": vocab_size, "teacher_d_model": spec["model"]["d_model"],
+               "seed": spec["seed"]}
+    model = archs.build(spec["build"], **hparams)
+    g = torch.Generator().manual_seed(spec["seed"])
+    memory = model.memory
+    keys = torch.nn.functional.normalize(torch.randn(ADMISSION_WRITES, memory.key_dim, generator=g), dim=-1)
+    memory.write(keys, torch.randn(ADMISSION_WRITES, memory.value_dim, generator=g))
+    return model
+
+
 def final_hidden(teacher: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """The teacher's final hidden states [B, T, d] (the output of its norm_f), float32."""
     captured = []

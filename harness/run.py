@@ -179,17 +179,21 @@ def runner_of(build: str):
     return getattr(importlib.import_module(module), function)
 
 
-def execute(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1) -> str:
+def execute(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, threads: int = 1,
+            admission: dict[str, Any] | None = None) -> str:
     """Train one run; always writes metrics.csv, run.json and model.safetensors; returns the status.
 
     Status is 'completed', 'diverged' (a non-finite loss ended it) or 'failed' (an exception,
     recorded with its reason). ``state_dir`` holds the resume checkpoint (default OUT/../.state/NAME).
+    ``admission``: what run.json keeps of the architecture's admission check (harness.admission.summary).
     Raises, writing no outputs, Interrupted on SIGTERM/SIGINT and DiskFull on a full disk.
     """
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.parent / ".state" / out_dir.name
     torch.set_num_threads(threads)
     with recorded(spec, out_dir, threads) as record, stop_on_signals(record):
+        if admission is not None:
+            record.manifest["admission"] = admission
         runner_of(spec["build"])(spec, record, state_dir)
     if record.status != "failed" and state_dir.exists():
         shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried

@@ -4,7 +4,8 @@ A comparison of architectures means something only at a stated budget. Two modes
 ``as_published`` keeps every shape and reports each count's deviation from a reference
 architecture; ``matched`` turns each other architecture's integer knob (its ``match_knob``,
 default ``ffn_hidden``) until its count lies within a tolerance of the reference's.
-Models are built on the meta device, so counting a 70M model allocates nothing.
+Models are built on the meta device, so counting a 70M model allocates nothing (``device="cpu"`` counts
+small models faster: the meta device's Python kernels import torch._dynamo, about a second per process).
 """
 
 from __future__ import annotations
@@ -49,13 +50,14 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def param_count(arch: str, hparams: dict[str, Any]) -> int:
-    """Parameters of ``arch`` built with ``hparams``, counted on the meta device."""
-    with torch.device("meta"):
+def param_count(arch: str, hparams: dict[str, Any], device: str = "meta") -> int:
+    """Parameters of ``arch`` built with ``hparams``, counted on ``device`` (default meta: nothing allocated)."""
+    with torch.device(device):
         return count_params(build(arch, **hparams))
 
 
-def match(arch: str, hparams: dict[str, Any], target: int, tolerance: float = 0.01) -> tuple[dict[str, Any], int]:
+def match(arch: str, hparams: dict[str, Any], target: int, tolerance: float = 0.01,
+          device: str = "meta") -> tuple[dict[str, Any], int]:
     """Set ``arch``'s knob so its count is as close as possible to ``target``; returns (hparams, count).
 
     Binary search: counts grow monotonically with the knob. Raises ValueError when the arch has no
@@ -64,11 +66,11 @@ def match(arch: str, hparams: dict[str, Any], target: int, tolerance: float = 0.
     knob = info(arch).match_knob
     if knob is None:
         raise ValueError(f"{arch}: has no match knob, so it cannot be shape-matched; use mode as_published")
-    param_count(arch, hparams)  # the other hyperparameters raise their own errors first
+    param_count(arch, hparams, device)  # the other hyperparameters raise their own errors first
 
     @functools.cache
     def count(value: int) -> int:
-        return param_count(arch, {**hparams, knob: value})
+        return param_count(arch, {**hparams, knob: value}, device)
 
     try:
         count(1)
@@ -94,7 +96,7 @@ def match(arch: str, hparams: dict[str, Any], target: int, tolerance: float = 0.
 
 
 def shape_of(arch: str, build_name: str, hparams: dict[str, Any], mode: str, reference: str | None,
-             reference_params: int | None, tolerance: float = 0.01) -> Shape:
+             reference_params: int | None, tolerance: float = 0.01, device: str = "meta") -> Shape:
     """The one matching rule: ``matched`` solves every architecture but the reference to within
     ``tolerance`` of ``reference_params``; ``as_published`` keeps the shape and reports its deviation."""
     if mode not in MODES:
@@ -103,9 +105,9 @@ def shape_of(arch: str, build_name: str, hparams: dict[str, Any], mode: str, ref
     if mode == "matched" and arch != reference:
         if reference_params is None:
             raise ValueError("shape mode 'matched' needs a reference architecture")
-        hparams, n = match(build_name, hparams, reference_params, tolerance)
+        hparams, n = match(build_name, hparams, reference_params, tolerance, device)
     else:
-        n = param_count(build_name, hparams)
+        n = param_count(build_name, hparams, device)
     return Shape(dict(hparams), n, reference_params, mode, reference, knob, hparams.get(knob) if knob else None)
 
 
@@ -114,23 +116,23 @@ def _model_base(spec: dict[str, Any], vocab_size: int) -> dict[str, Any]:
     return {**spec["model"], "vocab_size": vocab_size, "max_seq_len": spec["recipe"]["seq_len"]}
 
 
-def reference_params(spec: dict[str, Any], vocab_size: int) -> int:
+def reference_params(spec: dict[str, Any], vocab_size: int, device: str = "meta") -> int:
     """The parameter budget of a run spec: its study's reference architecture at the study's shape."""
     ref = spec["reference"]
-    return param_count(ref["build"], {**_model_base(spec, vocab_size), **ref["hparams"]})
+    return param_count(ref["build"], {**_model_base(spec, vocab_size), **ref["hparams"]}, device)
 
 
-def for_spec(spec: dict[str, Any], vocab_size: int) -> Shape:
+def for_spec(spec: dict[str, Any], vocab_size: int, device: str = "meta") -> Shape:
     """The shape one run of the common loop trains at (harness.study.run_spec's fields). A variant's
     stabiliser switches (spec ``switches``) join the hyperparameters after matching, so every variant of
     an architecture has the same width and a switch adds only its own parameters."""
     solved = shape_of(spec["arch"], spec["build"], {**_model_base(spec, vocab_size), **spec["hparams"]},
-                      spec["shape"]["mode"], spec["shape"]["reference"], reference_params(spec, vocab_size),
-                      spec["shape"]["tolerance"])
+                      spec["shape"]["mode"], spec["shape"]["reference"], reference_params(spec, vocab_size, device),
+                      spec["shape"]["tolerance"], device)
     if not spec.get("switches"):
         return solved
     hparams = {**solved.hparams, **spec["switches"]}
-    return dataclasses.replace(solved, hparams=hparams, n_params=param_count(spec["build"], hparams))
+    return dataclasses.replace(solved, hparams=hparams, n_params=param_count(spec["build"], hparams, device))
 
 
 def as_built(model: nn.Module, spec: dict[str, Any], vocab_size: int, hparams: dict[str, Any]) -> Shape:

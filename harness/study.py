@@ -577,3 +577,87 @@ def config_hash(spec: dict[str, Any]) -> str:
     computes): the seeds of one architecture and variant in one study share it."""
     identity = {k: v for k, v in spec.items() if k not in ("seed", "variant", "inputs", "snapshots")}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def admission_dir(study: str) -> str:
+    """Where the admission records of a study's architectures live: results/{study}/.admission/{arch}.json,
+    the verdicts by key in cache/{checked}.json, and the study-wide check's .study-{checked}.json (a name
+    no architecture has: the arch wildcard starts with no dot)."""
+    return f"results/{study}/.admission"
+
+
+def admission_specs(study: dict) -> dict[str, Any]:
+    """The admission checks of every architecture of a study, to run in one process (its imports once),
+    and ``checked``, a key of their keys: the study-wide job's output is named after it."""
+    specs = {arch: admission_spec(study, arch) for arch in study["archs"]}
+    checked = hashlib.sha256(json.dumps(sorted(s["checked"] for s in specs.values())).encode()).hexdigest()[:16]
+    return {"study": study["name"], "checked": checked, "archs": specs}
+
+
+def admission_spec(study: dict, arch: str) -> dict[str, Any]:
+    """What the admission check of one architecture of a study needs (harness.admission.admit): one run
+    spec per distinct model among its variants (variants that differ only in recipe keys share a model;
+    a stabiliser switch makes another), each at the study's first seed, and ``checked``, the cache key:
+    a hash of those specs' model-defining fields (build, hyperparameters, the study's model and shape,
+    data, seed, sequence length) and of the source file of the builder (and of a pipeline's evaluation
+    builder). The same key means the same model, so the workflow reruns the check only when one of them
+    changes; a change of the checks themselves (harness/admission.py) re-checks nothing already admitted."""
+    runs: dict[str, dict[str, Any]] = {}
+    for variant in study["variants"]:
+        spec = run_spec(study, arch, variant, study["seeds"][0])
+        runs.setdefault(json.dumps(spec.get("switches") or {}, sort_keys=True), spec)
+    specs = list(runs.values())
+    build = study["archs"][arch]["build"]
+    pipeline = registry.info(build).pipeline
+    sources = {"build": registry.source_hash(build)}
+    if pipeline and pipeline.evaluation:
+        sources["evaluation"] = registry.source_hash(pipeline.evaluation)
+    model_keys = ("build", "seed", "data", "model", "hparams", "shape", "reference", "switches")
+    identity = {"models": [{k: s.get(k) for k in model_keys} | {"seq_len": s["recipe"]["seq_len"]} for s in specs],
+                "sources": sources}
+    checked = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return {"study": study["name"], "arch": arch, "build": build, "checked": checked, "sources": sources,
+            "runs": specs}
+
+
+# The shape `harness check ARCH` runs at without a config: the tiny study's (d64, 2 layers, 4 heads,
+# 128 bytes, matched to the transformer).
+BARE_STUDY: dict[str, Any] = {
+    "name": "check", "base": "check", "overrides": {}, "seeds": [0], "variants": {BASE_VARIANT: {}},
+    "data": {"name": "tinyshakespeare", "tokens": "bytes"},
+    "model": {"d_model": 64, "n_layers": 2, "n_heads": 4, "dropout": 0.0},
+    "shape": {"mode": "matched", "reference": "transformer", "tolerance": 0.01},
+    "archs": {"transformer": {"build": "transformer", "hparams": {}}},
+    "reference_arch": {"name": "transformer", "build": "transformer", "hparams": {}},
+    "recipe": {"seq_len": 128},
+}
+CHECK_KEYS = {"d_model": "model", "n_layers": "model", "n_heads": "model", "dropout": "model",
+              "seq_len": "recipe", "mode": "shape", "reference": "shape", "tolerance": "shape"}
+"""`harness check --shape KEY=VALUE` keys that set the study's shape; any other key is an architecture hyperparameter."""
+
+
+def study_for_check(study: dict | None, arch: str, settings: dict[str, Any]) -> tuple[dict, str]:
+    """The study an on-demand admission check (`harness check ARCH`) runs at, and ARCH's name in it.
+
+    ``study`` is a resolved study of the config (None: BARE_STUDY). ARCH is its entry when the study
+    has it (by name or by build), else added with no hyperparameters (a dotted path is named after its
+    module). ``settings`` then apply: CHECK_KEYS set the shape, any other key is a hyperparameter of
+    ARCH. Only the study's first seed and its variants' distinct models are checked."""
+    study = copy.deepcopy(study or BARE_STUDY)
+    name = next((n for n, e in study["archs"].items() if arch in (n, e["build"])), None)
+    if name is None:
+        entry = _arch_entry(arch, {})
+        _check_build(entry["build"], study["base"])
+        name = entry["name"]
+        study["archs"][name] = {"build": entry["build"], "hparams": {}}
+    for key, value in settings.items():
+        if key in CHECK_KEYS:
+            study[CHECK_KEYS[key]][key] = value
+        else:
+            study["archs"][name]["hparams"][key] = value
+    reference = study["shape"]["reference"]
+    if reference != study["reference_arch"]["name"]:
+        entry = study["archs"].get(reference, {"build": reference, "hparams": {}})
+        study["reference_arch"] = {"name": reference, **entry}
+    pipeline_inputs(study, name)  # a pipeline without its inputs is named here
+    return study, name

@@ -102,6 +102,8 @@ OTHER = {
     "python -m harness detect harness/published/mnsm-enwik8-70m.csv",
     "harness --version",
     "harness status tiny+seeds=0-4+steps=2000",
+    "harness check examples.gru:build",
+    "harness check examples.gru:build --shape tiny d_model=128",
 }
 # run on logs of each format written by test_documented_log_formats
 LOG_FORMATS = {
@@ -198,6 +200,15 @@ def test_documented_python_commands(shipped):
     assert re.search(r"collapse\s+val\s+27,500\s+27,100\s+33,500\s+27\.17", done.stdout)
     done = run(REPO, "harness --version")
     assert done.returncode == 0 and re.fullmatch(r"harness \d+\.\d+\.\d+\n", done.stdout)
+    for command, params in (("harness check examples.gru:build", "124,606"),
+                            ("harness check examples.gru:build --shape tiny d_model=128", "445,758")):
+        done = run(shipped, command)  # the README's admission check of the worked example: every property passes
+        assert done.returncode == 0, done.stderr[-2000:]
+        lines = done.stdout.splitlines()
+        assert lines[0].startswith(f"examples.gru:build: seq_len 128, vocab 256, {params} parameters"), done.stdout
+        assert [line.split()[:2] for line in lines[1:-1]] == [[p, "passed"] for p in (
+            "causality", "batch_independence", "output_contract", "init_loss", "determinism", "accounting")]
+        assert lines[-1].startswith("admitted: examples.gru:build")
     done = run(shipped, "harness status tiny+seeds=0-4+steps=2000")  # before any run: all of it left
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("tiny+seeds=0-4+steps=2000: 30 runs planned: 0 done, 0 failed, 0 running, 30 left\n")

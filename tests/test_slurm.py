@@ -243,8 +243,9 @@ def test_micro_study_trains_every_run_as_a_slurm_job(cluster, tmp_path):
         assert minutes(job["TimeLimit"]) == TRAIN["runtime"], (run, job)
         assert job["MinMemoryNode"] == f"{TRAIN['mem_mb']}M", (run, job)
         seen[str(run)] = job_id
-    # one job per run; training and the quantization stage (it loads each model) are submitted,
-    # while detect, aggregate and report stay local
+    # one job per run; the admission checks (one per architecture), training and the quantization stage
+    # (it loads each model) are submitted, while detect, aggregate and report stay local
     assert len(set(seen.values())) == len(seen)
-    assert {j["Comment"].split("_wildcards")[0] for j in jobs.values()} == {"rule_train", "rule_quantize"}, jobs
+    assert {j["Comment"].split("_wildcards")[0] for j in jobs.values()} == {
+        "rule_admission_study", "rule_admission", "rule_train", "rule_quantize"}, jobs
     print(f"\nSLURM micro study: {len(seen)} training jobs in {wall:.0f} s; job ids {seen}")

@@ -6,7 +6,8 @@ and returns a module whose ``forward(input_ids[B, T]) -> logits[B, T, V]``. A mo
 (True when it is rebuilt from a description rather than published code) and ``PIPELINE`` (a
 ``Pipeline``: the module is not trained by the common loop but by its own runner, over the same-seed
 runs of other architectures of the study). The workflow, the aggregation and the report learn about
-a pipeline from that declaration and from its run files, never from its name.
+a pipeline from that declaration and from its run files, never from its name. A pipeline may name the
+function that builds its evaluation path for the admission checks (``Pipeline.evaluation``).
 
 A module may also declare ``SWITCHES``, the names of the boolean stabiliser hyperparameters it
 accepts (``("qk_norm",)`` for the attention models; default none), so that a study can be told it
@@ -16,7 +17,9 @@ asked for a switch an architecture does not have. Diagnostics a model reports (i
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable
@@ -39,10 +42,14 @@ class Pipeline:
     """How a pipeline architecture trains: ``runner`` ("module:function", called as
     ``runner(spec, record, state_dir)`` like harness.train.train) and ``inputs``, the hyperparameters
     that name other architectures of the study whose same-seed runs it consumes (their folders reach
-    the runner as ``spec["inputs"][name]``)."""
+    the runner as ``spec["inputs"][name]``) and ``evaluation``, the model the admission checks
+    (harness.admission) hold to the language-model contract: "module:function" called as
+    ``function(spec, vocab_size)`` under a seeded global generator, returning the evaluation path at the
+    run spec's shape (None: ``build(vocab_size=V, **spec["hparams"])``)."""
 
     runner: str
     inputs: tuple[str, ...] = ()
+    evaluation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,20 @@ def info(name: str) -> ArchInfo:
         pipeline=getattr(module, "PIPELINE", None),
         switches=tuple(getattr(module, "SWITCHES", ())),
     )
+
+
+def source_hash(source: str) -> str:
+    """sha256 (16 hex digits) of the file that defines ``source``: a registry name, a dotted path
+    'pkg.module:function' or a module name. Found without importing the module."""
+    module = _BUILTIN.get(source) or source.partition(":")[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        spec = None
+    if spec is None or not spec.origin or not spec.has_location:
+        raise ValueError(f"architecture {source!r}: cannot find the source file of module {module!r}")
+    with open(spec.origin, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def build(name: str, **hparams: Any):

@@ -32,7 +32,8 @@ from harness.archs.layers import QKNorm, RecordsLogits, rms_norm
 
 MATCH_KNOB = None  # not shape-matched: its size is the memory (max_locations)
 # trained by its own runner over the same-seed run of the architecture its hparam `teacher` names
-PIPELINE = Pipeline(runner="harness.eam:run", inputs=("teacher",))
+# its evaluation path, with a memory that holds writes, is what the admission checks hold to the LM contract
+PIPELINE = Pipeline(runner="harness.eam:run", inputs=("teacher",), evaluation="harness.eam:evaluation_model")
 READ_CHUNK = 1024  # queries per top-k block of a read, bounding the [chunk, k, d] gather
 KEY_SEED = 42  # the code's key projection is drawn from a generator seeded 42, the same for every run
 RULES = ("published", "prose")

@@ -291,12 +291,14 @@ def params_section(agg: Aggregate) -> str:
         rows.append([r["arch"], r["build"] or "", "common" if missing(recipe) else recipe, reconstruction, "" if missing(r["knob"]) else r["knob"],
                      plain(r["knob_value"]),
                      step(r["n_params"]), r["reference"] or "", step(r["reference_params"]),
-                     "" if missing(deviation) else f"{100 * float(deviation):+.3f}%", within])
+                     "" if missing(deviation) else f"{100 * float(deviation):+.3f}%", within,
+                     "not checked" if missing(r.get("admission")) else r["admission"]])
     parts = [p(f"Shape mode: {mode}; reference: {shape.get('reference')}"
                 + (f"; tolerance {100 * tolerance:g}% (matched mode)." if tolerance is not None else ".")),
              html_table(["arch", "build", "recipe", "reconstruction", "width knob", "knob value", "parameters",
-                     "reference", "reference parameters", "deviation", "within tolerance"], rows,
-                    numeric={5, 6, 8, 9})]
+                     "reference", "reference parameters", "deviation", "within tolerance", "admission"], rows,
+                    numeric={5, 6, 8, 9}),
+             p(admission_note(agg.runs), "note")]
     unrecorded = sorted(set(agg.runs["arch"]) - set(known["arch"]))
     if unrecorded:
         parts.append(p(f"No run of {', '.join(unrecorded)} recorded a parameter count (each failed before).",
@@ -304,6 +306,31 @@ def params_section(agg: Aggregate) -> str:
     if known["arch"].duplicated().any():
         parts.append(p("Seeds of one architecture disagree on their shape: see the rows above.", "warn"))
     return section("params", "Parameter matching", parts)
+
+
+def admission_note(runs) -> str:
+    """What the admission column means: the checks every architecture passed before its runs, with the
+    tolerances its runs recorded (harness/admission.py), and any warning."""
+    if "admission" not in runs or runs["admission"].isna().all():
+        return ("Admission: no run recorded an admission check (runs trained outside the workflow, whose "
+                "admission rule checks every architecture before its runs).")
+    recorded = runs.dropna(subset=["admission"])
+    tol = json.loads(recorded["admission_tolerances"].dropna().iloc[0]) if recorded["admission_tolerances"].notna().any() else {}
+    text = ("Admission: before any of its runs, each architecture was checked at the study's shape "
+            "(harness/admission.py): causal (the logits at positions <= t unchanged when the tokens after t change) "
+            f"and batch-independent, both to a max |Δ| of a logit <= {tol.get('causality', float('nan')):g} compared in "
+            f"float64 ({tol.get('causality_float32', float('nan')):g} for a model that runs only in float32); logits "
+            f"[B, T, V], finite at initialisation; a loss at initialisation within ±{tol.get('init_loss_warning', float('nan')):g} "
+            f"nats of ln V (an error above {tol.get('init_loss_error_factor', float('nan')):g} ln V); builds and "
+            "evaluation bitwise reproducible under the seed; parameters counted by unique storage equal to the "
+            "shape solver's count and to model.safetensors.")
+    unchecked = sorted(set(runs["arch"]) - set(recorded["arch"]))
+    if unchecked:
+        text += f" Not checked: {', '.join(unchecked)}."
+    warned = recorded.dropna(subset=["admission_warnings"]).drop_duplicates("arch")
+    for r in warned.to_dict("records"):
+        text += f" Warning for {r['arch']}: {r['admission_warnings']}"
+    return text
 
 
 def recipe_section(agg: Aggregate) -> str:

@@ -7,6 +7,8 @@ rule aggregate:
         runs=lambda wildcards: run_files(wildcards.study, run_dirs(wildcards.study)),
         # a study's own claims file: editing it re-tests the claims
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
+        # the study-wide admission check (it runs first, by priority; the runs' own gates are their inputs)
+        admission=admission_study_output,
     output:
         expand("results/{{study}}/{name}", name=AGGREGATE_FILES),
     log:

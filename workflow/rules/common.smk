@@ -10,6 +10,9 @@ from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
 from harness.sequential import budget_runs
 from harness.study import (
+    admission_dir,
+    admission_spec,
+    admission_specs,
     check_config,
     coerce_overrides,
     default_study,
@@ -50,6 +53,7 @@ wildcard_constraints:
         sorted({re.escape(v) for s in STUDIES.values() for v in s["variants"]})
     ),
     seed=r"\d+",
+    checked=r"[0-9a-f]{16}",
     look=r"\d+",
 
 
@@ -82,6 +86,30 @@ def spec_json(wildcards):
         ),
         sort_keys=True,
     )
+
+
+def admission_json(wildcards):
+    """The admission check's spec, with its cache key `checked` (harness.study.admission_spec)."""
+    return json.dumps(
+        admission_spec(STUDIES[wildcards.study], wildcards.arch), sort_keys=True
+    )
+
+
+def admission_study_json(wildcards):
+    """The admission checks of every architecture of a study, for the study-wide job."""
+    return json.dumps(admission_specs(STUDIES[wildcards.study]), sort_keys=True)
+
+
+def admission_study_output(wildcards):
+    """The study-wide admission job's output, named after the study's key: the aggregate's input, so
+    the job is part of the DAG (and a new key runs it again)."""
+    checked = admission_specs(STUDIES[wildcards.study])["checked"]
+    return f"{admission_dir(wildcards.study)}/.study-{checked}.json"
+
+
+def admission_record(wildcards):
+    """Every training job waits for its architecture's admission record (ancient: it gates, never reruns)."""
+    return ancient(f"{admission_dir(wildcards.study)}/{wildcards.arch}.json")
 
 
 def study_json(wildcards):

@@ -1,10 +1,12 @@
-# One training run per (study, arch, variant, seed). The resume checkpoint lives in results/{study}/.state,
-# outside the declared outputs, because Snakemake deletes declared outputs before a job runs.
+# One training run per (study, arch, variant, seed), once its architecture passed admission
+# (admission.smk). The resume checkpoint lives in results/{study}/.state, outside the declared
+# outputs, because Snakemake deletes declared outputs before a job runs.
 
 
 rule train:
     input:
         upstream=pipeline_input_files,
+        admission=admission_record,
     output:
         metrics="results/{study}/{arch}/{variant}/seed{seed}/metrics.csv",
         manifest="results/{study}/{arch}/{variant}/seed{seed}/run.json",
@@ -20,4 +22,4 @@ rule train:
         state="results/{study}/.state/{arch}/{variant}/seed{seed}",
     shell:
         "python -m harness train --spec {params.spec:q} --out {params.out} --state {params.state}"
-        " --threads {threads} > {log} 2>&1"
+        " --admission {input.admission} --threads {threads} > {log} 2>&1"
