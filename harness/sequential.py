@@ -192,10 +192,10 @@ def plan(study: dict, runs: pd.DataFrame, trajectories: pd.DataFrame, events: pd
     budget = SeedBudget.of(study["seed_budget"])
     looks, _, _ = replay(study, runs, trajectories, events, quantization, last_look=look)
     now = looks[looks["look"] == look]
-    open_ = now[~now["decided"]]
+    open_ = now[~now["decided"].astype(bool)]
     done = open_.empty or look == len(budget.looks())
     return {"look": look, "seeds": budget.looks()[look - 1], "alpha": budget.alphas()[look - 1],
-            "decided": sorted(looks.loc[looks["decided"], "question"]), "open": sorted(open_["question"]),
+            "decided": sorted(looks.loc[looks["decided"].astype(bool), "question"]), "open": sorted(open_["question"]),
             "need": {} if done else needed(study, open_), "done": done}
 
 

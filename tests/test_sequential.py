@@ -98,6 +98,16 @@ def test_replay_decides_at_the_second_look_and_keeps_that_verdict(tmp_path):
     assert "Decided at look 2 of at most 3, with 8 seeds" in row["sentence"]
 
 
+def test_a_budget_with_no_question_is_done_at_its_first_look():
+    """A smoke study tests no claim and sweeps no lr: nothing can be decided, so nothing more is trained
+    (this raised KeyError on an empty looks table)."""
+    study = micro_config()["studies"]["micro"]
+    study.update(seeds={"start": 3, "step": 5, "max": 13}, archs=["transformer"], smoke=True)
+    study = resolve(micro_config(study))["micro"]
+    plan = sequential.plan(study, *_calm_runs(study, 3), None, 1)
+    assert plan["done"] and plan["open"] == plan["decided"] == [] and plan["need"] == {}
+
+
 @pytest.mark.skipif(TINYSHAKESPEARE is None, reason=NEEDS_DATA)
 def test_the_dag_stops_adding_seeds_once_the_question_is_decided(tmp_path):
     """A real Snakemake run of a budget study {start 3, step 5, max 13} with one question: look 1 (3 seeds)
