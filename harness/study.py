@@ -603,7 +603,7 @@ def admission_spec(study: dict, arch: str) -> dict[str, Any]:
     builder). The same key means the same model, so the workflow reruns the check only when one of them
     changes; a change of the checks themselves (harness/admission.py) re-checks nothing already admitted."""
     runs: dict[str, dict[str, Any]] = {}
-    for variant in study["variants"]:
+    for variant in arch_variants(study)[arch]:  # its own: a scoped switch it does not declare stays off
         spec = run_spec(study, arch, variant, study["seeds"][0])
         runs.setdefault(json.dumps(spec.get("switches") or {}, sort_keys=True), spec)
     specs = list(runs.values())
