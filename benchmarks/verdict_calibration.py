@@ -892,30 +892,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c.name:50} {c.kind:18} {'effect' if c.effect else 'null':6} {SCENARIOS[c.scenario].about}")
         return 0
     start, cpu = time.perf_counter(), time.process_time()
+    progress = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.budget:
-        budget = SeedBudget(*(int(x) for x in args.budget.split(",")))
-        table = measure_looks(select(args.only), args.studies, budget, args.seed,
-                              progress=lambda line: print(line, file=sys.stderr, flush=True))
-        print(markdown(table))
-        if args.out:
-            table.to_csv(args.out, index=False)
-        print(f"\n({time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; --studies "
-              f"{args.studies}, seed {args.seed}, budget {args.budget})")
-        return 0
-    seeds = [int(s) for s in args.seeds.split(",")]
-    table = measure(select(args.only), args.studies, seeds, args.seed,
-                    progress=lambda line: print(line, file=sys.stderr, flush=True))
+        table = measure_looks(select(args.only), args.studies, SeedBudget(*(int(x) for x in args.budget.split(","))),
+                              args.seed, progress=progress)
+        power = pd.DataFrame()  # over looks the table's own mean_seeds says where effects are found
+    else:
+        table = measure(select(args.only), args.studies, [int(s) for s in args.seeds.split(",")], args.seed,
+                        progress=progress)
+        power = seeds_for_power(table)
     print(markdown(table))
-    power = seeds_for_power(table)
     if len(power):
         print("\nThe smallest seed count at which each effect is found in 80% of studies:\n")
         print(markdown(power))
     if args.out:
         table.to_csv(args.out, index=False)
     print(f"\n({time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu:.0f} s CPU; --studies "
-          f"{args.studies}, seed {args.seed})")
+          f"{args.studies}, seed {args.seed}" + (f", budget {args.budget})" if args.budget else ")"))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,7 +150,7 @@ def prequential_sensitivity(losses: np.ndarray) -> np.ndarray:
     """Per-seed learning-rate sensitivity with each seed's optimum chosen on the seeds BEFORE it: for seed
     i >= 1 (in the order given), the mean over the grid of its min(final, initial) loss minus its loss at
     the lr where the median over seeds 0..i-1 is lowest. The first seed only helps choose, so n seeds give
-    n - 1 values. ``losses``: (..., seeds, lrs), leading axes batched; (..., seeds - 1) out.
+    n - 1 values. ``losses``: (seeds, lrs); ``_earlier_seed_values`` computes it.
 
     Why not Wortsman et al.'s per-seed mean minus min: the min over lrs of one seed's noisy losses sits
     below its mean by about the run-to-run noise even when the lr response is flat, so quiet seeds look
@@ -164,14 +164,20 @@ def prequential_sensitivity(losses: np.ndarray) -> np.ndarray:
     on earlier seeds only, no two values share noise that way (E[value_i value_j] = 0 under a flat
     response) and the same test erred in 3.5%. The median, so one diverged seed does not move the
     choice of every later seed."""
-    losses = np.asarray(losses, dtype=float)
-    n = losses.shape[-2]
-    values = []
-    for i in range(1, n):
-        best = np.argmin(np.median(losses[..., :i, :], axis=-2), axis=-1)[..., None]
-        seed = losses[..., i, :]
-        values.append(seed.mean(axis=-1) - np.take_along_axis(seed, best, axis=-1)[..., 0])
-    return np.stack(values, axis=-1) if values else np.empty(losses.shape[:-2] + (0,))
+    values = _earlier_seed_values(np.arange(len(losses)), np.asarray(losses, dtype=float))
+    return values[~np.isnan(values)]
+
+
+def _earlier_seed_values(seeds: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Per row of ``losses`` (seeds x lrs): its mean over the grid minus its loss at the lr where the median
+    over the rows with a smaller seed number is lowest; NaN for a row with none."""
+    values = np.full(len(seeds), np.nan)
+    for i, seed in enumerate(seeds):
+        earlier = losses[seeds < seed]
+        if len(earlier):
+            best = int(np.argmin(np.median(earlier, axis=0)))
+            values[i] = losses[i].mean() - losses[i, best]
+    return values
 
 
 def pair_sensitivities(seeds_a, la: np.ndarray, seeds_b, lb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,15 +194,10 @@ def pair_sensitivities(seeds_a, la: np.ndarray, seeds_b, lb: np.ndarray) -> tupl
     they are independent draws for ``sensitivity_test``. What it measures: each architecture's mean loss
     over the grid above its loss at the lr best for the pair; where the two optima differ, that is not
     each one's own Wortsman sensitivity (the per-architecture table gives those)."""
-    seeds = np.concatenate([np.asarray(seeds_a), np.asarray(seeds_b)])
-    both = np.concatenate([np.asarray(la, dtype=float), np.asarray(lb, dtype=float)])
-    values = np.full(len(seeds), np.nan)
-    for i, seed in enumerate(seeds):
-        earlier = both[seeds < seed]
-        if len(earlier):
-            best = int(np.argmin(np.median(earlier, axis=0)))
-            values[i] = both[i].mean() - both[i, best]
-    return values[:len(la)][~np.isnan(values[:len(la)])], values[len(la):][~np.isnan(values[len(la):])]
+    values = _earlier_seed_values(np.concatenate([np.asarray(seeds_a), np.asarray(seeds_b)]),
+                                  np.concatenate([np.asarray(la, dtype=float), np.asarray(lb, dtype=float)]))
+    va, vb = values[:len(la)], values[len(la):]
+    return va[~np.isnan(va)], vb[~np.isnan(vb)]
 
 
 PAIR_MIN_VALUES = 3
