@@ -8,7 +8,11 @@ results/<study>+<overrides>/ (e.g. tiny+seeds=0-4+steps=2000), so no run overwri
 Rules only wire files to `python -m harness ...`; every computation lives in the harness package.
 """
 
+from pathlib import Path
+
 from snakemake.utils import min_version
+
+import harness.worker
 
 min_version("9.0")
 
@@ -27,6 +31,24 @@ include: "workflow/rules/quantize.smk"
 include: "workflow/rules/look.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/report.smk"
+
+
+# One process imports torch and the harness once for all of this invocation's train, quantize and detect
+# jobs, which fork from it (harness.worker, config `worker`); jobs on cluster nodes start their own.
+WORKER = []
+
+
+onstart:
+    if workflow.local_exec and config["worker"]:
+        WORKER.append(harness.worker.start(Path("logs/worker.log")))
+
+
+onsuccess:
+    harness.worker.stop(WORKER.pop() if WORKER else None)
+
+
+onerror:
+    harness.worker.stop(WORKER.pop() if WORKER else None)
 
 
 rule all:

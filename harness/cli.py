@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 from harness.files import DiskFull
+from harness.timing import StageClock
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: unfinished on request (SIGTERM, Ctrl-C); running it again continues it
 EXIT_DISK_FULL = 74  # EX_IOERR
+# the workflow's jobs that run once per study, by their stage in the job log's `stage seconds` line
+ONCE_PER_STUDY = {"check": "admission", "aggregate": "aggregate", "look": "look", "report": "report"}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -46,7 +49,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from harness import collapse, logs
     from harness.contracts import BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS
     from harness.files import write_atomic
+    from harness.timing import StageClock
 
+    clock = StageClock()
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
     keys = logs.LossKeys.from_options(args.train_key, args.val_key, args.key)
     path = Path(args.log)
@@ -69,6 +74,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         runs = list(long[identity].drop_duplicates().itertuples(index=False, name=None)) if identity else None
     if args.out:
         write_atomic(Path(args.out), events.to_csv(index=False))
+        clock.lap("detection")
+        clock.print()
     elif args.format == "csv":
         sys.stdout.write(events.to_csv(index=False))
     elif args.format == "json":
@@ -164,12 +171,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
     from harness import quantize
+    from harness.timing import StageClock
 
+    clock = StageClock()
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run)
-    rows = quantize.quantize_run(run_dir, args.bits, args.keep,
-                                 snapshot_dir=Path(args.snapshots) if args.snapshots else None)
-    quantize.write_table(Path(args.out) if args.out else run_dir / "quantization.csv", rows)
+    with clock("quantization"):
+        rows = quantize.quantize_run(run_dir, args.bits, args.keep,
+                                     snapshot_dir=Path(args.snapshots) if args.snapshots else None)
+        quantize.write_table(Path(args.out) if args.out else run_dir / "quantization.csv", rows)
+    clock.print()
     return 0
 
 
@@ -309,7 +320,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from harness.worker import serve
+
+    serve(args.socket, args.parent)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a per-run command goes to the workflow's worker when there is one (harness.worker)."""
+    from harness.worker import run_or_delegate
+
+    return run_or_delegate(list(sys.argv[1:] if argv is None else argv), run)
+
+
+def run(argv: list[str]) -> int:
+    """The command line, in this process."""
     from harness import __version__
 
     prog = "harness" if Path(sys.argv[0]).name == "harness" else "python -m harness"
@@ -408,9 +434,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=256)
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser("worker", help="serve the workflow's train, quantize and detect jobs from one process that "
+                       "imported torch once (the Snakefile starts and stops it; harness.worker)")
+    p.add_argument("--socket", required=True, help="the UNIX socket to serve on")
+    p.add_argument("--parent", required=True, type=int, help="the process (Snakemake) whose end ends the worker")
+    p.set_defaults(func=_cmd_worker)
+
     args = parser.parse_args(argv)
+    stage = ONCE_PER_STUDY.get(args.command)
+    clock = StageClock() if stage else None  # (train, quantize and detect time their own stages)
     try:
-        return args.func(args)
+        code = args.func(args)
+        if clock is not None:
+            clock.lap(stage)
+            clock.print()
+        return code
     except DiskFull as e:  # any command's outputs: the message names the file and the space left
         print(f"error: {e.strerror}", file=sys.stderr)
         return EXIT_DISK_FULL

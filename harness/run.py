@@ -37,6 +37,7 @@ from harness import __version__, archs
 from harness.contracts import BASE_VARIANT, METRIC_COLUMNS, PIPELINE_KEY
 from harness.files import DiskFull, atomic, write_atomic
 from harness.study import config_hash, init_seed
+from harness.timing import StageClock
 
 COMMON_RUNNER = "harness.train:train"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -78,6 +79,7 @@ class RunRecord:
         self.stop_signal: int | None = None  # set by a SIGTERM or SIGINT (see stop_on_signals)
         self.elapsed_before = 0.0  # wall time of the process(es) before a resume
         self._t0 = time.time()
+        self.stages = StageClock()  # this process's seconds by stage: run.json "stage_seconds" 
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self._t0
@@ -115,6 +117,7 @@ class RunRecord:
         out_dir = Path(out_dir)
         self.manifest.update(status=self.status, reason=self.reason, steps_done=self.step,
                              wall_time_s=round(self.elapsed(), 3), warnings=self.warnings)
+        t0 = time.perf_counter()
 
         def write_metrics(tmp):
             with open(tmp, "w", newline="") as f:
@@ -128,7 +131,10 @@ class RunRecord:
             atomic(out_dir / "model.safetensors", lambda tmp: save_model(self.model, tmp, metadata=meta))
         else:  # a run that failed before its model existed still leaves every output the DAG expects
             atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata=meta))
+        self.stages.add("outputs", time.perf_counter() - t0)
+        self.manifest["stage_seconds"] = self.stages.rounded()
         write_atomic(out_dir / "run.json", json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+        self.stages.print()
 
 
 @contextlib.contextmanager

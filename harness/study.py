@@ -89,6 +89,8 @@ def coerce_overrides(config: dict[str, Any]) -> dict[str, Any]:
             if isinstance(entry, dict) and "init_seed_offset" in entry else entry
             for entry in config["archs"]
         ]
+    if isinstance(config.get("worker"), str):  # worker=false
+        config["worker"] = typed(config["worker"])
     if config.get("study") is not None and not isinstance(config["study"], str):
         config["study"] = str(config["study"])
     return config

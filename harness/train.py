@@ -30,16 +30,18 @@ from harness.study import init_seed
 def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     """Train ``spec``'s network into ``record``; resumes from the newest checkpoint in ``state_dir`` of
     the same config and seed that loads. A non-finite loss ends the run as diverged."""
-    manifest = record.manifest
+    manifest, clock = record.manifest, record.stages
     recipe = Recipe.from_dict(spec["recipe"])
     device, dtype = resolve_device(recipe)
-    corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
+    with clock("data"):
+        corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
     manifest.update(data=corpus.info(), recipe=dataclasses.asdict(recipe))
     record.set_device(device, dtype)
 
     torch.manual_seed(init_seed(spec))  # model init and dropout: the seed, plus the entry's init_seed_offset
-    run_shape = shape.for_spec(spec, corpus.vocab_size)
-    model = archs.build(spec["build"], **run_shape.hparams).to(device)
+    with clock("build"):
+        run_shape = shape.for_spec(spec, corpus.vocab_size)
+        model = archs.build(spec["build"], **run_shape.hparams).to(device)
     record.model = model
     manifest.update(hparams=run_shape.hparams, n_params=shape.count_params(model), shape=run_shape.record(),
                     reconstruction=archs.info(spec["build"]).reconstruction)
@@ -49,7 +51,8 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     gens = {"train": torch.Generator().manual_seed(spec["seed"]),
             "eval": torch.Generator().manual_seed(recipe.eval_seed + spec["seed"])}
     val = corpus.splits["val"]
-    fixed_val = data.fixed_batches(val, recipe.eval_batches, recipe.batch_size, recipe.seq_len, recipe.eval_seed)
+    with clock("data"):
+        fixed_val = data.fixed_batches(val, recipe.eval_batches, recipe.batch_size, recipe.seq_len, recipe.eval_seed)
 
     def val_batches():
         if recipe.eval_sampling == "fixed":
@@ -63,13 +66,15 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         return training_loss(logits, y, recipe.z_loss)
 
     identity = {"config_hash": manifest["config_hash"], "seed": spec["seed"]}
-    meta = checkpoint.resume(state_dir, model, optimizer, gens, identity, record.warn)
+    with clock("checkpoints"):
+        meta = checkpoint.resume(state_dir, model, optimizer, gens, identity, record.warn)
     if meta:
         record.step, record.rows, record.elapsed_before = meta["step"], meta["rows"], meta["elapsed"]
         record.warnings[:0] = meta.get("warnings", [])  # those of the processes before, first
         window_loss, window_gn = meta.get("window", ([], []))  # a stop between two log steps: a partial window
     else:
-        record.log(0, "val", "loss", evaluate(forward, val_batches(), device, dtype))
+        with clock("evaluation"):
+            record.log(0, "val", "loss", evaluate(forward, val_batches(), device, dtype))
         window_loss, window_gn = [], []
 
     model.train()
@@ -78,9 +83,10 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     while record.step < recipe.steps:
         step = record.step
         lr = lr_at(step, recipe)
-        x, y = data.get_batch(corpus.splits["train"], recipe.batch_size, recipe.seq_len, gens["train"])
         log_step = (step + 1) % recipe.log_every == 0 or step + 1 == recipe.steps
-        with probe.step() if log_step else contextlib.nullcontext():  # diagnostics at log steps only
+        # the batch, the step, and at log steps the probe's hooks and weight copies (diagnostics)
+        with clock("steps"), probe.step() if log_step else contextlib.nullcontext():
+            x, y = data.get_batch(corpus.splits["train"], recipe.batch_size, recipe.seq_len, gens["train"])
             result = train_step(loss_of, params, optimizer, (x.to(device), y.to(device)), lr, recipe.grad_clip)
         record.step = step = step + 1
         if not math.isfinite(result.loss):  # no update was made
@@ -95,25 +101,30 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
             record.log(step, "train", "lr", lr)
             record.log(step, "train", "grad_norm", sum(window_gn) / len(window_gn))
             record.log(step, "train", "grad_norm_max", max(window_gn))
-            for name, value in probe.metrics(result.grad_norm, recipe.grad_clip).items():
-                record.log(step, "train", name, value)
+            with clock("probes"):
+                for name, value in probe.metrics(result.grad_norm, recipe.grad_clip).items():
+                    record.log(step, "train", name, value)
             window_loss, window_gn = [], []
         if step % recipe.eval_every == 0 or step == recipe.steps:
-            val_loss = evaluate(forward, val_batches(), device, dtype)
+            with clock("evaluation"):
+                val_loss = evaluate(forward, val_batches(), device, dtype)
             record.log(step, "val", "loss", val_loss)
             if not math.isfinite(val_loss):
                 record.diverge(f"non-finite validation loss at step {step}")
                 return
         if spec.get("snapshots") and step % recipe.checkpoint_every == 0 and step < recipe.steps:
             # weights for the quantization stage, kept after the run (before the checkpoint: a resume has them)
-            quantize.save_snapshot(Path(spec["snapshots"]), model, step, {
-                "config_hash": manifest["config_hash"], "seed": spec["seed"]})
+            with clock("checkpoints"):
+                quantize.save_snapshot(Path(spec["snapshots"]), model, step, {
+                    "config_hash": manifest["config_hash"], "seed": spec["seed"]})
         if record.stop_signal is not None or (step % recipe.checkpoint_every == 0 and step < recipe.steps):
-            checkpoint.save_checkpoint(state_dir, model, optimizer, gens, {
-                **identity, "step": step, "rows": record.rows, "window": [window_loss, window_gn],
-                "warnings": record.warnings, "elapsed": record.elapsed()})
+            with clock("checkpoints"):
+                checkpoint.save_checkpoint(state_dir, model, optimizer, gens, {
+                    **identity, "step": step, "rows": record.rows, "window": [window_loss, window_gn],
+                    "warnings": record.warnings, "elapsed": record.elapsed()})
         record.stop_if_requested()
     if "test" in corpus.splits:
         test = data.fixed_batches(corpus.splits["test"], recipe.eval_batches, recipe.batch_size, recipe.seq_len,
                                   recipe.eval_seed + 1)
-        record.log(record.step, "test", "loss", evaluate(forward, test, device, dtype))
+        with clock("evaluation"):
+            record.log(record.step, "test", "loss", evaluate(forward, test, device, dtype))

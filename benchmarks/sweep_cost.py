@@ -1,0 +1,212 @@
+"""Where a sweep's time goes, stage by stage, with the worker (harness.worker) and without it.
+
+Runs one study through the real workflow twice, in two fresh copies of it side by side: once with
+every job in its own process (`--config worker=false`, the harness before the worker) and once with
+the jobs forked from the worker (the default). Each job's log ends with its `stage seconds` line
+(harness.timing); a training run also keeps them in run.json. The table sums them over the jobs:
+
+    startup      interpreter and imports of each job, and the hand-over to the worker
+    data, build  corpus and batches; the model (its matched shape is counted on the meta device)
+    steps        training steps (the batch, forward, backward, update; the probes' hooks at log steps)
+    evaluation   validation and test losses
+    probes       the diagnostics read at log steps
+    checkpoints  resume checkpoints and weight snapshots
+    outputs      metrics.csv, run.json, the weights
+    quantization, detection, admission, aggregate, report: those jobs after their start-up
+    snakemake    the rest of cores x wall time: Snakemake's own work and idle cores
+
+"useful" is steps + evaluation; the goal is at most 10% of cores x wall outside them. It also
+checks that both copies trained the same thing: metrics.csv equal run for run, wall_time aside.
+
+    python benchmarks/sweep_cost.py [--study stability] [--archs transformer memnls] [--seeds 0]
+                                    [--cores 2] [--out /tmp/sweep_cost] [--modes before after]
+
+With --cadence it also trains one run of the study in this process at its evaluation and probe cadence
+and without them, which prices both; with --threads it times 4 runs as jobs x threads on the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "examples")
+MODES = {"before": "worker=false", "after": "worker=true"}
+STAGES = ("startup", "data", "build", "steps", "evaluation", "probes", "checkpoints", "outputs", "quantization",
+          "detection", "admission", "look", "aggregate", "report")
+USEFUL = ("steps", "evaluation")
+
+
+def stage_lines(logs: Path) -> list[dict[str, float]]:
+    """The `stage seconds` line of every job log under ``logs``."""
+    found = []
+    for log in logs.rglob("*.log"):
+        lines = re.findall(r"^stage seconds: (.*)$", log.read_text(errors="replace"), re.M)
+        if lines:
+            found.append({k: float(v) for k, v in (item.rsplit(" ", 1) for item in lines[-1].split(", "))})
+    return found
+
+
+def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
+    """One fresh copy of the workflow, the study run to its report; seconds by stage."""
+    work = out / mode
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    for name in WORKFLOW_FILES:
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    config = [f"study={args.study}", f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]",
+              MODES[mode]]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "reports/collapse.html", "--config", *config]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.exit(f"{mode}: snakemake failed\n{done.stderr[-3000:]}")
+    seconds = defaultdict(float)
+    jobs = stage_lines(work / "logs")
+    for line in jobs:
+        for stage, s in line.items():
+            seconds[stage] += s
+    seconds["snakemake"] = args.cores * wall - sum(seconds.values())
+    runs = sorted((work / "results").glob("*/*/*/seed*/metrics.csv"))
+    return {"wall": wall, "seconds": dict(seconds), "jobs": len(jobs), "runs": runs, "work": work}
+
+
+def same_runs(a: list[Path], b: list[Path], root_a: Path, root_b: Path) -> tuple[int, int]:
+    """How many runs have equal metrics.csv (wall_time aside), of how many."""
+    rel_b = {p.relative_to(root_b): p for p in b}
+    equal = 0
+    for p in a:
+        other = rel_b.get(p.relative_to(root_a))
+        if other is not None and pd.read_csv(p).drop(columns="wall_time").equals(
+                pd.read_csv(other).drop(columns="wall_time")):
+            equal += 1
+    return equal, max(len(a), len(b))
+
+
+def table(results: dict[str, dict], cores: int) -> str:
+    names = list(results)
+    lines = [f"{'stage':<13}" + "".join(f"{n + ' s':>12}{'share':>8}" for n in names)]
+    for stage in (*STAGES, "snakemake"):
+        if any(stage in r["seconds"] for r in results.values()):
+            row = f"{stage:<13}"
+            for r in results.values():
+                total = cores * r["wall"]
+                s = r["seconds"].get(stage, 0.0)
+                row += f"{s:>12.1f}{100 * s / total:>7.1f}%"
+            lines.append(row)
+    lines.append(f"{'cores x wall':<13}" + "".join(f"{cores * r['wall']:>12.1f}{'100.0%':>8}" for r in results.values()))
+    lines.append(f"{'wall':<13}" + "".join(f"{r['wall']:>12.1f}{'':>8}" for r in results.values()))
+    outside = [1 - sum(r["seconds"].get(s, 0.0) for s in USEFUL) / (cores * r["wall"]) for r in results.values()]
+    lines.append(f"{'outside steps+evaluation':<25}" + "  ".join(f"{n}: {100 * o:.1f}%" for n, o in zip(names, outside)))
+    return "\n".join(lines)
+
+
+def cadence(args: argparse.Namespace, out: Path) -> str:
+    """One run of the study trained here at its cadence, then without evaluations, then without probes."""
+    import yaml
+
+    from harness.run import execute
+    from harness.study import resolve, run_spec
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    study = resolve({**config, "study": args.study})[args.study]
+    variant = next(v for v in study["variants"] if "qk_norm=on" not in v)  # the sweep's first variant
+    spec = run_spec(study, args.archs[0], variant, args.seeds[0])
+    spec.pop("snapshots", None)
+    steps = spec["recipe"]["steps"]
+    settings = {"as configured": {}, "evaluation at the end only": {"eval_every": steps},
+                "probes at the end only": {"log_every": steps}}
+    lines = [f"cadence of {args.archs[0]} {variant} seed {args.seeds[0]} ({steps} steps, eval_every "
+             f"{spec['recipe']['eval_every']}, log_every {spec['recipe']['log_every']}), seconds in this process:"]
+    for name, change in settings.items():
+        folder = out / "cadence" / name.replace(" ", "-")
+        shutil.rmtree(folder, ignore_errors=True)
+        execute({**spec, "recipe": {**spec["recipe"], **change}}, folder / "run", state_dir=folder / "state")
+        s = json.loads((folder / "run" / "run.json").read_text())["stage_seconds"]
+        lines.append(f"  {name:<28} steps {s['steps']:6.2f}  evaluation {s['evaluation']:5.2f}  "
+                     f"probes {s.get('probes', 0):5.2f}  total {sum(v for k, v in s.items() if k != 'startup'):6.2f}")
+    return "\n".join(lines)
+
+
+def threads(args: argparse.Namespace, out: Path) -> str:
+    """4 training runs of the study as jobs x threads on ``args.cores`` cores: wall seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    from harness.study import resolve, run_spec
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    study = resolve({**config, "study": args.study})[args.study]
+    variants = [v for v in study["variants"] if "qk_norm=on" not in v][:4]
+    lines = [f"4 runs of {args.archs[0]} ({', '.join(variants)}), wall seconds:"]
+    for jobs, n_threads in ((1, 1), (1, args.cores), (args.cores, 1), (args.cores, args.cores)):
+        folder = out / "threads" / f"{jobs}x{n_threads}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        specs = []
+        for i, variant in enumerate(variants):
+            spec = run_spec(study, args.archs[0], variant, args.seeds[0])
+            spec.pop("snapshots", None)
+            (folder / f"{i}.json").write_text(json.dumps(spec))
+            specs.append(folder / f"{i}.json")
+
+        def train(i: int) -> None:
+            subprocess.run([sys.executable, "-m", "harness", "train", "--spec", str(specs[i]), "--out",
+                            str(folder / f"run{i}"), "--threads", str(n_threads)], check=True,
+                           capture_output=True, env={k: v for k, v in os.environ.items() if k != "HARNESS_WORKER"})
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(train, range(len(specs))))
+        lines.append(f"  {jobs} job(s) x {n_threads} thread(s): {time.perf_counter() - t0:6.1f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", default="stability")
+    parser.add_argument("--archs", nargs="+", default=["transformer", "memnls"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--out", default="/tmp/sweep_cost")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--cadence", action="store_true", help="also price the evaluation and probe cadence")
+    parser.add_argument("--threads", action="store_true", help="also time jobs x threads")
+    args = parser.parse_args()
+    if not os.environ.get("HARNESS_DATA_DIR"):
+        print("note: HARNESS_DATA_DIR unset: the corpus is downloaded or read from the cache", file=sys.stderr)
+    out = Path(args.out)
+    results = {}
+    for mode in args.modes:
+        results[mode] = run_mode(out, mode, args)
+        r = results[mode]
+        print(f"{mode}: {len(r['runs'])} runs, {r['jobs']} jobs with a stage line, {r['wall']:.1f} s wall", flush=True)
+    print(f"\n{args.study}, archs {' '.join(args.archs)}, seeds {' '.join(map(str, args.seeds))}, "
+          f"--cores {args.cores}; seconds summed over the jobs, share of cores x wall:")
+    print(table(results, args.cores))
+    if len(results) == 2:
+        a, b = results.values()
+        equal, total = same_runs(a["runs"], b["runs"], a["work"], b["work"])
+        print(f"metrics.csv equal run for run (wall_time aside): {equal} of {total}; "
+              f"wall {a['wall']:.1f} s -> {b['wall']:.1f} s ({a['wall'] / b['wall']:.2f}x)")
+    if args.cadence:
+        print("\n" + cadence(args, out))
+    if args.threads:
+        print("\n" + threads(args, out))
+
+
+if __name__ == "__main__":
+    main()
