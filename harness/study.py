@@ -557,7 +557,9 @@ def run_spec(study: dict, arch: str, variant: str, seed: int) -> dict[str, Any]:
     if variant != BASE_VARIANT:
         spec["variant"] = variant
         spec["recipe"] = {**spec["recipe"], **{k: v for k, v in values.items() if k not in MODEL_SWITCHES}}
-        if switches := {k: v for k, v in values.items() if k in MODEL_SWITCHES}:
+        # the switches its module declares; one it does not is off by construction (arch_variant), not a hyperparameter
+        declared = registry.info(spec["build"]).switches
+        if switches := {k: v for k, v in values.items() if k in MODEL_SWITCHES and k in declared}:
             spec["switches"] = switches
     if offset := study["archs"][arch].get("init_seed_offset"):
         spec["init_seed_offset"] = offset

@@ -14,7 +14,7 @@ import torch
 import yaml
 from snakemake.utils import validate
 
-from harness import claims, controls, stability, stats
+from harness import archs, claims, controls, shape, stability, stats
 from harness.contracts import CONTROL_COLUMNS, EVENT_COLUMNS, ID_COLUMNS, SWEEP_PREFIX
 from harness.report.page import render
 from harness.run import execute
@@ -127,6 +127,14 @@ def test_the_stability_preset_carries_the_qk_norm_ablation_for_its_attention_arc
     counts = {arch: len(v) for arch, v in study["arch_variants"].items()}
     assert counts == {"transformer": 24, "memnls": 12, "diag_ssm": 12, "resonance": 24, "trn_hybrid": 24, "eam": 24}
     assert len(runs(study)) == 360  # 216 before: 6 x 12 variants x 3 seeds
+    # every architecture sizes and builds under each of its switch settings: memnls and diag_ssm get no
+    # qk_norm hyperparameter they would reject (their qk_norm=off runs carry no switch at all)
+    for arch, planned in study["arch_variants"].items():
+        for variant in dict.fromkeys(v for v in planned if "lr=0.003,z_loss=0," in v):
+            spec = run_spec(study, arch, variant, 0)
+            assert ("switches" in spec) == (arch in ("transformer", "resonance", "trn_hybrid", "eam")), (arch, spec)
+            if not archs.info(spec["build"]).pipeline:  # eam is sized by its own pipeline
+                assert shape.for_spec(spec, 256).n_params > 0
 
 
 def test_an_ablation_has_no_row_for_an_architecture_without_the_switch():
