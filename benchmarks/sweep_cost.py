@@ -13,9 +13,11 @@ the jobs forked from the worker (the default). Each job's log ends with its `sta
     checkpoints  resume checkpoints and weight snapshots
     outputs      metrics.csv, run.json, the weights
     quantization, detection, admission, aggregate, report: those jobs after their start-up
-    snakemake    the rest of cores x wall time: Snakemake's own work and idle cores
+    snakemake    the rest: of cores x wall, Snakemake's own work and idle cores; of the CPU time (all
+                 of Snakemake's process tree, from getrusage), Snakemake's work and the worker's imports
 
-"useful" is steps + evaluation; the goal is at most 10% of cores x wall outside them. It also
+"useful" is steps + evaluation; the goal is at most 10% outside them. Wall shares depend on what else
+the machine runs; CPU shares much less. It also
 checks that both copies trained the same thing: metrics.csv equal run for run, wall_time aside.
 
     python benchmarks/sweep_cost.py [--study stability] [--archs transformer memnls] [--seeds 0]
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,14 +51,22 @@ STAGES = ("startup", "data", "build", "steps", "evaluation", "probes", "checkpoi
 USEFUL = ("steps", "evaluation")
 
 
-def stage_lines(logs: Path) -> list[dict[str, float]]:
-    """The `stage seconds` line of every job log under ``logs``."""
+def stage_lines(logs: Path, kind: str) -> list[dict[str, float]]:
+    """The last `stage seconds` (kind "") or `stage cpu seconds` (kind "cpu ") line of every job log."""
     found = []
     for log in logs.rglob("*.log"):
-        lines = re.findall(r"^stage seconds: (.*)$", log.read_text(errors="replace"), re.M)
+        lines = re.findall(rf"^stage {kind}seconds: (.*)$", log.read_text(errors="replace"), re.M)
         if lines:
             found.append({k: float(v) for k, v in (item.rsplit(" ", 1) for item in lines[-1].split(", "))})
     return found
+
+
+def summed(lines: list[dict[str, float]]) -> dict[str, float]:
+    total = defaultdict(float)
+    for line in lines:
+        for stage, s in line.items():
+            total[stage] += s
+    return dict(total)
 
 
 def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
@@ -68,19 +79,20 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
     config = [f"study={args.study}", f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]",
               MODES[mode]]
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "reports/collapse.html", "--config", *config]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # Snakemake, its jobs, the worker and its children
     if done.returncode != 0:
         sys.exit(f"{mode}: snakemake failed\n{done.stderr[-3000:]}")
-    seconds = defaultdict(float)
-    jobs = stage_lines(work / "logs")
-    for line in jobs:
-        for stage, s in line.items():
-            seconds[stage] += s
-    seconds["snakemake"] = args.cores * wall - sum(seconds.values())
+    seconds, cpu = summed(stage_lines(work / "logs", "")), summed(stage_lines(work / "logs", "cpu "))
+    total_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    seconds["snakemake"] = args.cores * wall - sum(seconds.values())  # and idle cores
+    cpu["snakemake"] = total_cpu - sum(cpu.values())  # and the worker's imports
     runs = sorted((work / "results").glob("*/*/*/seed*/metrics.csv"))
-    return {"wall": wall, "seconds": dict(seconds), "jobs": len(jobs), "runs": runs, "work": work}
+    return {"wall": wall, "seconds": seconds, "cpu": cpu, "total_cpu": total_cpu,
+            "jobs": len(stage_lines(work / "logs", "")), "runs": runs, "work": work}
 
 
 def same_runs(a: list[Path], b: list[Path], root_a: Path, root_b: Path) -> tuple[int, int]:
@@ -96,20 +108,24 @@ def same_runs(a: list[Path], b: list[Path], root_a: Path, root_b: Path) -> tuple
 
 
 def table(results: dict[str, dict], cores: int) -> str:
-    names = list(results)
-    lines = [f"{'stage':<13}" + "".join(f"{n + ' s':>12}{'share':>8}" for n in names)]
+    """Wall seconds (share of cores x wall) and CPU seconds (share of all CPU) by stage, per mode."""
+    lines = [f"{'':<13}" + "".join(f"{name:^38}" for name in results),
+             f"{'stage':<13}" + f"{'wall s':>10}{'share':>8}{'cpu s':>12}{'share':>8}" * len(results)]
     for stage in (*STAGES, "snakemake"):
         if any(stage in r["seconds"] for r in results.values()):
             row = f"{stage:<13}"
             for r in results.values():
-                total = cores * r["wall"]
-                s = r["seconds"].get(stage, 0.0)
-                row += f"{s:>12.1f}{100 * s / total:>7.1f}%"
+                s, c = r["seconds"].get(stage, 0.0), r["cpu"].get(stage, 0.0)
+                row += f"{s:>10.1f}{100 * s / (cores * r['wall']):>7.1f}%{c:>12.1f}{100 * c / r['total_cpu']:>7.1f}%"
             lines.append(row)
-    lines.append(f"{'cores x wall':<13}" + "".join(f"{cores * r['wall']:>12.1f}{'100.0%':>8}" for r in results.values()))
-    lines.append(f"{'wall':<13}" + "".join(f"{r['wall']:>12.1f}{'':>8}" for r in results.values()))
-    outside = [1 - sum(r["seconds"].get(s, 0.0) for s in USEFUL) / (cores * r["wall"]) for r in results.values()]
-    lines.append(f"{'outside steps+evaluation':<25}" + "  ".join(f"{n}: {100 * o:.1f}%" for n, o in zip(names, outside)))
+    lines.append(f"{'total':<13}" + "".join(f"{cores * r['wall']:>10.1f}{'':>8}{r['total_cpu']:>12.1f}{'':>8}"
+                                            for r in results.values()))
+    lines.append(f"{'wall':<13}" + "".join(f"{r['wall']:>10.1f}{'':>28}" for r in results.values()))
+    for name, r in results.items():
+        wall = 1 - sum(r["seconds"].get(s, 0.0) for s in USEFUL) / (cores * r["wall"])
+        cpu = 1 - sum(r["cpu"].get(s, 0.0) for s in USEFUL) / r["total_cpu"]
+        lines.append(f"{name}: outside training steps and evaluations {100 * wall:.1f}% of cores x wall, "
+                     f"{100 * cpu:.1f}% of CPU time")
     return "\n".join(lines)
 
 

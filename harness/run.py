@@ -79,7 +79,7 @@ class RunRecord:
         self.stop_signal: int | None = None  # set by a SIGTERM or SIGINT (see stop_on_signals)
         self.elapsed_before = 0.0  # wall time of the process(es) before a resume
         self._t0 = time.time()
-        self.stages = StageClock()  # this process's seconds by stage: run.json "stage_seconds" 
+        self.stages = StageClock()  # this process's seconds by stage: run.json "stage_seconds", "stage_cpu_seconds"
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self._t0
@@ -117,7 +117,6 @@ class RunRecord:
         out_dir = Path(out_dir)
         self.manifest.update(status=self.status, reason=self.reason, steps_done=self.step,
                              wall_time_s=round(self.elapsed(), 3), warnings=self.warnings)
-        t0 = time.perf_counter()
 
         def write_metrics(tmp):
             with open(tmp, "w", newline="") as f:
@@ -125,14 +124,14 @@ class RunRecord:
                 w.writeheader()
                 w.writerows(self.rows)
 
-        atomic(out_dir / "metrics.csv", write_metrics)
         meta = {"status": self.status}
-        if self.model is not None:
-            atomic(out_dir / "model.safetensors", lambda tmp: save_model(self.model, tmp, metadata=meta))
-        else:  # a run that failed before its model existed still leaves every output the DAG expects
-            atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata=meta))
-        self.stages.add("outputs", time.perf_counter() - t0)
-        self.manifest["stage_seconds"] = self.stages.rounded()
+        with self.stages("outputs"):
+            atomic(out_dir / "metrics.csv", write_metrics)
+            if self.model is not None:
+                atomic(out_dir / "model.safetensors", lambda tmp: save_model(self.model, tmp, metadata=meta))
+            else:  # a run that failed before its model existed still leaves every output the DAG expects
+                atomic(out_dir / "model.safetensors", lambda tmp: save_file({}, tmp, metadata=meta))
+        self.manifest.update(self.stages.record())
         write_atomic(out_dir / "run.json", json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
         self.stages.print()
 

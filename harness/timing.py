@@ -1,9 +1,11 @@
-"""Where a job's wall time goes, by stage: run.json's `stage_seconds`, each job log's last line, and
-benchmarks/sweep_cost.py's table.
+"""Where a job's time goes, by stage: run.json's `stage_seconds` and `stage_cpu_seconds`, each job log's
+last lines, and benchmarks/sweep_cost.py's table.
 
 `startup` runs from the start of the job's own process (the kernel's record of it: interpreter and
 imports included; under harness.worker, the process the workflow started, so the hand-over is
-counted too) to the StageClock's creation; every other stage is timed where it happens.
+counted too) to the StageClock's creation; every other stage is timed where it happens. Wall
+seconds say what a user waits; CPU seconds (this process's, plus the handing process's under a
+worker) say what the stage costs whatever else the machine runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 STARTED_ENV = "HARNESS_JOB_STARTED"  # set by harness.worker: when the job's own process started (epoch s)
+CPU_ENV = "HARNESS_JOB_CPU"  # set by harness.worker: the CPU seconds the job's own process spent
 
 
 def process_started() -> float:
@@ -24,38 +27,41 @@ def process_started() -> float:
     return psutil.Process().create_time()
 
 
-def job_started() -> float:
-    """When the job's process started: this one, or the one that handed the job to a worker."""
-    return float(os.environ[STARTED_ENV]) if STARTED_ENV in os.environ else process_started()
-
-
 class StageClock:
-    """Wall seconds by stage; created once a command's imports are done."""
+    """Wall and CPU seconds by stage; created once a command's imports are done."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {"startup": max(0.0, time.time() - job_started())}
-        self._lap = time.perf_counter()
+        handed = STARTED_ENV in os.environ  # a worker's child: the job's process started before the fork
+        started = float(os.environ[STARTED_ENV]) if handed else process_started()
+        self.seconds: dict[str, float] = {"startup": max(0.0, time.time() - started)}
+        self.cpu: dict[str, float] = {"startup": time.process_time() + float(os.environ.get(CPU_ENV, 0) if handed else 0)}
+        self._lap = (time.perf_counter(), time.process_time())
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
-            self.add(stage, time.perf_counter() - t0)
+            self._add(stage, time.perf_counter() - wall, time.process_time() - cpu)
 
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+    def _add(self, stage: str, wall: float, cpu: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu
 
     def lap(self, stage: str) -> None:
-        """The seconds since the last lap (or the clock's creation) go to ``stage``."""
-        now = time.perf_counter()
-        self.add(stage, now - self._lap)
+        """The time since the last lap (or the clock's creation) goes to ``stage``."""
+        now = (time.perf_counter(), time.process_time())
+        self._add(stage, now[0] - self._lap[0], now[1] - self._lap[1])
         self._lap = now
 
-    def rounded(self) -> dict[str, float]:
-        return {stage: round(s, 3) for stage, s in self.seconds.items()}
+    def record(self) -> dict[str, dict[str, float]]:
+        """For run.json: {"stage_seconds": {...}, "stage_cpu_seconds": {...}}."""
+        return {"stage_seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "stage_cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()}}
 
     def print(self) -> None:
-        """One line on stderr (the job's log): `stage seconds: startup 0.05, quantization 0.41`."""
-        print("stage seconds: " + ", ".join(f"{k} {v:.3f}" for k, v in self.seconds.items()), file=sys.stderr)
+        """Two lines on stderr (the job's log): `stage seconds: startup 0.050, quantization 0.410` and the
+        same for `stage cpu seconds`."""
+        for name, values in (("stage seconds", self.seconds), ("stage cpu seconds", self.cpu)):
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), file=sys.stderr)

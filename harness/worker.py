@@ -34,7 +34,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness.timing import STARTED_ENV, process_started
+from harness.timing import CPU_ENV, STARTED_ENV, process_started
 
 SOCKET_ENV = "HARNESS_WORKER"  # the socket of the worker the jobs of this workflow use
 DELEGATED = ("train", "quantize", "detect")  # the per-run commands; the others run once per study
@@ -63,7 +63,8 @@ def delegate(conn: socket.socket, argv: list[str]) -> int:
 
     def forward(signum, _frame):
         if child:
-            os.kill(child[0], signum)
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile: its status is on the way
+                os.kill(child[0], signum)
         else:
             pending.append(signum)  # before the worker said which child: sent as soon as it does
 
@@ -71,7 +72,8 @@ def delegate(conn: socket.socket, argv: list[str]) -> int:
         previous = {s: signal.signal(s, forward) for s in FORWARDED}
         try:
             request = json.dumps({"argv0": sys.argv[0], "argv": argv, "cwd": os.getcwd(), "path": sys.path[0],
-                                  "env": {**os.environ, STARTED_ENV: str(process_started())}}).encode()
+                                  "env": {**os.environ, STARTED_ENV: str(process_started()),
+                                          CPU_ENV: str(time.process_time())}}).encode()
             socket.send_fds(conn, [_HEADER.pack(len(request)) + request], [0, 1, 2])
             replies = conn.makefile("r")
             for line in replies:
@@ -94,7 +96,7 @@ def delegate(conn: socket.socket, argv: list[str]) -> int:
 def run_or_delegate(argv: list[str], run_here) -> int:
     """``run_here(argv)`` in this process, unless a worker is named and reachable."""
     path = os.environ.get(SOCKET_ENV)
-    if not path or not argv or argv[0] not in DELEGATED:
+    if not path or not argv or argv[0] not in DELEGATED or not all(_is_open(fd) for fd in (0, 1, 2)):
         return run_here(argv)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -104,6 +106,14 @@ def run_or_delegate(argv: list[str], run_here) -> int:
         print(f"note: worker {path} unreachable ({e.strerror}); running in this process", file=sys.stderr)
         return run_here(argv)
     return delegate(conn, argv)  # once connected, a broken worker is an error: the job may have half run
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 # -- the workflow's side (Snakefile: onstart, onsuccess, onerror) ------------------------------------
