@@ -78,7 +78,8 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     config = [f"study={args.study}", f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]",
               MODES[mode]]
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "reports/collapse.html", "--config", *config]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), *args.snakemake_args.split(),
+           "reports/collapse.html", "--config", *config]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
@@ -129,15 +130,24 @@ def table(results: dict[str, dict], cores: int) -> str:
     return "\n".join(lines)
 
 
+def shipped_study(name: str) -> dict:
+    """A study of the shipped config/config.yaml, resolved as the workflow resolves it."""
+    import yaml
+    from snakemake.utils import validate
+
+    from harness.study import resolve
+
+    config = {**yaml.safe_load((REPO / "config" / "config.yaml").read_text()), "study": name}
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))  # fills the defaults
+    return resolve(config)[name]
+
+
 def cadence(args: argparse.Namespace, out: Path) -> str:
     """One run of the study trained here at its cadence, then without evaluations, then without probes."""
-    import yaml
-
     from harness.run import execute
-    from harness.study import resolve, run_spec
+    from harness.study import run_spec
 
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    study = resolve({**config, "study": args.study})[args.study]
+    study = shipped_study(args.study)
     variant = next(v for v in study["variants"] if "qk_norm=on" not in v)  # the sweep's first variant
     spec = run_spec(study, args.archs[0], variant, args.seeds[0])
     spec.pop("snapshots", None)
@@ -160,12 +170,9 @@ def threads(args: argparse.Namespace, out: Path) -> str:
     """4 training runs of the study as jobs x threads on ``args.cores`` cores: wall seconds."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import yaml
+    from harness.study import run_spec
 
-    from harness.study import resolve, run_spec
-
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    study = resolve({**config, "study": args.study})[args.study]
+    study = shipped_study(args.study)
     variants = [v for v in study["variants"] if "qk_norm=on" not in v][:4]
     lines = [f"4 runs of {args.archs[0]} ({', '.join(variants)}), wall seconds:"]
     for jobs, n_threads in ((1, 1), (1, args.cores), (args.cores, 1), (args.cores, args.cores)):
@@ -199,6 +206,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default="/tmp/sweep_cost")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--snakemake-args", default="", help="more options for both runs, e.g. '--scheduler greedy'")
     parser.add_argument("--cadence", action="store_true", help="also price the evaluation and probe cadence")
     parser.add_argument("--threads", action="store_true", help="also time jobs x threads")
     args = parser.parse_args()
