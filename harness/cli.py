@@ -16,12 +16,14 @@ from harness.timing import StageClock
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: unfinished on request (SIGTERM, Ctrl-C); running it again continues it
 EXIT_DISK_FULL = 74  # EX_IOERR
+EXIT_BUSY = 73  # EX_CANTCREAT: another live process trains the run (harness.runlock); nothing was written
 # the workflow's jobs that run once per study, by their stage in the job log's `stage seconds` line
 ONCE_PER_STUDY = {"check": "admission", "aggregate": "aggregate", "look": "look", "report": "report"}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from harness.run import Interrupted, execute
+    from harness.runlock import RunBusy
 
     spec = json.loads(Path(args.spec).read_text() if args.spec.endswith(".json") else args.spec)
     admitted = None
@@ -40,6 +42,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"run {e} (not failed): it wrote no outputs; run the same command again (Snakemake: "
               "the same target) to continue it", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except RunBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
     return 0
 
 

@@ -36,6 +36,7 @@ from safetensors.torch import save_file, save_model
 from harness import __version__, archs
 from harness.contracts import BASE_VARIANT, METRIC_COLUMNS, PIPELINE_KEY
 from harness.files import DiskFull, atomic, write_atomic
+from harness.runlock import exclusive
 from harness.study import config_hash, init_seed
 from harness.timing import StageClock
 
@@ -191,16 +192,18 @@ def execute(spec: dict[str, Any], out_dir: Path, state_dir: Path | None = None, 
     Status is 'completed', 'diverged' (a non-finite loss ended it) or 'failed' (an exception,
     recorded with its reason). ``state_dir`` holds the resume checkpoint (default OUT/../.state/NAME).
     ``admission``: what run.json keeps of the architecture's admission check (harness.admission.summary).
-    Raises, writing no outputs, Interrupted on SIGTERM/SIGINT and DiskFull on a full disk.
+    Raises, writing no outputs, Interrupted on SIGTERM/SIGINT, DiskFull on a full disk and
+    harness.runlock.RunBusy while another process trains the same run.
     """
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir.parent / ".state" / out_dir.name
     torch.set_num_threads(threads)
-    with recorded(spec, out_dir, threads) as record, stop_on_signals(record):
-        if admission is not None:
-            record.manifest["admission"] = admission
-        runner_of(spec["build"])(spec, record, state_dir)
-    if record.status != "failed" and state_dir.exists():
-        shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried
+    with exclusive(state_dir):  # one writer per run (harness.runlock), until its state is gone
+        with recorded(spec, out_dir, threads) as record, stop_on_signals(record):
+            if admission is not None:
+                record.manifest["admission"] = admission
+            runner_of(spec["build"])(spec, record, state_dir)
+        if record.status != "failed" and state_dir.exists():
+            shutil.rmtree(state_dir)  # a finished run needs no resume state; a failed one may be retried
     print(f"run finished: {record.status}" + (f" ({record.reason})" if record.reason else ""), file=sys.stderr)
     return record.status

@@ -11,16 +11,24 @@ Run from the workflow's folder (the one holding config/config.yaml), during or a
   else from its checkpoint's metadata;
 - the time left is rough: the seconds per step of the runs so far times the steps left, over the
   number of jobs running at once.
+On a SLURM cluster (profiles/slurm) each run also shows its SLURM job: a finished run's from its
+run.json, a started run's from its run lock (harness.runlock), a submitted run's from Snakemake's
+marker of the job (.snakemake/incomplete/). One `squeue` call per `harness status`, and only when a
+run has a job that may still be live, says which of those jobs are pending or running: a run whose
+job is pending, or running an earlier run of its group, is `queued`.
 No torch here unless a checkpoint has to be read.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import shutil
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +36,13 @@ import yaml
 
 from harness.contracts import BASE_VARIANT
 from harness.progress import duration, last_progress
+from harness.runlock import holder_of
 
 STALE_S = 120  # a log untouched this long belongs to a job that is no longer running
 CONFIG = Path("config") / "config.yaml"
 SCHEMA = Path("workflow") / "schemas" / "config.schema.yaml"
+MARKERS = Path(".snakemake") / "incomplete"  # Snakemake's record of the jobs it started (file persistence)
+WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RESIZING", "SUSPENDED")
 
 
 @dataclass
@@ -39,11 +50,12 @@ class RunState:
     arch: str
     variant: str
     seed: int
-    state: str  # completed, diverged, failed, running, stopped, left
+    state: str  # completed, diverged, failed, running, stopped, queued, left
     step: int | None = None
     total: int | None = None
     wall_s: float | None = None
     note: str = ""
+    job: str | None = None  # its SLURM job id, where known
 
 
 @dataclass
@@ -124,7 +136,42 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def run_state(root: Path, study: str, arch: str, variant: str, seed: int, total: int | None, now: float) -> RunState:
+def submitted(root: Path) -> dict[str, str]:
+    """The SLURM job id of each output file whose job Snakemake submitted and has not seen end: its
+    markers .snakemake/incomplete/<urlsafe base64 of the path> hold {"external_jobid": ...} (a name
+    too long for the file system is split into folders, all but the last prefixed '@')."""
+    jobs = {}
+    folder = root / MARKERS
+    for marker in folder.rglob("*") if folder.is_dir() else ():
+        if not marker.is_file():
+            continue
+        try:
+            encoded = "".join(part.removeprefix("@") for part in marker.relative_to(folder).parts)
+            job = json.loads(marker.read_text()).get("external_jobid")
+            path = base64.urlsafe_b64decode(encoded).decode()
+        except (ValueError, OSError, AttributeError):
+            continue  # not a marker of Snakemake's
+        if job:
+            jobs[path] = str(job)
+    return jobs
+
+
+def scheduler_states(jobs: set[str]) -> dict[str, str]:
+    """The SLURM state of each of the user's jobs that the controller still lists, by id: one `squeue`
+    call, none without jobs to ask about or without squeue."""
+    if not jobs or shutil.which("squeue") is None:
+        return {}
+    try:
+        done = subprocess.run(["squeue", "--me", "--states=all", "--noheader", "--format=%i|%T"],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return {}
+    return dict(line.split("|", 1) for line in done.stdout.split() if "|" in line) if done.returncode == 0 else {}
+
+
+def run_state(root: Path, study: str, arch: str, variant: str, seed: int, total: int | None, now: float,
+              jobs: dict[str, str] | None = None) -> RunState:
+    """One run's state from its files; ``jobs``: the SLURM jobs Snakemake submitted, by output file."""
     run_dir = root / "results" / study / arch / variant / f"seed{seed}"
     manifest = run_dir / "run.json"
     if manifest.is_file():
@@ -134,18 +181,38 @@ def run_state(root: Path, study: str, arch: str, variant: str, seed: int, total:
             return RunState(arch, variant, seed, "failed", note="run.json unreadable")
         state = m.get("status") if m.get("status") in ("completed", "diverged", "failed") else "failed"
         return RunState(arch, variant, seed, state, m.get("steps_done"), (m.get("recipe") or {}).get("steps", total),
-                        m.get("wall_time_s"), (m.get("reason") or "") if state != "completed" else "")
+                        m.get("wall_time_s"), (m.get("reason") or "") if state != "completed" else "",
+                        m.get("slurm_job_id"))
     log = root / "logs" / study / arch / variant / f"seed{seed}" / "train.log"
-    ckpt = root / "results" / study / ".state" / arch / variant / f"seed{seed}" / "checkpoint.safetensors"
+    state_dir = root / "results" / study / ".state" / arch / variant / f"seed{seed}"
+    ckpt = state_dir / "checkpoint.safetensors"
+    # the job Snakemake submitted it in (and has not seen end), else the last that trained it
+    job = (jobs or {}).get(str(manifest.relative_to(root))) or (holder_of(state_dir) or {}).get("slurm_job_id")
     if not log.is_file() and not ckpt.is_file():
-        return RunState(arch, variant, seed, "left", total=total)
+        return RunState(arch, variant, seed, "left", total=total, job=job)
     progress = last_progress(log.read_text(errors="replace")) if log.is_file() else None
     step = progress["step"] if progress else (_checkpoint_step(ckpt) if ckpt.is_file() else None)
     touched = max(p.stat().st_mtime for p in (log, ckpt) if p.is_file())
     state = "running" if now - touched < STALE_S else "stopped"
     note = f"last written {duration(now - touched)} ago" + ("" if progress or step is None else ", from its checkpoint")
     return RunState(arch, variant, seed, state, step, progress["total"] if progress else total,
-                    progress["elapsed"] if progress else None, note)
+                    progress["elapsed"] if progress else None, note, job)
+
+
+def with_scheduler(run: RunState, states: dict[str, str]) -> RunState:
+    """A run not finished whose SLURM job is pending, or running another run of its group, is queued;
+    one whose job runs and whose log went quiet is running still."""
+    job_state = states.get(run.job or "")
+    if run.state not in ("running", "stopped", "left") or job_state is None:
+        return run
+    if job_state in WAITING:
+        resumes = f", resumes from step {run.step}" if run.step else ""
+        return replace(run, state="queued", note=f"SLURM job {run.job} {job_state.lower()}{resumes}")
+    if job_state == "RUNNING" and run.state == "left":
+        return replace(run, state="queued", note=f"SLURM job {run.job} is running an earlier run of its group")
+    if job_state == "RUNNING" and run.state == "stopped":
+        return replace(run, state="running")
+    return run
 
 
 def _runs(study: dict) -> list[tuple[str, str, int]]:
@@ -156,7 +223,7 @@ def _runs(study: dict) -> list[tuple[str, str, int]]:
 
 
 def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config: dict | None,
-                now: float | None = None) -> StudyState:
+                now: float | None = None, jobs: dict[str, str] | None = None) -> StudyState:
     now = time.time() if now is None else now
     plan = plan_of(folder, root, studies, config) if studies is not None else None
     results = root / "results" / folder
@@ -178,7 +245,7 @@ def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config
         state = StudyState(folder)
     if (plan or study or {}).get("seed_budget"):
         runs, state.note = _budget(plan or study, results)
-    state.runs = [run_state(root, folder, a, v, s, total, now) for a, v, s in runs]
+    state.runs = [run_state(root, folder, a, v, s, total, now, jobs) for a, v, s in runs]
     return state
 
 
@@ -223,19 +290,23 @@ def time_left(study: StudyState) -> str | None:
 def render(study: StudyState) -> str:
     done, failed = study.count("completed", "diverged"), study.count("failed")
     running, stopped, left = study.count("running"), study.count("stopped"), study.count("left")
+    queued = study.count("queued")
     head = (f"{study.name}: {len(study.runs)} run{'s' * (len(study.runs) != 1)}"
             f"{' planned' if study.planned else ' found'}: {done} done, {failed} failed, {running} running, "
-            + (f"{stopped} stopped, " if stopped else "") + f"{left} left")
+            + (f"{stopped} stopped, " if stopped else "") + (f"{queued} queued, " if queued else "") + f"{left} left")
     lines = [head] + ([f"  ({study.note})"] if study.note else [])
     if study.runs:
         names = [r.arch if r.variant == BASE_VARIANT else f"{r.arch} {r.variant}" for r in study.runs]
         width = max(len("arch"), *map(len, names))
-        lines.append(f"  {'arch':<{width}}  {'seed':>4}  {'state':<9}  {'steps':>13}  {'wall time':>10}  note")
+        jobs = any(r.job for r in study.runs)  # a column of SLURM job ids, on a cluster
+        lines.append(f"  {'arch':<{width}}  {'seed':>4}  {'state':<9}  {'steps':>13}  {'wall time':>10}  "
+                     + ("slurm job  " if jobs else "") + "note")
         for name, r in zip(names, study.runs):
             steps = f"{r.step if r.step is not None else '?'}/{r.total if r.total is not None else '?'}"
             steps = "" if r.state == "left" else steps
             wall = duration(r.wall_s) if r.wall_s is not None else ""
-            lines.append(f"  {name:<{width}}  {r.seed:>4}  {r.state:<9}  {steps:>13}  {wall:>10}  {r.note}".rstrip())
+            job = f"{r.job or '':>9}  " if jobs else ""
+            lines.append(f"  {name:<{width}}  {r.seed:>4}  {r.state:<9}  {steps:>13}  {wall:>10}  {job}{r.note}".rstrip())
     if (left_text := time_left(study)) is not None:
         lines.append(f"  time left: {left_text}")
     return "\n".join(lines)
@@ -270,4 +341,10 @@ def status(root: Path, folder: str | None = None) -> str:
                                              and not p.name.startswith("."))
             raise ValueError(f"no study {folder!r}: neither a study of {CONFIG} nor a folder of results/; "
                              f"known: {', '.join(dict.fromkeys(known))}")
-    return "\n\n".join(render(study_state(root, name, studies, config)) for name in names)
+    jobs = submitted(root)
+    states = [study_state(root, name, studies, config, jobs=jobs) for name in names]
+    live = {r.job for study in states for r in study.runs if r.job and r.state in ("running", "stopped", "left")}
+    scheduler = scheduler_states(live)
+    for study in states:
+        study.runs = [with_scheduler(r, scheduler) for r in study.runs]
+    return "\n\n".join(render(study) for study in states)

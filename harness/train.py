@@ -70,6 +70,7 @@ def train(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         meta = checkpoint.resume(state_dir, model, optimizer, gens, identity, record.warn)
     if meta:
         record.step, record.rows, record.elapsed_before = meta["step"], meta["rows"], meta["elapsed"]
+        manifest["resumed_from_step"] = meta["step"]  # the last resume's step (a SLURM requeue, a retry)
         record.warnings[:0] = meta.get("warnings", [])  # those of the processes before, first
         window_loss, window_gn = meta.get("window", ([], []))  # a stop between two log steps: a partial window
     else:

@@ -90,6 +90,12 @@ DRY_RUNS = {
         ("stability+seeds=3by2", 360),
 }
 SLURM = "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=seed-enwik8-70m"
+# the grouped sweep (README "On a SLURM cluster"): SLURM jobs of runs and of admission checks it submits
+SLURM_GROUPED = {
+    "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=stability": (24, 1),
+    "snakemake --workflow-profile profiles/slurm reports/collapse.html --config study=stability "
+    "--group-components runs=24 admission=1000": (12, 1),
+}
 # run for real on a micro config by test_a_default_and_an_override_run_keep_their_own_results
 REAL_RUNS = {
     "snakemake --unlock",
@@ -162,7 +168,7 @@ def shipped(tmp_path_factory) -> Path:
 
 def test_every_documented_command_is_tested():
     documented = documented_commands()
-    tested = {*DRY_RUNS, SLURM, *REAL_RUNS, *OTHER, *LOG_FORMATS, *NOT_RUN}
+    tested = {*DRY_RUNS, SLURM, *SLURM_GROUPED, *REAL_RUNS, *OTHER, *LOG_FORMATS, *NOT_RUN}
     assert set(documented) <= tested, {c: sorted(documented[c]) for c in set(documented) - tested}
     stale = tested - set(documented) - set(NOT_RUN)
     assert not stale, f"tested but no longer documented: {stale}"
@@ -192,6 +198,20 @@ def test_documented_slurm_command(shipped):
         done = run(shipped, SLURM, "--dry-run", "--executor", "local")
     assert done.returncode == 0, done.stderr[-2000:]
     assert job_counts(done.stdout)["train"] == 10 and planned_folders(done.stdout) == {"seed-enwik8-70m"}
+    assert "Group job runs" not in done.stdout  # a GPU study: one SLURM job per run
+
+
+@pytest.mark.parametrize("command", list(SLURM_GROUPED))
+def test_documented_grouped_sweep_submits_as_few_jobs_as_it_says(shipped, command):
+    """The stability preset's 360 runs (train and quantize) as groups of runs, and its 7 admission checks
+    as one group; a GPU study's runs stay one to a job (test_documented_slurm_command: no group)."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("needs snakemake-executor-plugin-slurm (pip install -e \".[slurm]\"): groups exist only on a cluster")
+    done = run(shipped, command, "--dry-run")
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups = re.findall(r"Group job (\w+) \(", done.stdout)
+    assert (groups.count("runs"), groups.count("admission")) == SLURM_GROUPED[command]
+    assert job_counts(done.stdout)["train"] == 360
 
 
 def test_documented_python_commands(shipped):

@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness import checkpoint, cli
+from harness import checkpoint, cli, runlock
 from harness import train as common_loop
 from harness.files import DiskFull
 from harness.run import Interrupted, execute
@@ -168,7 +168,7 @@ def test_a_checkpoint_on_a_full_disk_ends_the_job_and_keeps_the_last_good_one(
     with pytest.raises(DiskFull, match=rf"no space left on the device to write {state / LATEST} \(.* MiB free"):
         execute(SPEC, tmp_path / "run", state_dir=state)
     assert not (tmp_path / "run").exists()  # not recorded as failed: nothing for the workflow to keep
-    assert sorted(os.listdir(state)) == sorted(before)  # no temporary file left
+    assert sorted(os.listdir(state)) == sorted([*before, runlock.LOCK_NAME])  # no temporary file left
     assert {slot: (state / slot).read_bytes() for slot in before} == before
 
     filler.unlink()

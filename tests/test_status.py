@@ -103,3 +103,29 @@ def test_the_console_command_reports_status_and_its_version(study_tree, tmp_path
     assert helps[0].split("\n\n", 1)[1] == helps[1].split("\n\n", 1)[1]
     for sub in ("train", "detect", "status", "aggregate", "report"):
         assert sub in helps[0]
+
+
+def test_status_names_the_slurm_job_of_each_run_from_files_alone(study_tree, monkeypatch):
+    """A finished run's job from its run.json, a started one's from its run lock, a submitted one's from
+    Snakemake's marker; without squeue (here: none on PATH) no run becomes queued."""
+    import base64
+
+    from harness import runlock
+
+    run = study_tree / "results" / "micro" / "transformer" / "base" / "seed0" / "run.json"
+    run.write_text(json.dumps({**json.loads(run.read_text()), "slurm_job_id": "7"}))
+    lock = study_tree / "results" / "micro" / ".state" / "memnls" / "base" / "seed0" / runlock.LOCK_NAME
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": 1, "host": "node1", "slurm_job_id": "8", "since": 0}))
+    markers = study_tree / ".snakemake" / "incomplete"
+    markers.mkdir(parents=True)
+    for path, job in (("results/micro/memnls/base/seed2/run.json", "9"), ("results/micro/memnls/base/seed2/x", None)):
+        (markers / base64.urlsafe_b64encode(path.encode()).decode()).write_text(json.dumps({"external_jobid": job}))
+    monkeypatch.setenv("PATH", "")
+    lines = status(study_tree, "micro").splitlines()
+    assert lines[0] == "micro: 6 runs planned: 2 done, 1 failed, 1 running, 1 stopped, 1 left"
+    header = next(line for line in lines if line.lstrip().startswith("arch"))
+    jobs = {tuple(line.split()[:2]): line[header.index("slurm job"):][:9].strip()
+            for line in lines[lines.index(header) + 1:-1]}
+    assert jobs == {("transformer", "0"): "7", ("transformer", "1"): "", ("transformer", "2"): "",
+                    ("memnls", "0"): "8", ("memnls", "1"): "", ("memnls", "2"): "9"}

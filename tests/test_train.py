@@ -100,6 +100,34 @@ def test_killed_process_resumes_to_the_uninterrupted_metrics(tmp_path, shared_da
     pd.testing.assert_frame_equal(metrics(tmp_path / "resumed"), metrics(tmp_path / "straight"))
 
 
+def test_a_second_process_never_trains_a_run_that_a_live_one_holds(tmp_path, shared_data, monkeypatch):
+    """The run lock (harness.runlock): while a training process holds a run, another stops naming it and
+    writes nothing; once the holder is SIGKILLed the next process takes the run over and resumes it."""
+    from harness import runlock
+
+    spec = spec_for("transformer", steps=400, checkpoint_every=10)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    state, out = tmp_path / "state", tmp_path / "run"
+    cmd = [sys.executable, "-m", "harness", "train", "--spec", str(tmp_path / "spec.json"),
+           "--out", str(out), "--state", str(state)]
+    holder = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (state / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    assert runlock.holder_of(state)["pid"] == holder.pid
+    monkeypatch.setattr(runlock, "WAIT_S", 1.0)  # not the two minutes a user's run waits
+    with pytest.raises(runlock.RunBusy, match=f"pid {holder.pid} on "):
+        execute(spec, out, state_dir=state)
+    assert not out.exists() and holder.poll() is None
+
+    holder.send_signal(signal.SIGKILL)  # no grace: the kernel releases the lock
+    holder.wait()
+    assert execute(spec, out, state_dir=state) == "completed"
+    run = json.loads((out / "run.json").read_text())
+    assert run["resumed_from_step"] >= 10 and run["resumed_from_step"] % 10 == 0
+    assert not state.exists()
+
+
 def test_non_finite_loss_ends_the_run_as_diverged_with_its_files(tmp_path, shared_data):
     study = {**MICRO_STUDY, "archs": [{"name": "faulty", "build": "tests.faulty_archs:build",
                                        "hparams": {"fail_at": 23}}],

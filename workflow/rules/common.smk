@@ -137,3 +137,25 @@ def quantize_snapshots(wildcards):
     return (
         f"--snapshots {shlex.quote(spec['snapshots'])}" if spec.get("snapshots") else ""
     )
+
+
+# On a cluster (profiles/slurm) a CPU study's runs are grouped: each run's train and quantize jobs
+# form one connected component of group "runs", and the profile's group-components packs that many
+# runs into one SLURM job, where they run one after another (the plugin runs a group's jobs with
+# --jobs 1), so the job asks for the sum of their time limits. A GPU study's runs take hours each:
+# one SLURM job per run. Local runs ignore groups.
+def run_group(wildcards):
+    return None if STUDIES[wildcards.study]["gpu"] else "runs"
+
+
+def train_minutes(wildcards):
+    """A training job's time limit on a cluster: 24 h for a GPU study's run; a CPU study's run 0.5 s
+    per step (5x the tiny shape's 0.06-0.1 s) plus 5 minutes to start. A run the limit stops
+    checkpoints and is resubmitted (profiles/slurm retries)."""
+    study = STUDIES[wildcards.study]
+    return 1440 if study["gpu"] else 5 + -(-study["recipe"]["steps"] // 120)
+
+
+def quantize_minutes(wildcards):
+    """A quantization job's time limit: 30 minutes for a GPU study's model, 5 for a CPU study's."""
+    return 30 if STUDIES[wildcards.study]["gpu"] else 5

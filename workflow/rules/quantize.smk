@@ -11,9 +11,12 @@ rule quantize:
         "results/{study}/{arch}/{variant}/seed{seed}/quantization.csv",
     log:
         "logs/{study}/{arch}/{variant}/seed{seed}/quantize.log",
+    group:
+        run_group
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+        runtime=quantize_minutes,
     params:
         bits=lambda wildcards: " ".join(
             map(str, STUDIES[wildcards.study]["quantize"]["bits"])

@@ -13,9 +13,12 @@ rule train:
         weights="results/{study}/{arch}/{variant}/seed{seed}/model.safetensors",
     log:
         "logs/{study}/{arch}/{variant}/seed{seed}/train.log",
+    group:
+        run_group
     threads: 1
     resources:
         gpu=lambda wildcards: int(STUDIES[wildcards.study]["gpu"]),
+        runtime=train_minutes,
     params:
         spec=spec_json,
         out=lambda wildcards, output: os.path.dirname(output.manifest),
