@@ -328,7 +328,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from harness.worker import serve
 
-    serve(args.socket, args.parent)
+    serve(args.socket, args.parent, run)
     return 0
 
 

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.timing import CPU_ENV, STARTED_ENV, process_started
@@ -164,8 +165,8 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(data[_HEADER.size:]), fds
 
 
-def _run_child(request: dict, fds: list[int]) -> int:
-    """In the forked child: become the job's process, then run its command (harness.cli)."""
+def _run_child(request: dict, fds: list[int], run: Callable[[list[str]], int]) -> int:
+    """In the forked child: become the job's process, then run its command (``run``: harness.cli.run)."""
     for signum in (*FORWARDED, signal.SIGCHLD):
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
     for target, fd in enumerate(fds):
@@ -176,8 +177,6 @@ def _run_child(request: dict, fds: list[int]) -> int:
     os.environ.update(request["env"])
     sys.path[0] = request["path"]
     sys.argv = [request["argv0"], *request["argv"]]
-    from harness.cli import run
-
     try:
         code = run(request["argv"])
     except SystemExit as e:
@@ -190,8 +189,9 @@ def _run_child(request: dict, fds: list[int]) -> int:
     return code
 
 
-def serve(path: str, parent: int, poll_s: float = 0.2) -> None:
-    """Accept jobs on the UNIX socket ``path`` until process ``parent`` is gone or SIGTERM arrives."""
+def serve(path: str, parent: int, run: Callable[[list[str]], int], poll_s: float = 0.2) -> None:
+    """Accept jobs on the UNIX socket ``path``, each run by ``run(argv)`` in a forked child, until process
+    ``parent`` is gone or SIGTERM arrives."""
     import importlib
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,7 +214,7 @@ def serve(path: str, parent: int, poll_s: float = 0.2) -> None:
                 ready = []
             for conn in ready:
                 if conn is listener:
-                    _accept(listener, children)
+                    _accept(listener, children, run)
                 elif not conn.recv(1):  # the job's process is gone: its child must not run on alone
                     pid = by_conn[conn]
                     conn.close()
@@ -234,7 +234,7 @@ def serve(path: str, parent: int, poll_s: float = 0.2) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _accept(listener: socket.socket, children: dict[int, socket.socket | None]) -> None:
+def _accept(listener: socket.socket, children: dict[int, socket.socket | None], run: Callable[[list[str]], int]) -> None:
     conn, _ = listener.accept()
     try:
         request, fds = _receive(conn)
@@ -253,7 +253,7 @@ def _accept(listener: socket.socket, children: dict[int, socket.socket | None]) 
         conn.close()
         code = 1
         try:
-            code = _run_child(request, fds)
+            code = _run_child(request, fds, run)
         finally:
             os._exit(code)
     for fd in fds:

@@ -17,7 +17,8 @@ from harness import archs
 from tests.conftest import REPO
 
 PACKAGE = REPO / "harness"
-NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.logs", "harness.progress", "harness.status", "harness.collapse", "harness.stats",
+NO_TORCH = ["harness.contracts", "harness.text", "harness.files", "harness.logs", "harness.progress", "harness.status",
+            "harness.worker", "harness.timing", "harness.runlock", "harness.collapse", "harness.stats",
             "harness.claims", "harness.controls", "harness.stability", "harness.attribution", "harness.variants", "harness.aggregate", "harness.report.page", "harness.report.captions"]
 
 
