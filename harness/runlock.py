@@ -47,6 +47,7 @@ def describe(holder: dict | None) -> str:
 
 def _lock(path: Path) -> int | None:
     """An fd holding the exclusive lock of ``path`` (the file as it is now), or None when it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # the holder may have finished and removed it meanwhile
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,7 +73,6 @@ def exclusive(state_dir: Path, wait_s: float | None = None) -> Iterator[None]:
     (default WAIT_S)."""
     wait_s = WAIT_S if wait_s is None else wait_s
     path = Path(state_dir) / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_s
     waited = False
     while (fd := _lock(path)) is None:

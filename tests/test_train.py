@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def test_a_second_process_never_trains_a_run_that_a_live_one_holds(tmp_path, sha
     deadline = time.time() + 60
     while not (state / "checkpoint.safetensors").exists() and time.time() < deadline:
         time.sleep(0.02)
+    holder.send_signal(signal.SIGSTOP)  # alive and holding the lock, but it cannot finish the run meanwhile
     assert runlock.holder_of(state)["pid"] == holder.pid
     monkeypatch.setattr(runlock, "WAIT_S", 1.0)  # not the two minutes a user's run waits
     with pytest.raises(runlock.RunBusy, match=f"pid {holder.pid} on "):
@@ -126,6 +128,23 @@ def test_a_second_process_never_trains_a_run_that_a_live_one_holds(tmp_path, sha
     run = json.loads((out / "run.json").read_text())
     assert run["resumed_from_step"] >= 10 and run["resumed_from_step"] % 10 == 0
     assert not state.exists()
+
+
+def test_a_waiting_process_takes_the_lock_when_the_holder_finished_and_removed_the_state(tmp_path):
+    """A finished run removes its state folder, lock file included; the process that waited for it must
+    then take a fresh lock, not fail on the vanished folder."""
+    from harness import runlock
+
+    state = tmp_path / "state"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import shutil, sys, time; from pathlib import Path; from harness import runlock\n"
+        f"with runlock.exclusive(Path({str(state)!r})):\n"
+        "    print('held', flush=True); time.sleep(1.5)\n"
+        f"    shutil.rmtree({str(state)!r})\n")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with runlock.exclusive(state, wait_s=30):
+        assert holder.wait(timeout=30) == 0
+        assert runlock.holder_of(state)["pid"] == os.getpid()
 
 
 def test_non_finite_loss_ends_the_run_as_diverged_with_its_files(tmp_path, shared_data):
