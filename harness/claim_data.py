@@ -14,9 +14,8 @@ import pandas as pd
 import yaml
 from jsonschema import Draft202012Validator
 
-from harness.contracts import BASE_VARIANT
 from harness.stats import ALPHA
-from harness.variants import own_values, variant_name
+from harness.variants import own_values, variant_of
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,11 @@ class Claim:
     proxy: bool = False
     note: str = ""
     conditions: dict[str, dict[str, float]] = field(default_factory=dict)  # hparam -> {at_least|at_most: value}
+
+
+class FewSeeds(str):
+    """Why a claim is not decided when more seeds of the same runs would let it be tested: the claim is
+    "inconclusive" (a seed budget trains more), not "cannot test" (no seed count helps)."""
 
 
 @dataclass
@@ -77,8 +81,7 @@ def recipe_variant(study: dict) -> str | None:
     """The variant trained at the study's own recipe with every stabiliser off (the published
     setting's training), where claims about one architecture's own behaviour are tested; None when
     the sweep has no such variant. BASE_VARIANT without a sweep."""
-    name = variant_name(own_values(study))
-    return name if name in (study.get("variants") or {BASE_VARIANT: {}}) else None
+    return variant_of(study, own_values(study))
 
 
 # -------------------------------------------------------------------------------------- the files

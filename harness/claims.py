@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 
-from harness.claim_data import Claim, Evidence, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
+from harness.claim_data import Claim, Evidence, FewSeeds, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
 from harness.stability import PAIR_MIN_VALUES, SENSITIVITY_TEST, mean_interval
 from harness.stats import ALPHA, FALSE_ALARM_RATE, clopper_pearson, median_interval, median_min_seeds
 from harness.text import UNITS, bits, num, parse_scale, perplexity, plain, scale_text, spread, step
-from harness.variants import own_values, setting_name, value_text, variant_name
+from harness.variants import own_values, setting_name, value_text, variant_name, variant_of
 
 HEADLINE_COLUMNS = ["arch", "figure", "published", "measured"]
 MIN_SEEDS = 3  # no verdict from fewer runs, whatever they show
@@ -176,7 +176,7 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
             return "needs an lr sweep (sweep.lr) or a variant at the study's own recipe"
         (ka, na), (kb, nb) = _rates(claim, recipe)
         if min(na, nb) < MIN_SEEDS:
-            return f"needs at least {MIN_SEEDS} seeds of each of {a} and {b}"
+            return FewSeeds(f"needs at least {MIN_SEEDS} seeds of each of {a} and {b}")
         return _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"), evidence.alpha)
     setting = _recipe_setting(evidence)
     pair = pairs[(pairs["setting"] == setting) & pairs["arch_a"].isin(claim.archs) & pairs["arch_b"].isin(claim.archs)]
@@ -187,8 +187,9 @@ def _more_stable(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome 
     difference, p = sign * float(row["difference"]), float(row["p"])
     n_a, n_b = (int(row["n_a"]), int(row["n_b"]))[::sign]
     if min(n_a, n_b) < MIN_SEEDS or math.isnan(p):
-        return (f"needs at least {PAIR_MIN_VALUES + 1} seeds of each of {a} and {b} with a final loss at every "
-                f"learning rate of their common grid (has {n_a} and {n_b}; the first seeds only choose the optimum)")
+        return FewSeeds(f"needs at least {PAIR_MIN_VALUES + 1} seeds of each of {a} and {b} with a final loss at "
+                        f"every learning rate of their common grid (has {n_a} and {n_b}; the first seeds only choose "
+                        "the optimum)")
     verdict = "inconclusive" if not p <= evidence.alpha else "supported" if difference < 0 else "contradicted"
     sentence = (f"Learning-rate sensitivity (Wortsman et al. 2023; each seed's loss over the grid above its loss at "
                 f"the learning rate best for both architectures' earlier seeds) of {a} minus that of {b}: "
@@ -228,14 +229,14 @@ def _no_clip(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | st
     a, b = claim.archs
     unclipped = {**own_values(evidence.study), **({"grad_clip": 0} if "grad_clip" in (evidence.study.get("sweep") or {})
                                                   else {})}
-    variant = variant_name(unclipped)
+    variant = variant_of(evidence.study, unclipped)
     clipped = float(evidence.study.get("recipe", {}).get("grad_clip", 1.0)) != 0 and "grad_clip" not in unclipped
-    if clipped or variant not in (evidence.study.get("variants") or {BASE_VARIANT: {}}):
+    if clipped or variant is None:
         return (f"needs a grad_clip=0 variant of {a} and {b} at the study's own recipe "
                 f"({variant_name({**unclipped, 'grad_clip': 0})})")
     (ka, na), (kb, nb) = _rates(claim, evidence.variant(variant))
     if min(na, nb) < MIN_SEEDS:
-        return f"needs at least {MIN_SEEDS} trained seeds of each of {a} and {b} without gradient clipping"
+        return FewSeeds(f"needs at least {MIN_SEEDS} trained seeds of each of {a} and {b} without gradient clipping")
     outcome = _compare_rates(claim, ka, na, kb, nb, ("supported", "contradicted"), evidence.alpha)
     where = "" if variant == BASE_VARIANT else f" (variant {variant})"
     outcome.sentence = f"Without gradient clipping{where}, {outcome.sentence}"
@@ -367,7 +368,8 @@ def _transfer(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | s
     done = runs[(runs["arch"] == arch) & (runs["status"] == "completed")]
     done = done.dropna(subset=columns) if set(columns) <= set(runs) else done.iloc[:0]
     if len(done) < MIN_SEEDS:
-        return f"needs {MIN_SEEDS}+ completed runs of {arch} that record the teacher's and its own validation loss"
+        reason = f"needs {MIN_SEEDS}+ completed runs of {arch} that record the teacher's and its own validation loss"
+        return FewSeeds(reason) if set(columns) <= set(runs) else reason  # a run that records none never will
     uniform = np.log(done["vocab_size"].astype(float))
     teacher, model = (done[c].astype(float) for c in TRANSFER_LOSSES)
     shares = ((uniform - model) / (uniform - teacher)).to_numpy()
@@ -505,23 +507,31 @@ def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame, quantization
             continue
         gaps = _setting_gap(evidence, claim)
         verdict, proxy_verdict, scale, outcome = "cannot test", "", "", None
+
+        def verdict_of(outcome: Outcome | str) -> str:
+            return outcome.verdict if isinstance(outcome, Outcome) else \
+                "inconclusive" if isinstance(outcome, FewSeeds) else "cannot test"
+
         if not gaps:
             outcome = _test(claim, evidence, True)
-            verdict, proxy_verdict = (outcome.verdict, "same setting") if isinstance(outcome, Outcome) else (
-                "cannot test", "")
+            verdict, proxy_verdict = verdict_of(outcome), "same setting" if isinstance(outcome, Outcome) else ""
             scale = f"the published setting ({_scale(evidence, claim)})"
         elif claim.proxy and not study.get("smoke"):
             outcome = _test(claim, evidence, False)
-            proxy_verdict = outcome.verdict if isinstance(outcome, Outcome) else "cannot test"
+            proxy_verdict = verdict_of(outcome)
             scale = f"proxy scale ({_scale(evidence, claim)})"
         elif claim.proxy:
             proxy_verdict = "cannot test"
-        missing = ([f"needs {' and '.join(gaps)}"] if gaps else []) + ([outcome] if isinstance(outcome, str) else [])
+        testable = isinstance(outcome, (Outcome, FewSeeds))
+        missing = ([f"needs {' and '.join(gaps)}"] if gaps else []) + ([outcome] if not testable and outcome else [])
         if claim.proxy and gaps and study.get("smoke"):
             missing.append("a smoke study gives no proxy verdict either")
         sentence = outcome.sentence if isinstance(outcome, Outcome) else ""
+        if isinstance(outcome, FewSeeds):
+            sentence = (f"Inconclusive{' at proxy scale' if gaps else ''}: {outcome}; more seeds can decide it "
+                        "(a seed budget trains them).")
         if missing:
-            sentence = ("Cannot test " + ("at the published setting" if isinstance(outcome, Outcome) else "here")
+            sentence = ("Cannot test " + ("at the published setting" if testable else "here")
                         + ": " + "; ".join(missing) + "." + (" " + sentence if sentence else ""))
         measured = outcome if isinstance(outcome, Outcome) else Outcome("", "")
         rows.append({"id": claim.id, "claim": claim.statement, "archs": ", ".join(claim.archs), "kind": claim.kind,

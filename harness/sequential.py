@@ -69,8 +69,9 @@ def _claim_verdict(row) -> str:
 
 
 def questions(claims: pd.DataFrame, pairs: pd.DataFrame, alpha: float) -> pd.DataFrame:
-    """The open and decided questions of one look: every claim with a test outcome (not 'cannot test':
-    more seeds do not change a setting it cannot be tested at) and every sensitivity pair with a p."""
+    """The open and decided questions of one look: every claim with a test outcome or short of seeds
+    (not 'cannot test': more seeds do not change a setting it cannot be tested at), and every sensitivity
+    pair with a common learning rate (one without a p yet is open: it has too few seeds to compare)."""
     rows = []
     for _, c in claims.iterrows():
         verdict = _claim_verdict(c)
@@ -78,9 +79,9 @@ def questions(claims: pd.DataFrame, pairs: pd.DataFrame, alpha: float) -> pd.Dat
             rows.append({"question": f"claim:{c['id']}", "kind": "claim", "archs": c["archs"], "setting": "",
                          "decided": verdict in DECIDED, "verdict": verdict, "p": math.nan})
     for _, r in pairs.iterrows():
-        if pd.isna(r["p"]):
+        if not r["n_lrs"]:
             continue
-        decided = bool(r["p_holm"] <= alpha)
+        decided = bool(r["p_holm"] <= alpha)  # False for a NaN p
         low = r["arch_a"] if r["difference"] < 0 else r["arch_b"]
         rows.append({"question": f"pair {r['setting']}: {r['arch_a']} vs {r['arch_b']}", "kind": "pair",
                      "archs": f"{r['arch_a']}, {r['arch_b']}", "setting": r["setting"], "decided": decided,

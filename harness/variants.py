@@ -61,6 +61,17 @@ def variants(sweep: dict[str, list] | None) -> dict[str, dict[str, Any]]:
     return {variant_name(c): c for c in combos}
 
 
+def variant_of(study: dict, values: dict[str, Any]) -> str | None:
+    """The name of the study's variant trained with exactly ``values``, whatever their key order (a study
+    read back from sorted JSON keeps its variants' names but not its sweep's order); None where the
+    sweep has no such variant, BASE_VARIANT for {} in a study without a sweep."""
+    def texts(v: dict[str, Any]) -> dict[str, str]:
+        return {k: value_text(x) for k, x in v.items()}
+
+    found = (study.get("variants") or {BASE_VARIANT: {}}).items()
+    return next((name for name, v in found if texts(v) == texts(values)), None)
+
+
 def own_values(study: dict) -> dict[str, Any]:
     """The values of the study's own recipe (every stabiliser off) for each of its sweep's keys: the
     variant of a sweep that trains as the study's recipe says."""

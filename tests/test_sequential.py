@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -139,3 +140,53 @@ def test_the_dag_stops_adding_seeds_once_the_question_is_decided(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
     (looks / "look2.json").unlink()  # as while look 2 was being trained
     assert "look 2 of at most 3 in progress (8 seeds); look 1: 0 decided, 1 open" in status(workdir, "micro")
+
+
+def _lr_grid_runs(study: dict, n: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """n seeds of memnls and the transformer over the study's lr grid, the transformer's loss climbing
+    three times as steeply away from lr 0.01 (seed noise 0.01 nats)."""
+    rng = np.random.default_rng(0)
+    runs, trajectories = [], []
+    for arch, slope in (("memnls", 0.1), ("transformer", 0.3)):
+        for variant, values in study["variants"].items():
+            for seed in range(n):
+                runs.append({"study": study["name"], "arch": arch, "variant": variant, "seed": seed,
+                             "status": "completed", "sweep_lr": values["lr"], "steps_done": 40, "n_params": 5000})
+                final = 2.0 + slope * abs(math.log10(values["lr"]) + 2) + rng.normal(0, 0.01)
+                trajectories += [{"study": study["name"], "arch": arch, "variant": variant, "seed": seed, "step": step,
+                                  "split": "val", "metric": "loss", "value": value}
+                                 for step, value in ((0, 5.0), (40, final))]
+    return pd.DataFrame(runs), pd.DataFrame(trajectories), pd.DataFrame(columns=ID_COLUMNS + EVENT_COLUMNS)
+
+
+def test_questions_short_of_seeds_are_open_so_the_next_look_trains_them():
+    """At 3 seeds a sensitivity pair has no p (it needs 4: the first seed only chooses the optimum) and the
+    claim that reads it is short of seeds: both are open questions, so look 2 trains 2 more seeds of both
+    architectures at every lr, and there the pair is decided. (Before, both were skipped as untestable
+    and a {start: 3} budget stopped at its first look with nothing asked: the stability preset's run.)"""
+    study = micro_config()["studies"]["micro"]
+    study.update(seeds={"start": 3, "step": 2, "max": 7}, archs=["transformer", "memnls"], smoke=False,
+                 sweep={"lr": [0.001, 0.01, 0.1]})
+    study = resolve(micro_config(study))["micro"]
+    first = sequential.plan(study, *_lr_grid_runs(study, 3), None, 1)
+    assert first["open"] == ["claim:memnls-anti-collapse", "pair base: memnls vs transformer"] and not first["done"]
+    assert first["need"] == {arch: ["lr=0.001", "lr=0.01", "lr=0.1"] for arch in ("memnls", "transformer")}
+    second = sequential.plan(study, *_lr_grid_runs(study, 5), None, 2)
+    assert second["decided"] == ["claim:memnls-anti-collapse", "pair base: memnls vs transformer"] and second["done"]
+    looks, claims, tables = sequential.replay(study, *_lr_grid_runs(study, 5), None)
+    assert claims.set_index("id").loc["memnls-anti-collapse", "proxy_verdict"] == "supported"
+    assert tables["sensitivity_pairs"].iloc[0]["n_a"] == 5
+
+
+def test_the_recipe_variant_is_found_in_a_study_read_back_from_sorted_json():
+    """The workflow hands the study to the aggregate as JSON; with sorted keys the sweep's order (lr, z_loss,
+    qk_norm) became (lr, qk_norm, z_loss) while the variants kept their names, and every claim tested at the
+    recipe said "needs the variant at the study's own recipe in its sweep" (the stability preset's eight)."""
+    from harness.claim_data import recipe_variant
+
+    study = micro_config()["studies"]["micro"]
+    study.update(archs=["transformer"], sweep={"lr": [0.003, 0.01], "z_loss": [0, 0.001], "qk_norm": [False, True]})
+    study = resolve(micro_config(study))["micro"]
+    assert recipe_variant(study) == "lr=0.003,z_loss=0,qk_norm=off"
+    assert recipe_variant(json.loads(json.dumps(study, sort_keys=True))) == "lr=0.003,z_loss=0,qk_norm=off"
+    assert recipe_variant({**study, "sweep": {"lr": [0.01], "qk_norm": [False]}}) is None

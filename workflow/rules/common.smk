@@ -113,7 +113,7 @@ def admission_record(wildcards):
 
 
 def study_json(wildcards):
-    return json.dumps(STUDIES[wildcards.study], sort_keys=True)
+    return json.dumps(STUDIES[wildcards.study])  # in the config's order: the sweep's order names the variants
 
 
 def figure_captions(wildcards):
