@@ -344,7 +344,7 @@ def run(argv: list[str]) -> int:
     from harness import __version__
 
     prog = "harness" if Path(sys.argv[0]).name == "harness" else "python -m harness"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, fromfile_prefix_chars="@")  # @FILE: an argument a line
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -19,6 +19,8 @@ verdict of the look that decided it: later seeds never reopen it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -61,6 +63,14 @@ class SeedBudget:
         information fractions; they sum to ``alpha``. One look spends all of it."""
         spent = [alpha * math.log(1 + (math.e - 1) * n / self.max) for n in self.looks()]
         return [b - a for a, b in zip([0.0] + spent[:-1], spent)]
+
+
+def looks_key(study: dict) -> str:
+    """The folder of a study's look plans (results/STUDY/looks/KEY): a hash of the study the looks judge.
+    A changed study (a larger max, so other levels) gets fresh looks over the runs already trained: a
+    plan is never read for a study it was not made for (Snakemake does not remake a checkpoint's output
+    once the tables downstream of it exist, snakemake PR #4124)."""
+    return hashlib.sha256(json.dumps(study, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _claim_verdict(row) -> str:

@@ -251,10 +251,10 @@ def study_state(root: Path, folder: str, studies: dict[str, dict] | None, config
 
 def _budget(study: dict, results: Path) -> tuple[list[tuple[str, str, int]], str]:
     """The runs a seed budget has asked for so far, from its looks' plans on disk, and where it stands."""
-    from harness.sequential import budget_runs
+    from harness.sequential import budget_runs, looks_key
 
     def plan_of_look(k: int) -> dict | None:
-        path = results / "looks" / f"look{k}.json"
+        path = results / "looks" / looks_key(study) / f"look{k}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     counts = study["seed_budget"]["looks"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -120,7 +121,7 @@ def test_the_dag_stops_adding_seeds_once_the_question_is_decided(tmp_path):
     write_config(workdir, micro_config(study))
     done = snakemake(workdir, "--cores", "2", "reports/collapse.html", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    looks = workdir / "results" / "micro" / "looks"
+    looks = workdir / "results" / "micro" / "looks" / sequential.looks_key(resolve(micro_config(study))["micro"])
     first, second = (json.loads((looks / f"look{k}.json").read_text()) for k in (1, 2))
     assert first["open"] == ["claim:transformer-calm"] and not first["done"]
     assert second["decided"] == ["claim:transformer-calm"] and second["done"]
@@ -138,6 +139,26 @@ def test_the_dag_stops_adding_seeds_once_the_question_is_decided(tmp_path):
     assert "micro: 8 runs planned: 8 done" in shown and "done at look 2 of at most 3 (8 seeds)" in shown, shown
     again = snakemake(workdir, "--cores", "1", "-n", "reports/collapse.html")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout, again.stdout
+    assert not (looks / "runs.txt").exists()  # look_runs's list is temporary: the aggregate's inputs stay plain
+
+    # a plan reopened on disk (as a corrected verdict rule would write it) goes on training: Snakemake alone
+    # never reruns a job downstream of a checkpoint whose outputs exist (snakemake PR #4124)
+    (looks / "look2.json").write_text(json.dumps({**second, "done": False, "decided": [],
+                                                  "open": ["claim:transformer-calm"], "need": {"transformer": ["base"]}}))
+    reopened = snakemake(workdir, "--cores", "1", "-n", "reports/collapse.html")
+    assert reopened.returncode == 0, reopened.stderr[-3000:]
+    planned = re.findall(r"seed=(\d+)", reopened.stdout)
+    assert sorted({int(s) for s in planned}) == list(range(8, 13)), reopened.stdout[-3000:]
+    assert re.search(r"^look\s+1$", reopened.stdout, re.M) and re.search(r"^aggregate\s+1$", reopened.stdout, re.M)
+
+    # a larger max: other levels, so the looks start afresh in their own folder over the 8 runs already trained
+    larger = micro_config({**study, "seeds": {"start": 3, "step": 5, "max": 18}})
+    write_config(workdir, larger)
+    resumed = snakemake(workdir, "--cores", "1", "-n", "reports/collapse.html")
+    assert resumed.returncode == 0 and not re.findall(r"seed=(\d+)", resumed.stdout), resumed.stdout[-3000:]
+    assert f"looks/{sequential.looks_key(resolve(larger)['micro'])}/look1.json" in resumed.stdout
+    write_config(workdir, micro_config(study))
+
     (looks / "look2.json").unlink()  # as while look 2 was being trained
     assert "look 2 of at most 3 in progress (8 seeds); look 1: 0 decided, 1 open" in status(workdir, "micro")
 

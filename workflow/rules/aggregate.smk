@@ -4,7 +4,8 @@ localrules:
 
 rule aggregate:
     input:
-        runs=lambda wildcards: run_files(wildcards.study, run_dirs(wildcards.study)),
+        runs=aggregate_runs,
+        next_look=next_look,
         # a study's own claims file: editing it re-tests the claims
         claims=lambda wildcards: STUDIES[wildcards.study].get("claims") or [],
         # the study-wide admission check (it runs first, by priority; the runs' own gates are their inputs)
@@ -15,7 +16,7 @@ rule aggregate:
         "logs/{study}/aggregate.log",
     params:
         study=study_json,
-        runs=lambda wildcards: run_dirs(wildcards.study),
+        runs=aggregate_run_args,
         out=lambda wildcards, output: os.path.dirname(output[0]),
     shell:
         "python -m harness aggregate --study {params.study:q} --out {params.out} {params.runs} > {log} 2>&1"

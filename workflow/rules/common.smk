@@ -8,7 +8,7 @@ from snakemake.utils import validate
 
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
-from harness.sequential import budget_runs
+from harness.sequential import budget_runs, looks_key
 from harness.study import (
     admission_dir,
     admission_spec,
@@ -55,13 +55,26 @@ wildcard_constraints:
     seed=r"\d+",
     checked=r"[0-9a-f]{16}",
     look=r"\d+",
+    key=r"[0-9a-f]{8}",
 
 
 def run_dirs(study):
-    """Every run folder of a study; with a seed budget, those its looks asked for (look.smk)."""
-    if STUDIES[study].get("seed_budget"):
-        return budget_run_dirs(study)
+    """Every run folder of a study without a seed budget (a budget's: those its looks ask for, look.smk)."""
     return [run_dir(study, *run) for run in runs(STUDIES[study])]
+
+
+def aggregate_runs(wildcards):
+    """The aggregate's runs: their files, or with a seed budget the list look_runs makes (look.smk)."""
+    if STUDIES[wildcards.study].get("seed_budget"):
+        return f"{looks_dir(wildcards.study)}/runs.txt"
+    return run_files(wildcards.study, run_dirs(wildcards.study))
+
+
+def aggregate_run_args(wildcards, input):
+    """The run folders on the aggregate's command line (a budget's from its list file: harness.cli's @FILE)."""
+    if STUDIES[wildcards.study].get("seed_budget"):
+        return f"@{input.runs}"
+    return " ".join(shlex.quote(d) for d in run_dirs(wildcards.study))
 
 
 def pipeline_input_files(wildcards):
@@ -113,7 +126,8 @@ def admission_record(wildcards):
 
 
 def study_json(wildcards):
-    return json.dumps(STUDIES[wildcards.study])  # in the config's order: the sweep's order names the variants
+    """The study as the aggregate and the looks get it, in the config's order (its sweep's order names the variants)."""
+    return json.dumps(STUDIES[wildcards.study])
 
 
 def figure_captions(wildcards):
