@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -43,6 +42,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.timing import read_stage_line
+
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "examples")
 MODES = {"before": "worker=false", "after": "worker=true"}
@@ -51,14 +52,10 @@ STAGES = ("startup", "data", "build", "steps", "evaluation", "probes", "checkpoi
 USEFUL = ("steps", "evaluation")
 
 
-def stage_lines(logs: Path, kind: str) -> list[dict[str, float]]:
-    """The last `stage seconds` (kind "") or `stage cpu seconds` (kind "cpu ") line of every job log."""
-    found = []
-    for log in logs.rglob("*.log"):
-        lines = re.findall(rf"^stage {kind}seconds: (.*)$", log.read_text(errors="replace"), re.M)
-        if lines:
-            found.append({k: float(v) for k, v in (item.rsplit(" ", 1) for item in lines[-1].split(", "))})
-    return found
+def stage_lines(logs: Path, clock: str) -> list[dict[str, float]]:
+    """The last stage line of ``clock`` ("wall" or "cpu": harness.timing.read_stage_line) of every job log."""
+    found = (read_stage_line(log.read_text(errors="replace"), clock) for log in logs.rglob("*.log"))
+    return [line for line in found if line is not None]
 
 
 def summed(lines: list[dict[str, float]]) -> dict[str, float]:
@@ -87,13 +84,13 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # Snakemake, its jobs, the worker and its children
     if done.returncode != 0:
         sys.exit(f"{mode}: snakemake failed\n{done.stderr[-3000:]}")
-    seconds, cpu = summed(stage_lines(work / "logs", "")), summed(stage_lines(work / "logs", "cpu "))
+    seconds, cpu = summed(stage_lines(work / "logs", "wall")), summed(stage_lines(work / "logs", "cpu"))
     total_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     seconds["snakemake"] = args.cores * wall - sum(seconds.values())  # and idle cores
     cpu["snakemake"] = total_cpu - sum(cpu.values())  # and the worker's imports
     runs = sorted((work / "results").glob("*/*/*/seed*/metrics.csv"))
     return {"wall": wall, "seconds": seconds, "cpu": cpu, "total_cpu": total_cpu,
-            "jobs": len(stage_lines(work / "logs", "")), "runs": runs, "work": work}
+            "jobs": len(stage_lines(work / "logs", "wall")), "runs": runs, "work": work}
 
 
 def same_runs(a: list[Path], b: list[Path], root_a: Path, root_b: Path) -> tuple[int, int]:

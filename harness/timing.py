@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 
 STARTED_ENV = "HARNESS_JOB_STARTED"  # set by harness.worker: when the job's own process started (epoch s)
 CPU_ENV = "HARNESS_JOB_CPU"  # set by harness.worker: the CPU seconds the job's own process spent
+LINES = {"wall": "stage seconds", "cpu": "stage cpu seconds"}  # a job log's last two lines, by clock
 
 
 def process_started() -> float:
@@ -63,5 +65,14 @@ class StageClock:
     def print(self) -> None:
         """Two lines on stderr (the job's log): `stage seconds: startup 0.050, quantization 0.410` and the
         same for `stage cpu seconds`."""
-        for name, values in (("stage seconds", self.seconds), ("stage cpu seconds", self.cpu)):
-            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), file=sys.stderr)
+        for clock, values in (("wall", self.seconds), ("cpu", self.cpu)):
+            print(f"{LINES[clock]}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()), file=sys.stderr)
+
+
+def read_stage_line(log: str, clock: str = "wall") -> dict[str, float] | None:
+    """The seconds by stage of a job log's last ``stage seconds`` (clock "wall") or ``stage cpu seconds``
+    (clock "cpu") line, as StageClock.print wrote it; None when the log has none."""
+    lines = re.findall(rf"^{LINES[clock]}: (.*)$", log, re.M)
+    if not lines:
+        return None
+    return {stage: float(s) for stage, s in (item.rsplit(" ", 1) for item in lines[-1].split(", "))}

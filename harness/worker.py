@@ -3,7 +3,7 @@
 A sweep is hundreds of train, quantize and detect jobs of a few seconds each, and each `python -m
 harness ...` process used to spend ~1.5 s importing torch and ~1.5 s more on torch's meta-device
 modules (harness.shape counts parameters on the meta device) before its first step. The workflow
-(workflow/rules/common.smk) starts one `harness worker` per Snakemake invocation, which imports all of
+(the Snakefile's onstart) starts one `harness worker` per Snakemake invocation, which imports all of
 that once; a job's command then only connects to it (`HARNESS_WORKER` names the socket) and the
 worker forks a child that runs the command exactly as the process itself would have:
 - the child gets the job's stdin, stdout and stderr (its log) as file descriptors, its working

@@ -22,6 +22,7 @@ import pytest
 from safetensors.torch import load_file
 
 from harness import checkpoint, cli, worker
+from harness.timing import read_stage_line
 from harness.worker import SOCKET_ENV
 from tests.conftest import REPO, SHARED_DATA
 from tests.test_train import metrics, spec_for
@@ -58,9 +59,16 @@ def train_command(tmp_path: Path, name: str) -> list[str]:
             "--out", str(tmp_path / name), "--state", str(tmp_path / f"{name}.state")]
 
 
-def stage_seconds(log: str) -> dict[str, float]:
-    line = re.findall(r"stage seconds: (.*)", log)[-1]
-    return {k: float(v) for k, v in (item.rsplit(" ", 1) for item in line.split(", "))}
+def wait_until(done, timeout_s: float) -> None:
+    """Poll ``done()`` until it holds or ``timeout_s`` pass (the test's own assertion then says what failed)."""
+    deadline = time.time() + timeout_s
+    while not done() and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def served_pid(log: Path) -> int:
+    """The pid of the child the worker forked for the latest `harness train` job (from the worker's log)."""
+    return int(re.findall(r"worker: job (\d+): harness train", log.read_text())[-1])
 
 
 def test_a_run_through_the_worker_equals_the_run_in_its_own_process(served, tmp_path):
@@ -70,13 +78,13 @@ def test_a_run_through_the_worker_equals_the_run_in_its_own_process(served, tmp_
                                 capture_output=True, text=True)
     assert own.returncode == served_run.returncode == 0, served_run.stderr
     assert "unreachable" not in served_run.stderr
-    pid = int(re.findall(r"worker: job (\d+): harness train", log.read_text())[-1])
+    pid = served_pid(log)
     assert pid != os.getpid() and f"worker: job {pid}: exit 0" in log.read_text()
     pd.testing.assert_frame_equal(metrics(tmp_path / "served"), metrics(tmp_path / "own"))
     a, b = load_file(tmp_path / "own" / "model.safetensors"), load_file(tmp_path / "served" / "model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
     # the served job skipped the imports: its start-up and build (meta-device modules) are the worker's
-    own_s, served_s = stage_seconds(own.stderr), stage_seconds(served_run.stderr)
+    own_s, served_s = read_stage_line(own.stderr), read_stage_line(served_run.stderr)
     assert served_s["startup"] + served_s["build"] < 0.5 * (own_s["startup"] + own_s["build"]), (own_s, served_s)
     manifest = json.loads((tmp_path / "served" / "run.json").read_text())
     assert manifest["stage_seconds"]["steps"] > 0 and set(manifest["stage_seconds"]) >= {
@@ -99,10 +107,8 @@ def test_a_served_run_that_dies_of_a_signal_ends_its_job_as_a_shell_reports_it(s
     path, log = served
     proc = subprocess.Popen(train_command(tmp_path, "run"), env=job_env(path), cwd=REPO, stderr=subprocess.DEVNULL)
     state = tmp_path / "run.state"
-    deadline = time.time() + 60
-    while not (state / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.02)
-    pid = int(re.findall(r"worker: job (\d+): harness train", log.read_text())[-1])
+    wait_until(lambda: (state / LATEST).exists(), 60)
+    pid = served_pid(log)
     os.kill(pid, signal.SIGKILL)  # e.g. the kernel's out-of-memory killer
     assert proc.wait(timeout=60) == 128 + signal.SIGKILL
     ok = subprocess.run([sys.executable, "-m", "harness", "detect", "--help"], env=job_env(path), cwd=REPO,
@@ -125,9 +131,7 @@ def test_sigterm_reaches_the_served_run_and_its_rerun_equals_an_uninterrupted_ru
     cmd = train_command(tmp_path, "run")
     proc = subprocess.Popen(cmd, env=job_env(path), cwd=REPO, stderr=subprocess.PIPE, text=True)
     state = tmp_path / "run.state"
-    deadline = time.time() + 60
-    while not (state / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: (state / LATEST).exists(), 60)
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=60)[1]
     assert proc.returncode == cli.EXIT_INTERRUPTED, stderr
@@ -146,15 +150,11 @@ def test_a_job_process_killed_without_warning_stops_its_run(served, tmp_path):
     cmd = train_command(tmp_path, "run")
     proc = subprocess.Popen(cmd, env=job_env(path), cwd=REPO, stderr=subprocess.DEVNULL)
     state = tmp_path / "run.state"
-    deadline = time.time() + 60
-    while not (state / LATEST).exists() and time.time() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: (state / LATEST).exists(), 60)
     proc.kill()
     proc.wait()
-    pid = int(re.findall(r"worker: job (\d+): harness train", log.read_text())[-1])
-    deadline = time.time() + 30
-    while f"worker: job {pid}: exit" not in log.read_text() and time.time() < deadline:
-        time.sleep(0.05)
+    pid = served_pid(log)
+    wait_until(lambda: f"worker: job {pid}: exit" in log.read_text(), 30)
     assert f"worker: job {pid}: exit {cli.EXIT_INTERRUPTED}" in log.read_text()
     assert not (tmp_path / "run" / "run.json").exists() and not alive(pid)
 
