@@ -54,7 +54,6 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from harness import collapse, logs
     from harness.contracts import BASE_VARIANT, EVENT_COLUMNS, ID_COLUMNS
     from harness.files import write_atomic
-    from harness.timing import StageClock
 
     clock = StageClock()
     config = collapse.DetectConfig.from_dict(json.loads(args.config)) if args.config else None
@@ -176,7 +175,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     import torch
 
     from harness import quantize
-    from harness.timing import StageClock
 
     clock = StageClock()
     torch.set_num_threads(args.threads)

@@ -215,12 +215,12 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     ``state_dir`` is unused (no resume). Steps count the optimizer steps of the pipeline: the
     encoder's 1..E, the decoder's E+1..E+D; the write stage is step 0.
     """
-    manifest = record.manifest
-    summary = record.pipeline
+    manifest, summary, clock = record.manifest, record.pipeline, record.stages
     recipe = Recipe.from_dict(spec["recipe"])
     model_hparams, stages = split_hparams(spec["hparams"])
     device, dtype = resolve_device(recipe)
-    corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
+    with clock("data"):
+        corpus = data.load_corpus(spec["data"]["name"], tokens=spec["data"]["tokens"])
     train = corpus.splits["train"]
     stages = stages.scaled(recipe, len(train))
     manifest.update(data=corpus.info(), recipe=dataclasses.asdict(recipe))
@@ -228,11 +228,13 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     teacher_dir = (spec.get("inputs") or {}).get("teacher")
     summary.update(teacher=stages.teacher, teacher_dir=str(teacher_dir), stages=dataclasses.asdict(stages))
 
-    teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
-    d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
-    hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher, "seed": init_seed(spec)}
-    torch.manual_seed(init_seed(spec))  # encoder, decoder and memory init (the seed plus any init_seed_offset)
-    model = archs.build(spec["build"], **hparams).to(device)
+    with clock("build"):
+        teacher = load_teacher(teacher_dir, spec, corpus, stages.teacher).to(device)
+        d_teacher = final_hidden(teacher, train[:1].long()[None].to(device), dtype).shape[-1]
+        hparams = {**model_hparams, "vocab_size": corpus.vocab_size, "teacher_d_model": d_teacher,
+                   "seed": init_seed(spec)}
+        torch.manual_seed(init_seed(spec))  # encoder, decoder and memory init (the seed plus any init_seed_offset)
+        model = archs.build(spec["build"], **hparams).to(device)
     record.model = model
     run_shape = shape.as_built(model, spec, corpus.vocab_size, dataclasses.asdict(model.config))
     manifest.update(hparams=run_shape.hparams, n_params=run_shape.n_params, shape=run_shape.record(),
@@ -243,7 +245,8 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
                    memory_floats=sum(b.numel() for b in (memory.addresses, memory.counters, memory.write_weights)))
 
     # (a) write the teacher's hidden states
-    keys, keys_per_s = write_memory(model, teacher, train, stages, recipe.seq_len, device, dtype)
+    with clock("steps"):  # the pipeline's training: the write, then the encoder's and the decoder's steps
+        keys, keys_per_s = write_memory(model, teacher, train, stages, recipe.seq_len, device, dtype)
     summary.update(keys_written=keys, write_keys_per_s=keys_per_s, live_locations=memory.live)
     record.log(0, "train", "live_locations", memory.live)  # the throughput is a timing: run.json only
 
@@ -261,8 +264,9 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         return (1 - (key.float() * target).sum(-1)).mean()
 
     total = stages.encoder_steps + stages.decoder_steps
-    diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, record,
-                   "encoder_loss", device, total)
+    with clock("steps"):
+        diverged = fit(model.encoder, encoder_loss, stages.encoder_steps, 0, recipe, next_batch, record,
+                       "encoder_loss", device, total)
 
     # (c) the decoder learns next tokens from what the memory returns for the encoder's keys
     def decoder_loss(x, y):
@@ -273,8 +277,9 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
         return training_loss(logits, y, recipe.z_loss)
 
     if diverged is None:
-        diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
-                       next_batch, record, "decoder_loss", device, total)
+        with clock("steps"):
+            diverged = fit(model.decoder, decoder_loss, stages.decoder_steps, stages.encoder_steps, recipe,
+                           next_batch, record, "decoder_loss", device, total)
     if diverged is not None:
         record.diverge(diverged)
         return
@@ -283,8 +288,9 @@ def run(spec: dict[str, Any], record: RunRecord, state_dir: Path) -> None:
     splits = [("val", recipe.eval_seed)] + ([("test", recipe.eval_seed + 1)] if "test" in corpus.splits else [])
     for split, seed in splits:
         batches = data.fixed_batches(corpus.splits[split], recipe.eval_batches, recipe.batch_size, recipe.seq_len, seed)
-        eam_loss = evaluate(model, batches, device, dtype)
-        teacher_loss = evaluate(teacher, batches, device, dtype)
+        with clock("evaluation"):
+            eam_loss = evaluate(model, batches, device, dtype)
+            teacher_loss = evaluate(teacher, batches, device, dtype)
         record.log(record.step, split, "loss", eam_loss)
         record.log(record.step, split, "teacher_loss", teacher_loss)
         if split == "val":

@@ -62,6 +62,8 @@ def test_micro_pipeline_from_a_trained_teacher(teacher, tmp_path):
     assert 3000 <= summary["live_locations"] <= 12000 and summary["write_keys_per_s"] > 0
     assert summary["keys_written"] == 4096 and summary["memory_floats"] == 12000 * (256 + 16 + 1)
     assert run["hparams"]["teacher_d_model"] == 16 and run["shape"]["knob"] is None
+    stages = run["stage_cpu_seconds"]  # timed like the common loop's runs (harness.timing; sweep_cost's table)
+    assert {"startup", "data", "build", "steps", "evaluation"} <= set(stages) and stages["steps"] > stages["evaluation"] > 0
 
     # the teacher's loss is its own final validation loss: same fixed batches, same weights
     teacher_val = pd.read_csv(teacher / "metrics.csv").query("split == 'val' and metric == 'loss'").value.iloc[-1]
