@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, fisher_exact
 
-from harness.claim_data import Claim, Evidence, FewSeeds, Outcome, load, published, recipe_variant  # noqa: F401 (the API)
+from harness.claim_data import (Claim, Evidence, FewSeeds, Outcome, load, published,  # noqa: F401 (the API)
+                                recipe_variant)
 from harness.contracts import BASE_VARIANT, CLAIM_COLUMNS
 from harness.stability import PAIR_MIN_VALUES, SENSITIVITY_TEST, mean_interval
 from harness.stats import ALPHA, FALSE_ALARM_RATE, clopper_pearson, median_interval, median_min_seeds
@@ -490,6 +491,13 @@ def _test(claim: Claim, evidence: Evidence, at_setting: bool) -> Outcome | str:
     return outcome
 
 
+def _verdict_of(outcome: Outcome | str) -> str:
+    """A test's verdict; a claim short of seeds is inconclusive (more seeds decide it), else cannot test."""
+    if isinstance(outcome, Outcome):
+        return outcome.verdict
+    return "inconclusive" if isinstance(outcome, FewSeeds) else "cannot test"
+
+
 def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame, quantization: pd.DataFrame | None = None,
              stability: dict[str, pd.DataFrame] | None = None, alpha: float = ALPHA) -> pd.DataFrame:
     """One row per claim (packaged, plus the study's own `claims` file) whose architectures the study ran,
@@ -507,18 +515,13 @@ def evaluate(study: dict, runs: pd.DataFrame, events: pd.DataFrame, quantization
             continue
         gaps = _setting_gap(evidence, claim)
         verdict, proxy_verdict, scale, outcome = "cannot test", "", "", None
-
-        def verdict_of(outcome: Outcome | str) -> str:
-            return outcome.verdict if isinstance(outcome, Outcome) else \
-                "inconclusive" if isinstance(outcome, FewSeeds) else "cannot test"
-
         if not gaps:
             outcome = _test(claim, evidence, True)
-            verdict, proxy_verdict = verdict_of(outcome), "same setting" if isinstance(outcome, Outcome) else ""
+            verdict, proxy_verdict = _verdict_of(outcome), "same setting" if isinstance(outcome, Outcome) else ""
             scale = f"the published setting ({_scale(evidence, claim)})"
         elif claim.proxy and not study.get("smoke"):
             outcome = _test(claim, evidence, False)
-            proxy_verdict = verdict_of(outcome)
+            proxy_verdict = _verdict_of(outcome)
             scale = f"proxy scale ({_scale(evidence, claim)})"
         elif claim.proxy:
             proxy_verdict = "cannot test"
