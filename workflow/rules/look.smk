@@ -1,8 +1,8 @@
 # Seeds until decided (a study with seeds: {start, step, max}; harness.sequential). Each look is a
 # checkpoint: it judges the claims and sensitivity pairs on the seeds so far and writes which
-# architectures and variants the next look trains. look_runs walks the looks, so the DAG grows by one
-# look at a time and stops when every question is decided or the budget is spent; the aggregate reads
-# the runs it lists.
+# architectures and variants the next look trains. look_runs (aggregate.smk) walks the looks, so the
+# DAG grows by one look at a time and stops when every question is decided or the budget is spent; the
+# aggregate reads the runs it lists.
 #
 # Snakemake never reruns a job whose inputs go through a checkpoint for a reason of its own (a changed
 # input, params or mtime; snakemake PR #4124), so nothing downstream of the looks may have outputs
@@ -14,7 +14,6 @@
 
 localrules:
     look,
-    look_runs,
 
 
 def run_files(study, dirs):
@@ -76,14 +75,3 @@ checkpoint look:
     shell:
         "python -m harness look --study {params.study:q} --look {wildcards.look} --out {output}"
         " {params.runs} > {log} 2>&1"
-
-
-rule look_runs:
-    input:
-        lambda wildcards: run_files(wildcards.study, budget_run_dirs(wildcards.study)),
-    output:
-        temp("results/{study}/looks/{key}/runs.txt"),
-    params:
-        runs=lambda wildcards: budget_run_dirs(wildcards.study),
-    shell:
-        "printf '%s\\n' {params.runs:q} > {output}"
