@@ -44,11 +44,11 @@ onstart:
 
 
 onsuccess:
-    harness.worker.stop(WORKER.pop() if WORKER else None)
+    end_invocation(WORKER)
 
 
 onerror:
-    harness.worker.stop(WORKER.pop() if WORKER else None)
+    end_invocation(WORKER)
 
 
 rule all:

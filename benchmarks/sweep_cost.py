@@ -1,8 +1,11 @@
-"""Where a sweep's time goes, stage by stage, with the worker (harness.worker) and without it.
+"""Where a sweep's time goes, stage by stage, as the harness ran it before and as it runs it now.
 
-Runs one study through the real workflow twice, in two fresh copies of it side by side: once with
-every job in its own process (`--config worker=false`, the harness before the worker) and once with
-the jobs forked from the worker (the default). Each job's log ends with its `stage seconds` line
+Runs one study through the real workflow once per mode, each in a fresh copy of it, side by side:
+    before    every job in its own process (`--config worker=false`), Snakemake's ILP scheduler
+              and its default job rate limit (100/1s: a scheduler wake-up every second)
+    wakeups   as shipped (jobs forked from harness.worker, greedy scheduler), but a wake-up every second
+    after     as shipped: profiles/default (greedy scheduler, a wake-up a minute) and the worker
+Each job's log ends with its `stage seconds` line
 (harness.timing); a training run also keeps them in run.json. The table sums them over the jobs:
 
     startup      interpreter and imports of each job, and the hand-over to the worker
@@ -21,7 +24,7 @@ the machine runs; CPU shares much less. It also
 checks that both copies trained the same thing: metrics.csv equal run for run, wall_time aside.
 
     python benchmarks/sweep_cost.py [--study stability] [--archs transformer memnls] [--seeds 0]
-                                    [--cores 2] [--out /tmp/sweep_cost] [--modes before after]
+                                    [--cores 2] [--out /tmp/sweep_cost] [--modes before wakeups after]
 
 With --cadence it also trains one run of the study in this process at its evaluation and probe cadence
 and without them, which prices both; with --threads it times 4 runs as jobs x threads on the cores.
@@ -46,7 +49,10 @@ from harness.timing import read_stage_line
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ("Snakefile", "workflow", "config", "profiles", "examples")
-MODES = {"before": "worker=false", "after": "worker=true"}
+# each mode's --config values and Snakemake options, over profiles/default (module docstring)
+MODES = {"before": (["worker=false"], ["--scheduler", "ilp", "--max-jobs-per-timespan", "100/1s"]),
+         "wakeups": (["worker=true"], ["--max-jobs-per-timespan", "100/1s"]),
+         "after": (["worker=true"], [])}
 STAGES = ("startup", "data", "build", "steps", "evaluation", "probes", "checkpoints", "outputs", "quantization",
           "detection", "admission", "look", "aggregate", "report")
 USEFUL = ("steps", "evaluation")
@@ -73,9 +79,10 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True)
     for name in WORKFLOW_FILES:
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
+    values, options = MODES[mode]
     config = [f"study={args.study}", f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]",
-              MODES[mode]]
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), *args.snakemake_args.split(),
+              *values]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), *options, *args.snakemake_args.split(),
            "reports/collapse.html", "--config", *config]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -202,8 +209,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default="/tmp/sweep_cost")
-    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
-    parser.add_argument("--snakemake-args", default="", help="more options for both runs, e.g. '--scheduler greedy'")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["before", "after"])
+    parser.add_argument("--snakemake-args", default="", help="more Snakemake options for every mode")
     parser.add_argument("--cadence", action="store_true", help="also price the evaluation and probe cadence")
     parser.add_argument("--threads", action="store_true", help="also time jobs x threads")
     args = parser.parse_args()
@@ -218,10 +225,11 @@ def main() -> None:
     print(f"\n{args.study}, archs {' '.join(args.archs)}, seeds {' '.join(map(str, args.seeds))}, "
           f"--cores {args.cores}; seconds summed over the jobs, share of cores x wall:")
     print(table(results, args.cores))
-    if len(results) == 2:
-        a, b = results.values()
+    first, *others = results
+    for name in others:
+        a, b = results[first], results[name]
         equal, total = same_runs(a["runs"], b["runs"], a["work"], b["work"])
-        print(f"metrics.csv equal run for run (wall_time aside): {equal} of {total}; "
+        print(f"{first} -> {name}: metrics.csv equal run for run (wall_time aside): {equal} of {total}; "
               f"wall {a['wall']:.1f} s -> {b['wall']:.1f} s ({a['wall'] / b['wall']:.2f}x)")
     if args.cadence:
         print("\n" + cadence(args, out))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -237,7 +238,13 @@ def _check_init_seeds(study: dict) -> None:
 
 
 def recipe_presets() -> dict[str, dict[str, Any]]:
-    """The named recipes of harness/recipes.yaml (each entry's published optimizer, schedule, clip)."""
+    """The named recipes of harness/recipes.yaml (each entry's published optimizer, schedule, clip): a
+    copy the caller may change; the file is read once (the workflow asks for a run's spec per job)."""
+    return copy.deepcopy(_recipe_presets())
+
+
+@functools.cache
+def _recipe_presets() -> dict[str, dict[str, Any]]:
     return yaml.safe_load(resources.files("harness").joinpath("recipes.yaml").read_text())
 
 

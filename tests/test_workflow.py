@@ -107,6 +107,20 @@ def test_bad_config_stops_before_any_job_in_one_line(workdir, override, message)
     assert len((done.stdout + done.stderr).splitlines()) <= 3
 
 
+
+def test_an_invocation_exits_when_its_jobs_are_done(workdir, shared_data):
+    """profiles/default wakes Snakemake's scheduler once a minute (max-jobs-per-timespan), through a timer
+    the interpreter waits for at exit; common.smk's end_invocation cancels it, so no invocation idles for up
+    to a minute after its last job (without it: 50-60 s here)."""
+    write_config(workdir, micro_config())
+    started = time.monotonic()
+    done = snakemake(workdir, "--cores", "1", "results/micro/.admission/transformer.json")
+    wall = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    h, m, s = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", done.stderr).groups()
+    ran = 3600 * int(h) + 60 * int(m) + float(s)  # Snakemake's own clock: from reading the workflow to the end
+    assert ran > 1 and wall - ran < 20, (wall, ran)
+
 @pytest.mark.slow
 def test_whole_dag_with_an_added_a_diverging_and_a_crashing_architecture(workdir, shared_data):
     study = {

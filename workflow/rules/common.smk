@@ -3,9 +3,11 @@ import os
 import re
 import shlex
 import sys
+import threading
 
 from snakemake.utils import validate
 
+import harness.worker
 from harness.contracts import AGGREGATE_FILES
 from harness.report.captions import captions
 from harness.sequential import budget_runs, looks_key
@@ -173,3 +175,14 @@ def train_minutes(wildcards):
 def quantize_minutes(wildcards):
     """A quantization job's time limit: 30 minutes for a GPU study's model, 5 for a CPU study's."""
     return 30 if STUDIES[wildcards.study]["gpu"] else 5
+
+
+def end_invocation(worker):
+    """When the jobs are done (onsuccess, onerror): stop the worker, and cancel the scheduler's pending
+    wake-up. Snakemake arms a threading.Timer (not a daemon) after each scheduling pass, due after its job
+    rate limit's period (profiles/default: 1 minute), and the interpreter waits for it before it exits.
+    """
+    harness.worker.stop(worker.pop() if worker else None)
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
