@@ -23,7 +23,7 @@ Each job's log ends with its `stage seconds` line
 the machine runs; CPU shares much less. It also
 checks that both copies trained the same thing: metrics.csv equal run for run, wall_time aside.
 
-    python benchmarks/sweep_cost.py [--study stability] [--archs transformer memnls] [--seeds 0]
+    python benchmarks/sweep_cost.py [--study stability] [--archs transformer memnls] [--seeds 0] [--whole]
                                     [--cores 2] [--out /tmp/sweep_cost] [--modes before wakeups after]
 
 With --cadence it also trains one run of the study in this process at its evaluation and probe cadence
@@ -58,10 +58,12 @@ STAGES = ("startup", "data", "build", "steps", "evaluation", "probes", "checkpoi
 USEFUL = ("steps", "evaluation")
 
 
-def stage_lines(logs: Path, clock: str) -> list[dict[str, float]]:
-    """The last stage line of ``clock`` ("wall" or "cpu": harness.timing.read_stage_line) of every job log."""
-    found = (read_stage_line(log.read_text(errors="replace"), clock) for log in logs.rglob("*.log"))
-    return [line for line in found if line is not None]
+def stage_lines(logs: Path) -> dict[str, list[dict[str, float]]]:
+    """The last stage line of each clock ("wall", "cpu": harness.timing.read_stage_line) of every job log
+    that has them, by clock."""
+    texts = [log.read_text(errors="replace") for log in logs.rglob("*.log")]
+    found = {clock: [read_stage_line(text, clock) for text in texts] for clock in ("wall", "cpu")}
+    return {clock: [line for line in lines if line is not None] for clock, lines in found.items()}
 
 
 def summed(lines: list[dict[str, float]]) -> dict[str, float]:
@@ -80,8 +82,8 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
     for name in WORKFLOW_FILES:
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, work / name)
     values, options = MODES[mode]
-    config = [f"study={args.study}", f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]",
-              *values]
+    subset = [] if args.whole else [f"archs=[{','.join(args.archs)}]", f"seeds=[{','.join(map(str, args.seeds))}]"]
+    config = [f"study={args.study}", *subset, *values]
     cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), *options, *args.snakemake_args.split(),
            "reports/collapse.html", "--config", *config]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -91,13 +93,14 @@ def run_mode(out: Path, mode: str, args: argparse.Namespace) -> dict:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # Snakemake, its jobs, the worker and its children
     if done.returncode != 0:
         sys.exit(f"{mode}: snakemake failed\n{done.stderr[-3000:]}")
-    seconds, cpu = summed(stage_lines(work / "logs", "wall")), summed(stage_lines(work / "logs", "cpu"))
+    lines = stage_lines(work / "logs")
+    seconds, cpu = summed(lines["wall"]), summed(lines["cpu"])
     total_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     seconds["snakemake"] = args.cores * wall - sum(seconds.values())  # and idle cores
     cpu["snakemake"] = total_cpu - sum(cpu.values())  # and the worker's imports
     runs = sorted((work / "results").glob("*/*/*/seed*/metrics.csv"))
     return {"wall": wall, "seconds": seconds, "cpu": cpu, "total_cpu": total_cpu,
-            "jobs": len(stage_lines(work / "logs", "wall")), "runs": runs, "work": work}
+            "jobs": len(lines["wall"]), "runs": runs, "work": work}
 
 
 def same_runs(a: list[Path], b: list[Path], root_a: Path, root_b: Path) -> tuple[int, int]:
@@ -207,6 +210,7 @@ def main() -> None:
     parser.add_argument("--study", default="stability")
     parser.add_argument("--archs", nargs="+", default=["transformer", "memnls"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--whole", action="store_true", help="the whole study: its own archs and seeds")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", default="/tmp/sweep_cost")
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=["before", "after"])
@@ -222,7 +226,8 @@ def main() -> None:
         results[mode] = run_mode(out, mode, args)
         r = results[mode]
         print(f"{mode}: {len(r['runs'])} runs, {r['jobs']} jobs with a stage line, {r['wall']:.1f} s wall", flush=True)
-    print(f"\n{args.study}, archs {' '.join(args.archs)}, seeds {' '.join(map(str, args.seeds))}, "
+    print(f"\n{args.study}, " + ("as configured" if args.whole else
+                                  f"archs {' '.join(args.archs)}, seeds {' '.join(map(str, args.seeds))}") + ", "
           f"--cores {args.cores}; seconds summed over the jobs, share of cores x wall:")
     print(table(results, args.cores))
     first, *others = results
