@@ -137,6 +137,8 @@ NOT_RUN = {  # installs, and commands other tests run
         "tests/test_verdict_calibration.py re-checks every case and the packaged table it writes (the full run: ~20 min)",
     "python benchmarks/sweep_cost.py": "tests/test_worker.py checks that a run through the worker equals the run in "
                                        "its own process and reads the stage seconds it sums (the benchmark: ~10 min)",
+    "python benchmarks/sweep_cost.py --whole --modes before after":
+        "as above, on the whole stability preset (the benchmark: ~2 h)",
 }
 
 
